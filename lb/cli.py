@@ -1,0 +1,79 @@
+"""The `tfserving-lb` console script: serve, worker, export-mnist, demo, check-config.
+
+Called by the console script and by `python -m lb`. Subcommands that need
+TensorFlow (`worker`, `export-mnist`) import `backends` only when chosen, so
+`serve`, `demo` and `check-config` never load TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from lb.server import serve_main
+
+    return serve_main(args.config)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from lb.config import ConfigError, load_config
+
+    try:
+        load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from lb.demo import demo_main
+
+    return demo_main(args)
+
+
+def _passthrough(module: str, argv: list[str]) -> int:
+    import importlib
+
+    mod = importlib.import_module(module)
+    return int(mod.main(argv) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfserving-lb", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the proxy from a config file")
+    p.add_argument("--config", "-c", required=True, help="YAML config file")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("check-config", help="validate a config file, name every problem")
+    p.add_argument("config")
+    p.set_defaults(func=_check_config)
+
+    p = sub.add_parser("demo", help="local workers + proxy with the memory cache")
+    p.add_argument("--workers", type=int, default=3)
+    p.add_argument("--port", type=int, default=8501, help="proxy REST port")
+    p.add_argument("--admin-port", type=int, default=9901)
+    p.add_argument("--dir", default="demo-models", help="where the MNIST model is exported")
+    p.set_defaults(func=_demo)
+
+    sub.add_parser("worker", help="TensorFlow model worker (needs the tf extra)", add_help=False)
+    sub.add_parser("export-mnist", help="train and export the MNIST model (tf extra)",
+                   add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # TensorFlow subcommands own their whole argument list.
+    if args_list and args_list[0] == "worker":
+        return _passthrough("backends.worker", args_list[1:])
+    if args_list and args_list[0] == "export-mnist":
+        return _passthrough("backends.export_mnist", args_list[1:])
+    args = build_parser().parse_args(args_list)
+    return int(args.func(args))

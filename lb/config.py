@@ -1,0 +1,180 @@
+"""The config file: a YAML document validated by pydantic, loaded once.
+
+Called by `tfserving-lb serve` and `check-config` (and by reload later).
+`load_config` either returns a fully valid, frozen `Config` or raises
+`ConfigError` whose message names the file and every bad field, e.g.
+``lb.yaml: nodes.1.weight: Input should be greater than 0``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lb.errors import ConfigError
+
+Positive = Annotated[float, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors (a typo must not silently fall back to a default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port); raises ValueError with the reason."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+class Listen(_Strict):
+    rest: str = "0.0.0.0:8501"
+    grpc: str | None = "0.0.0.0:8500"
+    admin: str = "127.0.0.1:9901"
+
+    @field_validator("rest", "grpc", "admin")
+    @classmethod
+    def _hostport(cls, v: str | None) -> str | None:
+        if v is not None:
+            split_hostport(v)
+        return v
+
+
+class NodeConfig(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    rest: str
+    grpc: str | None = None
+    weight: Positive = 1.0
+
+    @field_validator("rest")
+    @classmethod
+    def _rest_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected http://host:port, got {v!r}")
+        if parts.path not in ("", "/") or parts.query:
+            raise ValueError(f"must be a base URL without path, got {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("grpc")
+    @classmethod
+    def _grpc(cls, v: str | None) -> str | None:
+        if v is not None:
+            split_hostport(v)
+        return v
+
+
+class ModelConfig(_Strict):
+    cost: Positive = 1.0
+    row_cache: bool = False
+
+
+class PolicyConfig(_Strict):
+    name: Literal["least_load", "round_robin", "least_conn"] = "least_load"
+    ewma_decay_s: Positive = 10.0
+    window_s: Positive = 10.0
+    slow_start_s: Annotated[float, Field(ge=0)] = 0.0
+
+
+class CacheConfig(_Strict):
+    backend: Literal["memory", "redis", "none"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    ttl_s: Positive = 3600.0
+    memory_mb: Positive = 64.0
+    max_entry_kb: Positive = 1024.0
+    redis_timeout_ms: Positive = 50.0
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        if urlsplit(v).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"expected redis://, rediss:// or unix://, got {v!r}")
+        return v
+
+
+class UpstreamConfig(_Strict):
+    """Per-phase deadlines and pool size for proxy -> node connections."""
+
+    connect_timeout_s: Positive = 1.0
+    read_timeout_s: Positive = 30.0
+    pool_size: Annotated[int, Field(gt=0, le=10000)] = 256
+    keepalive_s: Positive = 30.0
+    retries: Annotated[int, Field(ge=0, le=3)] = 1
+
+
+class HealthConfig(_Strict):
+    interval_s: Positive = 2.0
+    timeout_s: Positive = 1.0
+    unhealthy_after: Annotated[int, Field(gt=0)] = 2
+    healthy_after: Annotated[int, Field(gt=0)] = 1
+
+
+class LimitsConfig(_Strict):
+    max_body_mb: Positive = 64.0
+    request_timeout_s: Positive = 60.0
+
+
+class Config(_Strict):
+    listen: Listen = Listen()
+    nodes: list[NodeConfig] = Field(min_length=1)
+    models: dict[str, ModelConfig] = {}
+    policy: PolicyConfig = PolicyConfig()
+    cache: CacheConfig = CacheConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    health: HealthConfig = HealthConfig()
+    limits: LimitsConfig = LimitsConfig()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        seen: set[str] = set()
+        for node in self.nodes:
+            if node.name in seen:
+                raise ValueError(f"nodes: duplicate node name {node.name!r}")
+            seen.add(node.name)
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        """Per-model settings; models not listed get the defaults."""
+        return self.models.get(name, _DEFAULT_MODEL)
+
+
+_DEFAULT_MODEL = ModelConfig()
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"{source}: {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    """Validate an already-parsed document; raise ConfigError naming every bad field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: (top level): expected a mapping, got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    return parse_config(data, source)

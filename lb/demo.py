@@ -1,0 +1,105 @@
+"""`tfserving-lb demo`: a local pool of MNIST workers behind the proxy, memory cache.
+
+Called by `lb.cli`. Steps, each with a deadline: export the seed's MNIST model
+(in a subprocess: this process is the proxy and never imports TensorFlow) →
+start the workers (the last one deliberately slower) → write a config → run the
+proxy in this process → print curl examples → on Ctrl-C or SIGTERM stop the
+proxy, then the workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from backends.digits import sample_request
+from backends.pool import start_pool, stop_pool, wait_available
+from lb.config import Config, parse_config
+from lb.server import run, setup_logging, start
+
+log = logging.getLogger("lb.demo")
+
+MODEL = "mnist"
+SLOW_DELAY_MS = 40.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _export(model_dir: Path) -> None:
+    if (model_dir / "1" / "saved_model.pb").exists():
+        return
+    print(f"exporting the MNIST model to {model_dir} (trains on bundled digits, ~30 s) ...",
+          flush=True)
+    subprocess.run([sys.executable, "-m", "lb", "export-mnist", str(model_dir)],
+                   check=True, timeout=600)
+
+
+def demo_config(args: argparse.Namespace, ports: list[int]) -> Config:
+    weights = [2.0] + [1.0] * (len(ports) - 1)
+    doc: dict[str, Any] = {
+        "listen": {"rest": f"127.0.0.1:{args.port}", "grpc": None,
+                   "admin": f"127.0.0.1:{args.admin_port}"},
+        "nodes": [{"name": f"worker-{i + 1}", "rest": f"http://127.0.0.1:{p}", "weight": w}
+                  for i, (p, w) in enumerate(zip(ports, weights, strict=True))],
+        "models": {MODEL: {"cost": 1.0}},
+        "cache": {"backend": "memory", "memory_mb": 64},
+    }
+    return parse_config(doc, "<demo>")
+
+
+def _print_usage(args: argparse.Namespace, sample: Path) -> None:
+    base = f"http://127.0.0.1:{args.port}"
+    print(f"""
+tfserving-lb demo is up: {args.workers} MNIST workers (the last one {SLOW_DELAY_MS:.0f} ms slower)
+behind the proxy at {base}, memory cache.
+
+  curl -s {base}/v1/models/{MODEL}
+  curl -s -i -X POST {base}/v1/models/{MODEL}:predict -d @{sample}
+      (run it twice: the second answer has X-Cache: HIT)
+  curl -s http://127.0.0.1:{args.admin_port}/stats
+
+Ctrl-C stops everything.
+""", flush=True)
+
+
+async def _run_proxy(cfg: Config, on_ready: Any) -> None:
+    running = await start(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    on_ready()
+    await stop.wait()
+    print("\nstopping ...", flush=True)
+    await running.stop()
+
+
+def demo_main(args: argparse.Namespace) -> int:
+    setup_logging()
+    model_dir = Path(args.dir).resolve() / MODEL
+    _export(model_dir)
+    ports = [_free_port() for _ in range(args.workers)]
+    delays = [0.0] * (args.workers - 1) + [SLOW_DELAY_MS]
+    procs = start_pool(MODEL, model_dir, ports, delays)
+    try:
+        for port in ports:
+            wait_available(f"http://127.0.0.1:{port}", MODEL, timeout=120.0)
+        sample = model_dir.parent / "sample.json"
+        sample.write_bytes(orjson.dumps(sample_request(2)))
+        run(lambda: _run_proxy(demo_config(args, ports), lambda: _print_usage(args, sample)))
+    finally:
+        stop_pool(procs, timeout=10.0)
+    return 0

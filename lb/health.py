@@ -1,0 +1,120 @@
+"""Active health checks: each node's model status, probed concurrently.
+
+Started by `lb.server` as one named task; `kick()` asks for a probe round
+now (the proxy calls it through `model_seen` when traffic names a model the
+checks did not know). A node is healthy when its probes answer and, for the
+models known, at least one version is `AVAILABLE` (TF Serving answers 200
+even while LOADING, so a 200 alone is not healthy). Each probe runs under its
+own timeout; one failing node never delays the others' verdicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import orjson
+
+from lb.config import HealthConfig
+from lb.errors import LbError
+from lb.nodes import Node, NodePool
+from lb.upstream import Upstream
+
+log = logging.getLogger("lb.health")
+
+_MAX_MODELS = 256
+# Probed when no model is known yet: any HTTP answer shows the server is up.
+_NO_MODEL_PROBE = "/v1/models/__tfslb_probe__"
+
+
+@dataclass(slots=True)
+class _Verdict:
+    answered: bool
+    versions: dict[str, frozenset[int]]
+
+
+def available_versions(raw: bytes) -> frozenset[int]:
+    """Versions whose state is AVAILABLE in a TF Serving model status reply."""
+    doc = orjson.loads(raw)
+    return frozenset(int(v["version"]) for v in doc.get("model_version_status", [])
+                     if v.get("state") == "AVAILABLE")
+
+
+class HealthChecker:
+    def __init__(self, cfg: HealthConfig, pool: NodePool, upstream: Upstream,
+                 models: list[str]) -> None:
+        self.cfg = cfg
+        self.pool = pool
+        self.upstream = upstream
+        self.models: list[str] = list(models)
+        self._fails: dict[str, int] = {}
+        self._oks: dict[str, int] = {}
+        self._kick = asyncio.Event()
+        self.rounds = 0
+
+    def model_seen(self, model: str) -> None:
+        """Traffic named `model`: probe it from now on (bounded), soon."""
+        if model not in self.models and len(self.models) < _MAX_MODELS:
+            self.models.append(model)
+            self._kick.set()
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    async def run(self) -> None:
+        """Probe forever, every `interval_s` or when kicked; cancelled at shutdown."""
+        while True:
+            await self.probe_all()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.cfg.interval_s):
+                    await self._kick.wait()
+            self._kick.clear()
+
+    async def probe_all(self) -> None:
+        nodes = list(self.pool)
+        verdicts = await asyncio.gather(*(self._probe(n) for n in nodes))
+        for node, verdict in zip(nodes, verdicts, strict=True):
+            self._apply(node, verdict)
+        self.rounds += 1
+
+    async def _probe(self, node: Node) -> _Verdict:
+        models = list(self.models)
+        paths = [f"/v1/models/{m}" for m in models] or [_NO_MODEL_PROBE]
+        results = await asyncio.gather(*(self._get(node, p) for p in paths))
+        if any(r is None for r in results):
+            return _Verdict(False, {})
+        if not models:
+            return _Verdict(True, {})
+        versions: dict[str, frozenset[int]] = {}
+        for model, (status, raw) in zip(models, results, strict=True):  # type: ignore[misc]
+            if status == 200:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    versions[model] = available_versions(raw)
+        return _Verdict(True, versions)
+
+    async def _get(self, node: Node, path: str) -> tuple[int, bytes] | None:
+        try:
+            reply = await self.upstream.request(node.name, node.rest, "GET", path,
+                                                timeout_s=self.cfg.timeout_s)
+        except LbError as exc:
+            log.debug("probe %s%s failed: %s", node.name, path, exc)
+            return None
+        return reply.status, reply.body
+
+    def _apply(self, node: Node, verdict: _Verdict) -> None:
+        node.versions = verdict.versions
+        serving = verdict.answered and (not self.models or any(verdict.versions.values()))
+        if serving:
+            self._fails[node.name] = 0
+            self._oks[node.name] = self._oks.get(node.name, 0) + 1
+            if not node.healthy and self._oks[node.name] >= self.cfg.healthy_after:
+                log.warning("node %s is healthy again", node.name)
+                node.healthy = True
+        else:
+            self._oks[node.name] = 0
+            self._fails[node.name] = self._fails.get(node.name, 0) + 1
+            if node.healthy and self._fails[node.name] >= self.cfg.unhealthy_after:
+                log.warning("node %s is unhealthy", node.name)
+                node.healthy = False

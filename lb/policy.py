@@ -1,0 +1,162 @@
+"""The balancing policy: pure functions and small value types, no I/O, no clock.
+
+Called by `lb.nodes.NodePool.pick` with a snapshot of the candidate nodes and
+the request's cost; time is always passed in, so everything here can be tested
+with plain asserts and benchmarked in isolation (scripts/bench_policy.py).
+
+The formula (DESIGN.md, "The balancing policy"):
+
+* A request j costs w_j units (rows × the model's cost factor) and takes t_j
+  seconds on the node that served it.
+* Each node keeps τ_i, a peak-sensitive EWMA of seconds per unit (`PeakEwma`).
+* Routing picks the node with the least expected outstanding work per weight,
+
+      score_i = (Σ_{k in flight on i} w_k + w_j) · τ_i / W_i
+
+  ties broken at random in proportion to weight. A node without samples is
+  scored with the median τ of the nodes that have them.
+* Reported load is the seed's formula over a sliding window (`LoadWindow`):
+  load_i = Σ_{j completed on i in the window} w_j · t_j / W_i.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from statistics import median
+
+_REL_TIE = 1e-9
+
+
+@dataclass(slots=True, frozen=True)
+class Candidate:
+    """What the policy sees of one node at pick time."""
+
+    weight: float            # effective weight W_i (> 0): configured weight × slow-start ramp
+    inflight_units: float    # Σ w_k of requests in flight on the node
+    inflight: int            # number of requests in flight
+    tau: float | None        # seconds per unit, None before the first sample
+
+
+def seed_load(samples: Sequence[tuple[float, float]], weight: float) -> float:
+    """The seed's formula: load_i = Σ_j (w_j · t_j) / W_i over (w_j, t_j) samples."""
+    if weight <= 0:
+        raise ValueError("weight must be > 0")
+    return sum(w * t for w, t in samples) / weight
+
+
+def _weighted_choice(indices: Sequence[int], weights: Sequence[float], rng: random.Random) -> int:
+    if len(indices) == 1:
+        return indices[0]
+    total = sum(weights[i] for i in indices)
+    x = rng.random() * total
+    for i in indices:
+        x -= weights[i]
+        if x < 0:
+            return i
+    return indices[-1]
+
+
+def _ties(scores: Sequence[float]) -> list[int]:
+    best = min(scores)
+    tol = abs(best) * _REL_TIE + 1e-15
+    return [i for i, s in enumerate(scores) if s <= best + tol]
+
+
+def least_load(cands: Sequence[Candidate], units: float, rng: random.Random) -> int:
+    """Index of the candidate with the least (inflight_units + units) · τ / W."""
+    if not cands:
+        raise ValueError("no candidates")
+    known = [c.tau for c in cands if c.tau is not None]
+    default_tau = median(known) if known else 1.0
+    scores = [
+        (c.inflight_units + units) * (c.tau if c.tau is not None else default_tau) / c.weight
+        for c in cands
+    ]
+    return _weighted_choice(_ties(scores), [c.weight for c in cands], rng)
+
+
+def least_conn(cands: Sequence[Candidate], units: float, rng: random.Random) -> int:
+    """Weighted least connections (nginx/HAProxy style): least inflight / W."""
+    del units
+    if not cands:
+        raise ValueError("no candidates")
+    scores = [c.inflight / c.weight for c in cands]
+    return _weighted_choice(_ties(scores), [c.weight for c in cands], rng)
+
+
+@dataclass(slots=True)
+class SmoothRoundRobin:
+    """nginx's smooth weighted round robin; state is keyed by node name."""
+
+    current: dict[str, float] = field(default_factory=dict)
+
+    def pick(self, names: Sequence[str], weights: Sequence[float]) -> int:
+        if not names:
+            raise ValueError("no candidates")
+        total = sum(weights)
+        best = 0
+        for i, (name, w) in enumerate(zip(names, weights, strict=True)):
+            self.current[name] = self.current.get(name, 0.0) + w
+            if self.current[name] > self.current[names[best]]:
+                best = i
+        self.current[names[best]] -= total
+        return best
+
+
+@dataclass(slots=True)
+class PeakEwma:
+    """Peak-sensitive EWMA of seconds per unit (τ_i).
+
+    A sample above the estimate replaces it at once (a node that slows down is
+    avoided immediately); a lower sample pulls the estimate down with weight
+    1 - exp(-Δt / decay_s), so recovery takes about `decay_s` seconds whatever
+    the request rate.
+    """
+
+    decay_s: float
+    value: float | None = None
+    stamp: float = 0.0
+
+    def update(self, sample: float, now: float) -> float:
+        if self.value is None or sample >= self.value:
+            self.value = sample
+        else:
+            dt = max(now - self.stamp, 0.0)
+            alpha = 1.0 - math.exp(-dt / self.decay_s)
+            self.value += (sample - self.value) * alpha
+        self.stamp = now
+        return self.value
+
+
+@dataclass(slots=True)
+class LoadWindow:
+    """Σ w_j · t_j and the request count over the last `window_s` seconds."""
+
+    window_s: float
+    _items: deque[tuple[float, float]] = field(default_factory=deque)
+    _sum: float = 0.0
+
+    def add(self, now: float, units: float, seconds: float) -> None:
+        self._items.append((now, units * seconds))
+        self._sum += units * seconds
+        self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.window_s
+        while self._items and self._items[0][0] < horizon:
+            self._sum -= self._items.popleft()[1]
+        if not self._items:
+            self._sum = 0.0   # no float drift accumulates across idle periods
+
+    def work(self, now: float) -> float:
+        """Σ w_j · t_j of completions in the window."""
+        self._expire(now)
+        return max(self._sum, 0.0)
+
+    def count(self, now: float) -> int:
+        self._expire(now)
+        return len(self._items)

@@ -1,0 +1,167 @@
+"""The request flow shared by the fronts: cache lookup, node choice, forward, fill.
+
+Called by `lb.rest` (and later the gRPC front) once per client request. It
+guarantees: a reply or an `LbError` within the request's deadline; every node
+attempt is bracketed by `Node.begin`/`Node.end` (so in-flight counts never
+leak); a request that failed before any response is retried once on another
+node; only 200 replies are stored in the cache; a cache problem is a miss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from cache.keys import request_key
+from cache.result_cache import ResultCache
+from lb.config import Config
+from lb.errors import DeadlineExceeded, LbError, Unavailable, UpstreamError
+from lb.nodes import Node, NodePool
+from lb.routes import Body, Directives, Route
+from lb.signatures import Signatures
+from lb.upstream import Reply, Upstream
+
+log = logging.getLogger("lb.proxy")
+
+JSON = "application/json"
+
+
+@dataclass(slots=True, frozen=True)
+class Outcome:
+    reply: Reply
+    x_cache: str            # HIT | MISS | BYPASS
+    node: str | None        # the node that answered, None for a hit
+
+
+class Proxy:
+    def __init__(self, cfg: Config, pool: NodePool, upstream: Upstream,
+                 cache: ResultCache | None, on_model_seen: object = None) -> None:
+        self.cfg = cfg
+        self.pool = pool
+        self.upstream = upstream
+        self.cache = cache
+        self.signatures = Signatures(self._fetch_metadata)
+        self._on_model_seen = on_model_seen
+
+    # -- the verbs -------------------------------------------------------------
+
+    async def infer(self, route: Route, body: Body, raw: bytes, directives: Directives,
+                    deadline: float) -> Outcome:
+        """:predict / :classify / :regress through the cache."""
+        assert route.verb is not None
+        units = body.rows * self.cfg.model(route.model).cost
+        version = route.version if route.version is not None else (
+            None if route.label is not None else self.pool.latest_version(route.model))
+        key = None
+        if self.cache is not None and version is not None:
+            key = await self._key(route, version, body)
+        if key is None or not directives.lookup:
+            if key is not None and self.cache is not None:
+                self.cache.bypass(route.model)
+            if directives.only_if_cached:
+                return self._not_cached()
+            reply, node = await self.forward("POST", route.path(), raw, units, deadline,
+                                             model=route.model, version=version)
+            if key is not None and directives.store and reply.status == 200 and self.cache:
+                await self.cache.fill(key, route.model, reply.body)
+            self._seen(route.model, reply)
+            return Outcome(reply, "BYPASS" if key is not None else "MISS", node.name)
+        assert self.cache is not None
+        hit = await self.cache.lookup(key, route.model)
+        if hit is not None:
+            return Outcome(Reply(200, hit, JSON), "HIT", None)
+        if directives.only_if_cached:
+            return self._not_cached()
+        reply, node = await self.forward("POST", route.path(), raw, units, deadline,
+                                         model=route.model, version=version)
+        if reply.status == 200 and directives.store:
+            await self.cache.fill(key, route.model, reply.body)
+        return Outcome(reply, "MISS", node.name)
+
+    async def get(self, route: Route, deadline: float) -> Outcome:
+        """Model status and metadata: forwarded to one node, never cached."""
+        reply, node = await self.forward("GET", route.path(), None, 0.0, deadline)
+        self._seen(route.model, reply)
+        return Outcome(reply, "BYPASS", node.name)
+
+    @staticmethod
+    def _not_cached() -> Outcome:
+        return Outcome(Reply(504, b'{"error": "not in cache (only-if-cached)"}', JSON),
+                       "MISS", None)
+
+    def _seen(self, model: str, reply: Reply) -> None:
+        if reply.status == 200 and callable(self._on_model_seen):
+            self._on_model_seen(model)
+
+    async def _key(self, route: Route, version: int, body: Body) -> str | None:
+        assert route.verb is not None
+        dtypes = await self.signatures.dtypes(route.model, version, body.signature_name)
+        try:
+            return request_key(route.model, str(version), route.verb, body.doc, dtypes,
+                               body.signature_name)
+        except Exception:     # a body the key cannot read is simply not cached
+            log.debug("no cache key for %s", route.model, exc_info=True)
+            return None
+
+    # -- forwarding --------------------------------------------------------------
+
+    async def forward(self, method: str, path: str, body: bytes | None, units: float,
+                      deadline: float, *, model: str | None = None,
+                      version: int | None = None) -> tuple[Reply, Node]:
+        """Send to the policy's choice; retry on another node if no response came."""
+        tried: list[Node] = []
+        last: LbError | None = None
+        headers = {"Content-Type": JSON} if body is not None else None
+        for _attempt in range(1 + self.cfg.upstream.retries):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded("Deadline exceeded")
+            node = self.pool.pick(units, exclude=tried, model=model, version=version)
+            if node is None:
+                break
+            tried.append(node)
+            try:
+                reply = await self._attempt(node, method, path, body, headers, units, remaining)
+                return reply, node
+            except UpstreamError as exc:
+                log.warning("%s %s failed on %s: %s", method, path, node.name, exc)
+                last = exc
+        if last is None:
+            raise Unavailable("no node available")
+        if deadline - time.monotonic() <= 0:
+            raise DeadlineExceeded("Deadline exceeded") from last
+        raise Unavailable(str(last)) from last
+
+    async def _attempt(self, node: Node, method: str, path: str, body: bytes | None,
+                       headers: dict[str, str] | None, units: float, timeout_s: float) -> Reply:
+        start = time.monotonic()
+        node.begin(units)
+        answered = False
+        status = 0
+        try:
+            reply = await self.upstream.request(node.name, node.rest, method, path, body,
+                                                headers, timeout_s)
+            answered, status = True, reply.status
+            return reply
+        finally:
+            now = time.monotonic()
+            node.end(units, now - start, ok=answered and status < 500, now=now,
+                     sample=answered and status == 200)
+
+    async def _fetch_metadata(self, model: str, version: int) -> bytes | None:
+        path = f"/v1/models/{model}/versions/{version}/metadata"
+        deadline = time.monotonic() + self.cfg.health.timeout_s * 2
+        try:
+            reply, _ = await self.forward("GET", path, None, 0.0, deadline,
+                                          model=model, version=version)
+        except LbError:
+            return None
+        return reply.body if reply.status == 200 else None
+
+    async def close(self) -> None:
+        if self.cache is not None:
+            await self.cache.close()
+        await self.upstream.close()
+        await asyncio.sleep(0)

@@ -1,0 +1,118 @@
+"""`tfserving-lb serve`: build the proxy from a config, run it, shut it down in order.
+
+Called by `lb.cli`. Start-up: config → cache store → node pool → first
+health round (bounded by the probe timeout) → listen. Shutdown on SIGTERM or
+SIGINT, in a fixed order: stop accepting → let in-flight requests finish
+(grace period) → cancel the health task → close the cache and node pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from cache.result_cache import ResultCache
+from cache.store import make_store
+from lb.admin import make_admin_app
+from lb.config import Config, ConfigError, load_config, split_hostport
+from lb.health import HealthChecker
+from lb.nodes import NodePool
+from lb.proxy import Proxy
+from lb.rest import make_app
+from lb.upstream import Upstream
+
+log = logging.getLogger("lb.server")
+
+GRACE_S = 10.0
+
+
+def build_cache(cfg: Config) -> ResultCache | None:
+    c = cfg.cache
+    if c.backend == "none":
+        return None
+    max_entry = int(c.max_entry_kb * 1024)
+    store = make_store(c.backend, redis_url=c.redis_url, memory_bytes=int(c.memory_mb * 2**20),
+                       max_entry_bytes=max_entry, timeout_s=c.redis_timeout_ms / 1000.0)
+    return ResultCache(store, ttl_s=c.ttl_s, max_entry_bytes=max_entry)
+
+
+@dataclass
+class Running:
+    proxy: Proxy
+    health: HealthChecker
+    runners: list[web.AppRunner]
+    tasks: list[asyncio.Task[None]]
+
+    async def stop(self, grace_s: float = GRACE_S) -> None:
+        for runner in self.runners:          # stops accepting, waits for handlers
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(runner.cleanup(), grace_s)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.proxy.close()
+
+
+async def start(cfg: Config) -> Running:
+    """Build and start everything; the returned handle stops it."""
+    pool = NodePool(cfg.nodes, cfg.policy)
+    upstream = Upstream(cfg.upstream)
+    health = HealthChecker(cfg.health, pool, upstream, list(cfg.models))
+    proxy = Proxy(cfg, pool, upstream, build_cache(cfg), on_model_seen=health.model_seen)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(cfg.health.timeout_s * 2):
+            await health.probe_all()
+    tasks = [asyncio.create_task(health.run(), name="health")]
+    runners = []
+    for app, addr in ((make_app(proxy), cfg.listen.rest),
+                      (make_admin_app(proxy), cfg.listen.admin)):
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=GRACE_S)
+        await runner.setup()
+        host, port = split_hostport(addr)
+        await web.TCPSite(runner, host, port, backlog=1024, reuse_port=True).start()
+        runners.append(runner)
+    log.info("listening: rest %s, admin %s; %d nodes, cache %s",
+             cfg.listen.rest, cfg.listen.admin, len(cfg.nodes), cfg.cache.backend)
+    return Running(proxy, health, runners, tasks)
+
+
+async def _serve(cfg: Config) -> None:
+    running = await start(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await running.stop()
+
+
+def run(coro_factory: object) -> None:
+    """Run on uvloop when available."""
+    try:
+        import uvloop
+    except ImportError:          # pragma: no cover - uvloop is a dependency
+        asyncio.run(coro_factory())  # type: ignore[operator]
+        return
+    uvloop.run(coro_factory())  # type: ignore[operator]
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve_main(config_path: str) -> int:
+    setup_logging()
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    run(lambda: _serve(cfg))
+    return 0

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Make this checkout runnable on a fresh Debian/Ubuntu machine, idempotently:
+# redis-server (apt-get, when missing) and a virtualenv in .venv with the project
+# and the given extra installed. Called by scripts/demo.sh, scripts/test.sh, .ci/run.
+#   usage: scripts/setup.sh [EXTRA]      EXTRA: tf (default) | dev
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra="${1:-tf}"
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "setup: installing redis-server (apt-get)" >&2
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo_cmd apt-get update -qq
+    $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+fi
+
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv with $($python --version)" >&2
+    "$python" -m venv .venv
+fi
+stamp=".venv/.installed-$extra-$(sha1sum pyproject.toml | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+    echo "setup: installing tfserving-lb[$extra] into .venv (TensorFlow takes a minute)" >&2
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e ".[$extra]"
+    touch "$stamp"
+fi

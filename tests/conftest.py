@@ -1,0 +1,31 @@
+"""Session-wide real processes shared by the suite (redis-server)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.procs import SHARED_MODELS, RedisServer
+
+
+@pytest.fixture(scope="session")
+def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def shared_models() -> Path:
+    if not (SHARED_MODELS / "half_plus_two_cpu").is_dir():
+        pytest.fail(f"shared test models not found at {SHARED_MODELS}")
+    return SHARED_MODELS
+
+
+@pytest.fixture(scope="session")
+def redis_server(logs_dir: Path) -> Iterator[RedisServer]:
+    """One private redis-server for the session (never the machine's :6379)."""
+    server = RedisServer(logs_dir)
+    server.start()
+    yield server
+    server.stop()

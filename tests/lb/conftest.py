@@ -1,0 +1,37 @@
+"""A pool of real TensorFlow workers shared by the proxy's end-to-end tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.procs import Proc, start_workers
+
+FAST_MS = 15.0
+SLOW_MS = 60.0
+
+
+@dataclass
+class Pool:
+    """Four half_plus_two workers: three at FAST_MS, one at SLOW_MS."""
+
+    procs: list[Proc]
+    fast: list[str]     # URLs of the three equal workers
+    slow: str
+
+
+@pytest.fixture(scope="session")
+def hp2_pool(logs_dir: Path, shared_models: Path) -> Iterator[Pool]:
+    models = {"half_plus_two": shared_models / "half_plus_two_cpu",
+              "half_plus_two_2v": shared_models / "half_plus_two_2_versions"}
+    specs = [{"models": models, "delay_ms": FAST_MS, "name": f"fast-{i}"} for i in range(3)]
+    specs.append({"models": models, "delay_ms": SLOW_MS, "name": "slow"})
+    started = start_workers(logs_dir, specs)
+    procs = [p for p, _ in started]
+    urls = [u for _, u in started]
+    yield Pool(procs, urls[:3], urls[3])
+    for p in procs:
+        p.stop()

@@ -1,0 +1,141 @@
+"""The policy is pure: plain asserts on the formula and on picks."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+
+import pytest
+
+from lb.policy import (
+    Candidate,
+    LoadWindow,
+    PeakEwma,
+    SmoothRoundRobin,
+    least_conn,
+    least_load,
+    seed_load,
+)
+
+
+def test_seed_worked_example_formula() -> None:
+    # The seed's example: ten requests of weight 1 taking 10, 20, ..., 100 ms on
+    # one node. Σ w_j·t_j = 550 ms (the seed wrote 1000: an arithmetic slip).
+    samples = [(1.0, t / 1000.0) for t in range(10, 101, 10)]
+    assert seed_load(samples, weight=1.0) == pytest.approx(0.550)
+    # Divided by the node's weight W_i.
+    assert seed_load(samples, weight=2.0) == pytest.approx(0.275)
+    # Request weights multiply their times: w=3 for 10 ms counts as 30 ms.
+    assert seed_load([(3.0, 0.010), (1.0, 0.020)], weight=1.0) == pytest.approx(0.050)
+
+
+def test_seed_formula_with_equal_weights_is_proportional_to_plain_sum() -> None:
+    samples = [(2.0, 0.5), (1.0, 0.25)]
+    plain = sum(w * t for w, t in samples)
+    assert seed_load(samples, 4.0) == pytest.approx(plain / 4.0)
+    with pytest.raises(ValueError):
+        seed_load(samples, 0.0)
+
+
+def test_load_window_matches_seed_formula_and_expires() -> None:
+    win = LoadWindow(window_s=10.0)
+    for i, t in enumerate(range(10, 101, 10)):
+        win.add(now=float(i), units=1.0, seconds=t / 1000.0)
+    assert win.work(now=9.0) == pytest.approx(0.550)
+    assert win.count(now=9.0) == 10
+    # At t=12.5 the samples stamped 0, 1 and 2 have left the 10 s window.
+    assert win.work(now=12.5) == pytest.approx(0.550 - 0.010 - 0.020 - 0.030)
+    assert win.work(now=100.0) == 0.0 and win.count(now=100.0) == 0
+
+
+def test_least_load_score_uses_inflight_units_tau_and_weight() -> None:
+    rng = random.Random(1)
+    # score = (inflight_units + w) * tau / W
+    a = Candidate(weight=3.0, inflight_units=2.0, inflight=2, tau=0.010)  # (2+1)*.01/3 = .010
+    b = Candidate(weight=1.0, inflight_units=0.0, inflight=0, tau=0.008)  # (0+1)*.008/1 = .008
+    assert least_load([a, b], 1.0, rng) == 1
+    # A bigger request changes the answer: (2+4)*.01/3 = .020 < (0+4)*.008 = .032
+    assert least_load([a, b], 4.0, rng) == 0
+
+
+def test_least_load_prefers_faster_node_at_equal_weight() -> None:
+    rng = random.Random(2)
+    fast = Candidate(1.0, 0.0, 0, 0.005)
+    slow = Candidate(1.0, 0.0, 0, 0.050)
+    assert all(least_load([slow, fast], 1.0, rng) == 1 for _ in range(50))
+
+
+def test_ties_are_broken_in_proportion_to_weight() -> None:
+    rng = random.Random(3)
+    # Equal scores: (0+1)*0.03/3 == (0+1)*0.01/1.
+    cands = [Candidate(3.0, 0.0, 0, 0.03), Candidate(1.0, 0.0, 0, 0.01)]
+    counts = Counter(least_load(cands, 1.0, rng) for _ in range(8000))
+    assert counts[0] / 8000 == pytest.approx(0.75, abs=0.03)
+
+
+def test_node_without_samples_is_scored_with_pool_median() -> None:
+    rng = random.Random(4)
+    slow = Candidate(1.0, 0.0, 0, 0.03)
+    busy_fast = Candidate(1.0, 3.0, 3, 0.01)     # score (3+1)*0.01 = 0.04
+    new = Candidate(1.0, 0.0, 0, None)           # median(0.03, 0.01) = 0.02
+    assert least_load([slow, busy_fast, new], 1.0, rng) == 2
+    idle_fast = Candidate(1.0, 0.0, 0, 0.01)     # 0.01 beats the newcomer's 0.02
+    assert least_load([slow, idle_fast, new], 1.0, rng) == 1
+    # Nobody has samples: all score alike and weight decides the tie.
+    counts = Counter(least_load([Candidate(3.0, 0, 0, None), Candidate(1.0, 0, 0, None)],
+                                1.0, rng) for _ in range(2000))
+    assert counts[0] == 2000   # (0+1)*1/3 < (0+1)*1/1: the heavier node wins outright
+
+
+def test_saturated_pool_converges_to_weight_ratio() -> None:
+    """Simulate a closed loop of equal-cost requests on equal-speed nodes."""
+    rng = random.Random(5)
+    weights = [3.0, 1.0, 1.0]
+    inflight = [0, 0, 0]
+    served = Counter[int]()
+    # 40 requests in flight at all times; each completion frees one slot.
+    for step in range(20000):
+        if sum(inflight) >= 40:
+            done = rng.choices(range(3), weights=inflight)[0]
+            inflight[done] -= 1
+            served[done] += 1
+        cands = [Candidate(w, float(n), n, 0.01) for w, n in zip(weights, inflight, strict=True)]
+        inflight[least_load(cands, 1.0, rng)] += 1
+        del step
+    total = sum(served.values())
+    assert served[0] / total == pytest.approx(0.6, abs=0.05)
+    assert served[1] / total == pytest.approx(0.2, abs=0.04)
+
+
+def test_least_conn_divides_connections_by_weight() -> None:
+    rng = random.Random(6)
+    cands = [Candidate(2.0, 0, 3, None), Candidate(1.0, 0, 1, None)]  # 1.5 vs 1.0
+    assert least_conn(cands, 1.0, rng) == 1
+
+
+def test_smooth_round_robin_follows_weights_evenly() -> None:
+    rr = SmoothRoundRobin()
+    names, weights = ["a", "b", "c"], [5.0, 1.0, 1.0]
+    seq = [names[rr.pick(names, weights)] for _ in range(7)]
+    assert Counter(seq) == {"a": 5, "b": 1, "c": 1}
+    assert seq[0] == "a" and "b" in seq[1:6]   # smooth: b and c are interleaved
+
+
+def test_peak_ewma_jumps_up_and_decays_with_time_constant() -> None:
+    e = PeakEwma(decay_s=10.0)
+    assert e.update(0.010, now=0.0) == 0.010
+    assert e.update(0.050, now=1.0) == 0.050          # a peak is taken at once
+    v = e.update(0.010, now=11.0)                     # one time constant later
+    assert v == pytest.approx(0.010 + 0.040 * math.exp(-1.0))
+    # The decay depends on elapsed time, not on the number of samples.
+    e2 = PeakEwma(decay_s=10.0)
+    e2.update(0.050, now=0.0)
+    for i in range(1, 11):
+        e2.update(0.010, now=float(i))
+    assert e2.value == pytest.approx(v)
+
+
+def test_empty_candidates_raise() -> None:
+    with pytest.raises(ValueError):
+        least_load([], 1.0, random.Random())

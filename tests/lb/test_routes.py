@@ -1,0 +1,68 @@
+"""Path, body and Cache-Control parsing (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lb.errors import BadRequest, NotFound
+from lb.routes import parse_body, parse_cache_control, parse_path
+
+
+@pytest.mark.parametrize(("path", "model", "version", "label", "verb", "meta"), [
+    ("/v1/models/m", "m", None, None, None, False),
+    ("/v1/models/m/metadata", "m", None, None, None, True),
+    ("/v1/models/m:predict", "m", None, None, "predict", False),
+    ("/v1/models/m/versions/123:classify", "m", 123, None, "classify", False),
+    ("/v1/models/m/labels/stable:regress", "m", None, "stable", "regress", False),
+    ("/v1/models/m/versions/7/metadata", "m", 7, None, None, True),
+])
+def test_tf_serving_paths(path: str, model: str, version: int | None, label: str | None,
+                          verb: str | None, meta: bool) -> None:
+    r = parse_path(path)
+    assert (r.model, r.version, r.label, r.verb, r.metadata) == (model, version, label, verb, meta)
+    assert r.path() == path
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/models/", "/v1/models/m:explode",
+                                  "/v1/models/m/versions/x", "/v2/models/m", "/v1/models/m/a/b"])
+def test_other_paths_are_not_found(path: str) -> None:
+    with pytest.raises(NotFound):
+        parse_path(path)
+
+
+def test_pinning_a_version() -> None:
+    assert parse_path("/v1/models/m:predict").path(version=5) == "/v1/models/m/versions/5:predict"
+
+
+def test_body_rows_and_signature() -> None:
+    assert parse_body(b'{"instances": [1, 2, 3]}', "predict").rows == 3
+    assert parse_body(b'{"inputs": {"a": [[1], [2]], "b": [[3], [4]]}}', "predict").rows == 2
+    assert parse_body(b'{"inputs": 5}', "predict").rows == 1
+    b = parse_body(b'{"signature_name": "s", "examples": [{"x": 1}, {"x": 2}]}', "classify")
+    assert (b.rows, b.signature_name) == (2, "s")
+    assert parse_body(b'{"instances": [1]}', "predict").signature_name == "serving_default"
+
+
+@pytest.mark.parametrize(("raw", "verb", "words"), [
+    (b"{not json", "predict", "JSON Parse error"),
+    (b"[1, 2]", "predict", "JSON object"),
+    (b"{}", "predict", "Missing 'inputs' or 'instances'"),
+    (b'{"instances": [1], "inputs": [1]}', "predict", "not both"),
+    (b'{"instances": 3}', "predict", "array"),
+    (b'{"instances": [1]}', "regress", "Missing 'examples'"),
+    (b'{"instances": [1], "signature_name": 3}', "predict", "signature_name"),
+    (b"", "predict", "JSON Parse error"),
+])
+def test_malformed_bodies(raw: bytes, verb: str, words: str) -> None:
+    with pytest.raises(BadRequest, match=words):
+        parse_body(raw, verb)
+
+
+def test_cache_control() -> None:
+    d = parse_cache_control(None)
+    assert (d.lookup, d.store, d.only_if_cached) == (True, True, False)
+    d = parse_cache_control("no-cache")
+    assert (d.lookup, d.store) == (False, True)
+    d = parse_cache_control("No-Store, max-age=0")
+    assert (d.lookup, d.store) == (False, False)
+    assert parse_cache_control("only-if-cached").only_if_cached

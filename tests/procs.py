@@ -1,0 +1,259 @@
+"""Real processes for the test suite: free ports, redis-server, workers, the proxy.
+
+Every helper here waits with a deadline and every process it starts is stopped
+by the caller (fixtures do it in their teardown). Output goes to a log file in
+the test's tmp dir so a failing test can print it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_MODELS = ROOT.parent / "shared" / "models"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str,
+               interval: float = 0.05) -> None:
+    """Poll `check` until it returns True; raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+         timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """One blocking HTTP call; returns (status, headers, body) for any status."""
+    data = None
+    if body is not None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def get_json(url: str, timeout: float = 10.0) -> Any:
+    status, _, body = http("GET", url, timeout=timeout)
+    assert status == 200, (url, status, body)
+    return json.loads(body)
+
+
+class Proc:
+    """A child process with its output in a log file; `stop()` is idempotent."""
+
+    def __init__(self, name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None = None):
+        self.name = name
+        self.cmd = cmd
+        self.log_path = log_dir / f"{name}.log"
+        full_env = dict(os.environ)
+        full_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        full_env["PYTHONUNBUFFERED"] = "1"
+        if env:
+            full_env.update(env)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        if not self._log.closed:
+            self._log.close()
+        return self.popen.returncode
+
+    def wait_http(self, url: str, timeout: float,
+                  ok: Callable[[int, bytes], bool] | None = None) -> None:
+        """Wait until `url` answers (and `ok(status, body)` holds), or fail with the log."""
+        def check() -> bool:
+            if not self.alive():
+                raise RuntimeError(
+                    f"{self.name} exited with {self.popen.returncode}:\n{self.log()}")
+            status, _, body = http("GET", url, timeout=2.0)
+            return ok(status, body) if ok else status < 500
+        try:
+            wait_until(check, timeout, f"{self.name} at {url}", interval=0.1)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n--- {self.name} log ---\n{self.log()}") from None
+
+
+def model_available(model: str) -> Callable[[int, bytes], bool]:
+    def ok(status: int, body: bytes) -> bool:
+        if status != 200:
+            return False
+        states = [v["state"] for v in json.loads(body)["model_version_status"]]
+        return "AVAILABLE" in states
+    return ok
+
+
+def lb_cmd(*args: str) -> list[str]:
+    """The console script, run through the interpreter under test."""
+    return [sys.executable, "-m", "lb", *args]
+
+
+def start_workers(log_dir: Path, specs: list[dict[str, Any]],
+                  timeout: float = 120.0) -> list[tuple[Proc, str]]:
+    """Start several workers at once (TF start-up overlaps), then wait for each.
+
+    Each spec: {"models": {name: path}, "delay_ms": float, "name": str, "extra": [...]}.
+    The first model of each worker must become AVAILABLE within `timeout`.
+    """
+    started = []
+    for spec in specs:
+        port = spec.get("port") or free_port()
+        args = ["worker", "--port", str(port), "--delay-ms", str(spec.get("delay_ms", 0.0))]
+        for model, path in spec["models"].items():
+            args += ["--model", f"{model}={path}"]
+        args += spec.get("extra", [])
+        proc = Proc(spec.get("name") or f"worker-{port}", lb_cmd(*args), log_dir)
+        started.append((proc, f"http://127.0.0.1:{port}", next(iter(spec["models"]))))
+    try:
+        for proc, url, first in started:
+            proc.wait_http(f"{url}/v1/models/{first}", timeout, model_available(first))
+    except BaseException:
+        for proc, _, _ in started:
+            proc.stop()
+        raise
+    return [(proc, url) for proc, url, _ in started]
+
+
+def start_worker(log_dir: Path, models: dict[str, Path], *, port: int | None = None,
+                 delay_ms: float = 0.0, name: str | None = None, extra: list[str] | None = None,
+                 timeout: float = 120.0) -> tuple[Proc, str]:
+    """Start `tfserving-lb worker` serving `models` and wait until the first is AVAILABLE."""
+    spec = {"models": models, "port": port, "delay_ms": delay_ms, "name": name,
+            "extra": extra or []}
+    return start_workers(log_dir, [spec], timeout)[0]
+
+
+class RedisServer:
+    """A private redis-server on a free port; `kill()` and `start()` simulate outages."""
+
+    def __init__(self, log_dir: Path, port: int | None = None):
+        self.port = port or free_port()
+        self.log_dir = log_dir
+        self.proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        assert exe, "redis-server is not installed (.ci/run installs it)"
+        self.proc = Proc(f"redis-{self.port}", [
+            exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru",
+        ], self.log_dir)
+        wait_until(self._ping, 10.0, f"redis-server on {self.port}")
+
+    def _ping(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    def kill(self) -> None:
+        if self.proc:
+            self.proc.signal(signal.SIGKILL)
+            self.proc.popen.wait(5)
+            self.proc.stop()
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+
+@contextlib.contextmanager
+def running(*procs: Proc) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def write_config(path: Path, doc: dict[str, Any]) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+class ProxyProc:
+    """`tfserving-lb serve` in a child process, with its REST and admin URLs."""
+
+    def __init__(self, log_dir: Path, nodes: list[dict[str, Any]], *, name: str = "proxy",
+                 **sections: Any):
+        self.rest_port, self.admin_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.rest_port}"
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
+        doc: dict[str, Any] = {
+            "listen": {"rest": f"127.0.0.1:{self.rest_port}", "grpc": None,
+                       "admin": f"127.0.0.1:{self.admin_port}"},
+            "nodes": nodes,
+            **sections,
+        }
+        self.config_path = write_config(log_dir / f"{name}-{self.rest_port}.yaml", doc)
+        self.proc = Proc(f"{name}-{self.rest_port}",
+                         lb_cmd("serve", "--config", str(self.config_path)), log_dir)
+        self.proc.wait_http(f"{self.admin}/stats", 30.0, lambda s, _b: s == 200)
+
+    def stats(self) -> Any:
+        return get_json(f"{self.admin}/stats")
+
+    def stop(self) -> int | None:
+        return self.proc.stop()
+
+
+def node(name: str, url: str, weight: float = 1.0) -> dict[str, Any]:
+    return {"name": name, "rest": url, "weight": weight}
