@@ -19,7 +19,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from lb.config import ConfigError, load_config
+    from lb.config import load_config
+    from lb.errors import ConfigError
 
     try:
         load_config(args.config)

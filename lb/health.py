@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 import orjson
@@ -25,6 +26,7 @@ from lb.upstream import Upstream
 log = logging.getLogger("lb.health")
 
 _MAX_MODELS = 256
+_UNKNOWN_RETRY_S = 5.0
 # Probed when no model is known yet: any HTTP answer shows the server is up.
 _NO_MODEL_PROBE = "/v1/models/__tfslb_probe__"
 
@@ -52,6 +54,8 @@ class HealthChecker:
         self._fails: dict[str, int] = {}
         self._oks: dict[str, int] = {}
         self._kick = asyncio.Event()
+        self._learning: dict[str, asyncio.Task[None]] = {}
+        self._unknown: dict[str, float] = {}
         self.rounds = 0
 
     def model_seen(self, model: str) -> None:
@@ -62,6 +66,36 @@ class HealthChecker:
 
     def kick(self) -> None:
         self._kick.set()
+
+    async def learn(self, model: str) -> None:
+        """Probe `model` on every node now; called for a request naming a model
+        whose versions are unknown. Concurrent calls share one probe round; a
+        model no node serves is not probed again for a few seconds."""
+        if model in self.models or time.monotonic() < self._unknown.get(model, 0.0):
+            return
+        task = self._learning.get(model)
+        if task is None:
+            task = asyncio.create_task(self._learn(model), name=f"learn:{model}")
+            self._learning[model] = task
+            task.add_done_callback(lambda _t: self._learning.pop(model, None))
+        await asyncio.shield(task)
+
+    async def _learn(self, model: str) -> None:
+        nodes = list(self.pool)
+        results = await asyncio.gather(*(self._get(n, f"/v1/models/{model}") for n in nodes))
+        found = False
+        for node, result in zip(nodes, results, strict=True):
+            if result is not None and result[0] == 200:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    if versions := available_versions(result[1]):
+                        node.versions[model] = versions
+                        found = True
+        if found:
+            self.model_seen(model)
+            return
+        if len(self._unknown) > 10_000:
+            self._unknown.clear()
+        self._unknown[model] = time.monotonic() + _UNKNOWN_RETRY_S
 
     async def run(self) -> None:
         """Probe forever, every `interval_s` or when kicked; cancelled at shutdown."""

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cache.keys import request_key
 from cache.result_cache import ResultCache
 from lb.config import Config
 from lb.errors import DeadlineExceeded, LbError, Unavailable, UpstreamError
+from lb.formats import adapt
 from lb.nodes import Node, NodePool
 from lb.routes import Body, Directives, Route
 from lb.signatures import Signatures
@@ -37,13 +39,14 @@ class Outcome:
 
 class Proxy:
     def __init__(self, cfg: Config, pool: NodePool, upstream: Upstream,
-                 cache: ResultCache | None, on_model_seen: object = None) -> None:
+                 cache: ResultCache | None,
+                 learn: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.cfg = cfg
         self.pool = pool
         self.upstream = upstream
         self.cache = cache
         self.signatures = Signatures(self._fetch_metadata)
-        self._on_model_seen = on_model_seen
+        self._learn = learn
 
     # -- the verbs -------------------------------------------------------------
 
@@ -52,8 +55,7 @@ class Proxy:
         """:predict / :classify / :regress through the cache."""
         assert route.verb is not None
         units = body.rows * self.cfg.model(route.model).cost
-        version = route.version if route.version is not None else (
-            None if route.label is not None else self.pool.latest_version(route.model))
+        version = await self._resolve_version(route)
         key = None
         if self.cache is not None and version is not None:
             key = await self._key(route, version, body)
@@ -66,10 +68,11 @@ class Proxy:
                                              model=route.model, version=version)
             if key is not None and directives.store and reply.status == 200 and self.cache:
                 await self.cache.fill(key, route.model, reply.body)
-            self._seen(route.model, reply)
             return Outcome(reply, "BYPASS" if key is not None else "MISS", node.name)
         assert self.cache is not None
         hit = await self.cache.lookup(key, route.model)
+        if hit is not None and route.verb == "predict":
+            hit = adapt(hit, body.columnar)     # row and columnar requests share entries
         if hit is not None:
             return Outcome(Reply(200, hit, JSON), "HIT", None)
         if directives.only_if_cached:
@@ -83,7 +86,6 @@ class Proxy:
     async def get(self, route: Route, deadline: float) -> Outcome:
         """Model status and metadata: forwarded to one node, never cached."""
         reply, node = await self.forward("GET", route.path(), None, 0.0, deadline)
-        self._seen(route.model, reply)
         return Outcome(reply, "BYPASS", node.name)
 
     @staticmethod
@@ -91,9 +93,17 @@ class Proxy:
         return Outcome(Reply(504, b'{"error": "not in cache (only-if-cached)"}', JSON),
                        "MISS", None)
 
-    def _seen(self, model: str, reply: Reply) -> None:
-        if reply.status == 200 and callable(self._on_model_seen):
-            self._on_model_seen(model)
+    async def _resolve_version(self, route: Route) -> int | None:
+        """The version a request addresses: explicit, or the latest AVAILABLE one the
+        health checks see (learned now if the model is new). None for labels, and
+        for models no node serves: such requests are not cached."""
+        if route.version is not None or route.label is not None:
+            return route.version
+        version = self.pool.latest_version(route.model)
+        if version is None and self._learn is not None:
+            await self._learn(route.model)
+            version = self.pool.latest_version(route.model)
+        return version
 
     async def _key(self, route: Route, version: int, body: Body) -> str | None:
         assert route.verb is not None

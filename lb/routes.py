@@ -64,6 +64,7 @@ class Body:
     doc: dict[str, Any]
     rows: int
     signature_name: str
+    columnar: bool = False     # predict with "inputs" (replies with "outputs")
 
 
 def _rows_of_inputs(inputs: Any) -> int:
@@ -101,7 +102,8 @@ def parse_body(raw: bytes, verb: str) -> Body:
             raise BadRequest("Missing 'examples' key" if examples is None
                              else "'examples' must be a JSON array")
         rows = len(examples)
-    return Body(doc=doc, rows=max(rows, 1), signature_name=sig or "serving_default")
+    return Body(doc=doc, rows=max(rows, 1), signature_name=sig or "serving_default",
+                columnar=verb == "predict" and "inputs" in doc)
 
 
 @dataclass(slots=True, frozen=True)

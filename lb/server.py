@@ -19,7 +19,8 @@ from aiohttp import web
 from cache.result_cache import ResultCache
 from cache.store import make_store
 from lb.admin import make_admin_app
-from lb.config import Config, ConfigError, load_config, split_hostport
+from lb.config import Config, load_config, split_hostport
+from lb.errors import ConfigError
 from lb.health import HealthChecker
 from lb.nodes import NodePool
 from lb.proxy import Proxy
@@ -63,7 +64,7 @@ async def start(cfg: Config) -> Running:
     pool = NodePool(cfg.nodes, cfg.policy)
     upstream = Upstream(cfg.upstream)
     health = HealthChecker(cfg.health, pool, upstream, list(cfg.models))
-    proxy = Proxy(cfg, pool, upstream, build_cache(cfg), on_model_seen=health.model_seen)
+    proxy = Proxy(cfg, pool, upstream, build_cache(cfg), learn=health.learn)
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(cfg.health.timeout_s * 2):
             await health.probe_all()

@@ -1,0 +1,111 @@
+"""In-process LRU store with a byte budget and per-entry TTL.
+
+Called by `ResultCache` (backend "memory") and by `TieredStore` as its front.
+Single event loop, no awaits inside: every method is atomic with respect to
+other coroutines, so no lock is needed.
+
+Guarantees: the sum of len(key) + len(value) over stored entries never
+exceeds `max_bytes` (least recently used entries are evicted first); an entry
+larger than `max_entry_bytes` (or the whole budget) is refused; an expired
+entry is never returned (expiry on time.monotonic(), checked on read).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("cache")
+
+
+@dataclass(slots=True)
+class _Entry:
+    value: bytes
+    expires_at: float
+    size: int
+
+
+@dataclass(slots=True)
+class _MemoryCounters:
+    evictions: int = 0
+    expirations: int = 0
+    refused: int = 0
+
+
+class MemoryStore:
+    """LRU (OrderedDict, most recent last) bounded by bytes; see module docstring."""
+
+    name = "memory"
+
+    def __init__(self, max_bytes: int, max_entry_bytes: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if max_bytes <= 0 or max_entry_bytes <= 0:
+            raise ValueError("max_bytes and max_entry_bytes must be positive")
+        self._max_bytes = max_bytes
+        self._max_entry_bytes = max_entry_bytes
+        self._clock = clock
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._bytes = 0
+        self._counters = _MemoryCounters()
+
+    async def get(self, key: str) -> bytes | None:
+        return self.get_now(key)
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [self.get_now(k) for k in keys]
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        self.set_now(key, value, ttl_s)
+
+    async def close(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+    def get_now(self, key: str) -> bytes | None:
+        """Synchronous get (the store never blocks); refreshes the entry's recency."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires_at <= self._clock():
+            self._drop(key, entry)
+            self._counters.expirations += 1
+            return None
+        self._entries.move_to_end(key)
+        return entry.value
+
+    def set_now(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Synchronous set: replace, then evict LRU entries until within budget."""
+        size = len(key) + len(value)
+        if ttl_s <= 0:
+            return
+        if len(value) > self._max_entry_bytes or size > self._max_bytes:
+            self._counters.refused += 1
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= old.size
+        self._entries[key] = _Entry(value, self._clock() + ttl_s, size)
+        self._bytes += size
+        while self._bytes > self._max_bytes:
+            lru_key, lru = next(iter(self._entries.items()))
+            self._drop(lru_key, lru)
+            self._counters.evictions += 1
+
+    def _drop(self, key: str, entry: _Entry) -> None:
+        del self._entries[key]
+        self._bytes -= entry.size
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def stats(self) -> dict[str, Any]:
+        c = self._counters
+        return {
+            "name": self.name, "entries": len(self._entries), "bytes": self._bytes,
+            "max_bytes": self._max_bytes, "evictions": c.evictions,
+            "expirations": c.expirations, "refused": c.refused, "errors": 0,
+        }

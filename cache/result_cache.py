@@ -1,0 +1,121 @@
+"""ResultCache: the proxy's view of the cache — lookups, fills and counters.
+
+Called by the proxy (lb/) on every cacheable request: `lookup` before
+forwarding, `fill` after an HTTP 200, `bypass` when Cache-Control skips the
+cache; `stats()` feeds GET /stats and /metrics.
+
+Guarantees: never raises for store trouble (a failing store is a miss and an
+error count); hits + misses == lookups, overall and per model; at most
+`MAX_MODELS` distinct model names are tracked (the rest are counted under
+"(other)"), so a client cannot grow the stats without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cache.store import Store
+
+log = logging.getLogger("cache")
+MAX_MODELS = 256
+OTHER_MODEL = "(other)"
+
+
+@dataclass(slots=True)
+class _Counts:
+    hits: int = 0
+    misses: int = 0
+    bypasses: int = 0
+    stores: int = 0
+    too_large: int = 0
+    errors: int = 0
+    lookup_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        lookups = self.hits + self.misses
+        return {
+            "hits": self.hits, "misses": self.misses,
+            "hit_rate": self.hits / lookups if lookups else 0.0,
+            "bypasses": self.bypasses, "stores": self.stores, "too_large": self.too_large,
+            "errors": self.errors,
+            "lookup_ms_avg": 1000.0 * self.lookup_s / lookups if lookups else 0.0,
+        }
+
+
+class ResultCache:
+    """Counts and guards every use of a Store for the proxy; see module docstring."""
+
+    def __init__(self, store: Store, ttl_s: float, max_entry_bytes: int) -> None:
+        self.backend: str = store.name
+        self._store = store
+        self._ttl_s = ttl_s
+        self._max_entry_bytes = max_entry_bytes
+        self._total = _Counts()
+        self._by_model: dict[str, _Counts] = {}
+
+    async def lookup(self, key: str, model: str) -> bytes | None:
+        """The stored body for `key`, or None (miss, or store trouble)."""
+        start = time.perf_counter()
+        try:
+            value = await self._store.get(key)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("cache store %s get failed; treated as a miss", self.backend)
+            value = None
+            self._count(model, "errors")
+        elapsed = time.perf_counter() - start
+        for c in (self._total, self._model(model)):
+            c.lookup_s += elapsed
+            if value is None:
+                c.misses += 1
+            else:
+                c.hits += 1
+        return value
+
+    async def fill(self, key: str, model: str, body: bytes) -> None:
+        """Store a 200 response body; skips bodies over max_entry_bytes."""
+        if len(body) > self._max_entry_bytes:
+            self._count(model, "too_large")
+            return
+        try:
+            await self._store.set(key, body, self._ttl_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("cache store %s set failed; entry dropped", self.backend)
+            self._count(model, "errors")
+            return
+        self._count(model, "stores")
+
+    def bypass(self, model: str) -> None:
+        """Count a cacheable request that skipped the cache (Cache-Control)."""
+        self._count(model, "bypasses")
+
+    def stats(self) -> dict[str, Any]:
+        """{"backend", "hits", "misses", "hit_rate", …, "by_model": {…}, "store": {…}}."""
+        store_stats = self._store.stats()
+        out: dict[str, Any] = {"backend": self.backend, **self._total.as_dict()}
+        out["errors"] += int(store_stats.get("errors", 0))
+        out["by_model"] = {m: c.as_dict() for m, c in self._by_model.items()}
+        out["store"] = store_stats
+        return out
+
+    async def close(self) -> None:
+        await self._store.close()
+
+    def _model(self, model: str) -> _Counts:
+        counts = self._by_model.get(model)
+        if counts is None:
+            if len(self._by_model) >= MAX_MODELS:
+                model = OTHER_MODEL
+            counts = self._by_model.setdefault(model, _Counts())
+        return counts
+
+    def _count(self, model: str, field: str) -> None:
+        for c in (self._total, self._model(model)):
+            setattr(c, field, getattr(c, field) + 1)

@@ -1,0 +1,59 @@
+"""The Store interface and the factory that picks an implementation.
+
+Called by the proxy at startup (`make_store`) and by `ResultCache` on every
+lookup/fill. One file per implementation (memory.py, redis_store.py,
+tiered.py); this module only names the contract and chooses.
+
+Contract every Store keeps:
+- `get`/`mget` return None for a miss and also for any backend trouble
+  (fail-open); they never raise for an unreachable or slow backend.
+- `set` never raises for backend trouble; ttl_s <= 0 stores nothing.
+- every backend call is bounded by a deadline.
+- `stats()` is cheap and synchronous (for /stats and /metrics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from cache.errors import UnknownBackend
+from cache.memory import MemoryStore
+from cache.redis_store import RedisStore
+from cache.tiered import TieredStore
+
+BACKENDS = ("memory", "redis", "tiered")
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A byte-value cache with per-entry TTL. See the module docstring for guarantees."""
+
+    name: str
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+def make_store(backend: str, *, redis_url: str, memory_bytes: int, max_entry_bytes: int,
+               timeout_s: float) -> Store:
+    """Build the configured store ("memory" | "redis" | "tiered"); raise UnknownBackend.
+
+    Called once by the proxy at startup. Creating a RedisStore does not
+    connect: the first command does, so startup never waits on Redis.
+    """
+    if backend == "memory":
+        return MemoryStore(memory_bytes, max_entry_bytes)
+    if backend == "redis":
+        return RedisStore(redis_url, timeout_s=timeout_s)
+    if backend == "tiered":
+        return TieredStore(MemoryStore(memory_bytes, max_entry_bytes),
+                           RedisStore(redis_url, timeout_s=timeout_s))
+    raise UnknownBackend(f"unknown cache backend {backend!r}; expected one of {BACKENDS}")
