@@ -30,6 +30,7 @@ class _Counts:
     hits: int = 0
     misses: int = 0
     bypasses: int = 0
+    coalesced: int = 0
     stores: int = 0
     too_large: int = 0
     errors: int = 0
@@ -40,7 +41,8 @@ class _Counts:
         return {
             "hits": self.hits, "misses": self.misses,
             "hit_rate": self.hits / lookups if lookups else 0.0,
-            "bypasses": self.bypasses, "stores": self.stores, "too_large": self.too_large,
+            "bypasses": self.bypasses, "coalesced": self.coalesced, "stores": self.stores,
+            "too_large": self.too_large,
             "errors": self.errors,
             "lookup_ms_avg": 1000.0 * self.lookup_s / lookups if lookups else 0.0,
         }
@@ -95,6 +97,10 @@ class ResultCache:
     def bypass(self, model: str) -> None:
         """Count a cacheable request that skipped the cache (Cache-Control)."""
         self._count(model, "bypasses")
+
+    def coalesced(self, model: str) -> None:
+        """Count a miss that shared another request's backend call (also a miss)."""
+        self._count(model, "coalesced")
 
     def stats(self) -> dict[str, Any]:
         """{"backend", "hits", "misses", "hit_rate", …, "by_model": {…}, "store": {…}}."""

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from cache.coalesce import Coalescer
 from cache.keys import request_key
 from cache.result_cache import ResultCache
 from lb.config import Config
@@ -26,6 +27,11 @@ from lb.signatures import Signatures
 from lb.upstream import Reply, Upstream
 
 log = logging.getLogger("lb.proxy")
+
+
+def _loop_deadline(deadline: float) -> float:
+    """A time.monotonic() deadline on the running loop's clock."""
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
 
 JSON = "application/json"
 
@@ -46,6 +52,7 @@ class Proxy:
         self.upstream = upstream
         self.cache = cache
         self.signatures = Signatures(self._fetch_metadata)
+        self.coalescer = Coalescer()
         self._learn = learn
 
     # -- the verbs -------------------------------------------------------------
@@ -53,35 +60,54 @@ class Proxy:
     async def infer(self, route: Route, body: Body, raw: bytes, directives: Directives,
                     deadline: float) -> Outcome:
         """:predict / :classify / :regress through the cache."""
-        assert route.verb is not None
-        units = body.rows * self.cfg.model(route.model).cost
         version = await self._resolve_version(route)
         key = None
         if self.cache is not None and version is not None:
             key = await self._key(route, version, body)
-        if key is None or not directives.lookup:
-            if key is not None and self.cache is not None:
-                self.cache.bypass(route.model)
+        units = body.rows * self.cfg.model(route.model).cost
+        if key is None or self.cache is None:          # not cacheable
             if directives.only_if_cached:
                 return self._not_cached()
             reply, node = await self.forward("POST", route.path(), raw, units, deadline,
                                              model=route.model, version=version)
-            if key is not None and directives.store and reply.status == 200 and self.cache:
-                await self.cache.fill(key, route.model, reply.body)
-            return Outcome(reply, "BYPASS" if key is not None else "MISS", node.name)
-        assert self.cache is not None
-        hit = await self.cache.lookup(key, route.model)
-        if hit is not None and route.verb == "predict":
-            hit = adapt(hit, body.columnar)     # row and columnar requests share entries
-        if hit is not None:
-            return Outcome(Reply(200, hit, JSON), "HIT", None)
+            return Outcome(reply, "MISS", node.name)
+        if directives.lookup:
+            hit = await self.cache.lookup(key, route.model)
+            if hit is not None and route.verb == "predict":
+                hit = adapt(hit, body.columnar)     # row and columnar requests share entries
+            if hit is not None:
+                return Outcome(Reply(200, hit, JSON), "HIT", None)
+        else:
+            self.cache.bypass(route.model)
         if directives.only_if_cached:
             return self._not_cached()
-        reply, node = await self.forward("POST", route.path(), raw, units, deadline,
-                                         model=route.model, version=version)
-        if reply.status == 200 and directives.store:
-            await self.cache.fill(key, route.model, reply.body)
-        return Outcome(reply, "MISS", node.name)
+        assert version is not None                     # a key implies a resolved version
+        return await self._miss(route, key, raw, units, version, directives, deadline)
+
+    async def _miss(self, route: Route, key: str, raw: bytes, units: float, version: int,
+                    directives: Directives, deadline: float) -> Outcome:
+        """Forward a cacheable request; identical concurrent misses share one call."""
+        cache = self.cache
+        assert cache is not None
+
+        async def call() -> tuple[Reply, Node]:
+            reply, node = await self.forward("POST", route.path(), raw, units, deadline,
+                                             model=route.model, version=version)
+            if reply.status == 200 and directives.store:
+                await cache.fill(key, route.model, reply.body)
+            return reply, node
+
+        if not directives.lookup:                      # no-cache / no-store: its own call
+            reply, node = await call()
+            return Outcome(reply, "BYPASS", node.name)
+        try:
+            async with asyncio.timeout_at(_loop_deadline(deadline)):
+                (reply, node), joined = await self.coalescer.run(key, call)
+        except TimeoutError:
+            raise DeadlineExceeded("Deadline exceeded") from None
+        if joined:
+            cache.coalesced(route.model)
+        return Outcome(reply, "COALESCED" if joined else "MISS", node.name)
 
     async def get(self, route: Route, deadline: float) -> Outcome:
         """Model status and metadata: forwarded to one node, never cached."""
@@ -171,6 +197,7 @@ class Proxy:
         return reply.body if reply.status == 200 else None
 
     async def close(self) -> None:
+        await self.coalescer.close()
         if self.cache is not None:
             await self.cache.close()
         await self.upstream.close()

@@ -10,8 +10,8 @@ import pytest
 
 from tests.procs import Proc, start_workers
 
-FAST_MS = 15.0
-SLOW_MS = 60.0
+FAST_MS = 50.0
+SLOW_MS = 200.0
 
 
 @dataclass

@@ -1,0 +1,43 @@
+"""Request counters of one worker, served at `GET /_worker/stats`.
+
+Updated by `rest` on the event loop only (no locks needed); read by tests and
+benchmarks to count how many calls reached the backend.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any
+
+VERBS = ("predict", "classify", "regress")
+
+
+class WorkerStats:
+    """`requests`: inference POSTs received; `inferences`: those that reached a model
+    (an AVAILABLE version was found); `rows`: batch rows of successful inferences."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.inferences = 0
+        self.rows = 0
+        self.by_model: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(VERBS, 0))
+
+    def received(self) -> None:
+        self.requests += 1
+
+    def reached_model(self, model: str, verb: str) -> None:
+        self.inferences += 1
+        self.by_model[model][verb] += 1
+
+    def succeeded(self, rows: int) -> None:
+        self.rows += rows
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "inferences": self.inferences,
+            "rows": self.rows,
+            "by_model": {m: dict(v) for m, v in self.by_model.items()},
+            "pid": os.getpid(),
+        }
