@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -43,8 +44,9 @@ def _export(model_dir: Path) -> None:
         return
     print(f"exporting the MNIST model to {model_dir} (trains on bundled digits, ~30 s) ...",
           flush=True)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     subprocess.run([sys.executable, "-m", "lb", "export-mnist", str(model_dir)],
-                   check=True, timeout=600)
+                   check=True, timeout=600, env=env)
 
 
 def demo_config(args: argparse.Namespace, ports: list[int]) -> Config:
@@ -60,7 +62,7 @@ def demo_config(args: argparse.Namespace, ports: list[int]) -> Config:
     return parse_config(doc, "<demo>")
 
 
-def _print_usage(args: argparse.Namespace, sample: Path) -> None:
+def _print_usage(args: argparse.Namespace, sample: Path, logs: Path) -> None:
     base = f"http://127.0.0.1:{args.port}"
     print(f"""
 tfserving-lb demo is up: {args.workers} MNIST workers (the last one {SLOW_DELAY_MS:.0f} ms slower)
@@ -71,7 +73,7 @@ behind the proxy at {base}, memory cache.
       (run it twice: the second answer has X-Cache: HIT)
   curl -s http://127.0.0.1:{args.admin_port}/stats
 
-Ctrl-C stops everything.
+Worker logs: {logs}/. Ctrl-C stops everything.
 """, flush=True)
 
 
@@ -93,13 +95,15 @@ def demo_main(args: argparse.Namespace) -> int:
     _export(model_dir)
     ports = [_free_port() for _ in range(args.workers)]
     delays = [0.0] * (args.workers - 1) + [SLOW_DELAY_MS]
-    procs = start_pool(MODEL, model_dir, ports, delays)
+    logs = model_dir.parent / "logs"
+    print(f"starting {args.workers} workers (logs in {logs}/) ...", flush=True)
+    procs = start_pool(MODEL, model_dir, ports, delays, log_dir=logs)
     try:
         for port in ports:
             wait_available(f"http://127.0.0.1:{port}", MODEL, timeout=120.0)
         sample = model_dir.parent / "sample.json"
         sample.write_bytes(orjson.dumps(sample_request(2)))
-        run(lambda: _run_proxy(demo_config(args, ports), lambda: _print_usage(args, sample)))
+        run(lambda: _run_proxy(demo_config(args, ports), lambda: _print_usage(args, sample, logs)))
     finally:
         stop_pool(procs, timeout=10.0)
     return 0
