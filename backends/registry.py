@@ -57,16 +57,17 @@ class Model:
     labels: dict[str, int] = field(default_factory=dict)
 
 
-def discover_versions(base_path: Path) -> dict[int, Version]:
+def discover_versions(base_path: Path, quiet: bool = False) -> dict[int, Version]:
     """Every numeric sub-folder of `base_path` as a Version (empty if the path is missing)."""
     if not base_path.is_dir():
-        logger.warning("model base path %s does not exist or is not a directory", base_path)
+        if not quiet:
+            logger.warning("model base path %s does not exist or is not a directory", base_path)
         return {}
     versions = {}
     for child in sorted(base_path.iterdir()):
         if child.is_dir() and child.name.isdigit():
             versions[int(child.name)] = Version(int(child.name), child)
-    if not versions:
+    if not versions and not quiet:
         logger.warning("no numeric version folders under %s", base_path)
     return versions
 
@@ -102,6 +103,22 @@ class Registry:
         for model in self.models.values():
             for number in sorted(model.versions):
                 self._load_one(model, model.versions[number], load)
+
+    def rescan(self, load: Callable[[Path], Any]) -> int:
+        """Load version folders that appeared since the last scan (TF Serving polls its
+        base paths the same way); returns how many were found. Runs off the loop; the
+        event loop sees each model's versions dict replaced, never mutated."""
+        added = 0
+        for model in list(self.models.values()):
+            for number, version in discover_versions(model.base_path, quiet=True).items():
+                if number in model.versions:
+                    continue
+                logger.info("model %s: new version %d under %s", model.name, number,
+                            model.base_path)
+                model.versions = {**model.versions, number: version}
+                self._load_one(model, version, load)
+                added += 1
+        return added
 
     @staticmethod
     def _load_one(model: Model, version: Version, load: Callable[[Path], Any]) -> None:

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", default=[], metavar="[MODEL:]LABEL=VERSION",
                    help="version label (repeatable); without MODEL: for the first model")
     p.add_argument("--threads", type=int, default=2, help="inference thread pool size")
+    p.add_argument("--poll-s", type=float, default=1.0,
+                   help="seconds between scans for new version folders (0: never)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -88,12 +91,16 @@ def build_registry(args: argparse.Namespace) -> Registry:
     return registry
 
 
-def load_models(registry: Registry, threads: int) -> None:
-    """Import TensorFlow and load every version. Runs in the loader thread."""
+def load_models(registry: Registry, threads: int, poll_s: float = 0.0) -> None:
+    """Import TensorFlow and load every version, then (poll_s > 0) load version
+    folders that appear later, checking every poll_s. Runs in the loader thread."""
     from backends import runtime  # TensorFlow is imported here, off the event loop
 
     runtime.configure_threads(inter_op=threads)
     registry.load_all(runtime.Servable)
+    while poll_s > 0:
+        time.sleep(poll_s)
+        registry.rescan(runtime.Servable)
 
 
 async def serve(args: argparse.Namespace, registry: Registry) -> int:
@@ -113,7 +120,7 @@ async def serve(args: argparse.Namespace, registry: Registry) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loader = threading.Thread(target=load_models, args=(registry, args.threads),
+    loader = threading.Thread(target=load_models, args=(registry, args.threads, args.poll_s),
                               name="loader", daemon=True)
     loader.start()
     await stop.wait()

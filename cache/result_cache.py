@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,9 @@ class _Counts:
     misses: int = 0
     bypasses: int = 0
     coalesced: int = 0
+    partial: int = 0
+    rows_hit: int = 0
+    rows_missed: int = 0
     stores: int = 0
     too_large: int = 0
     errors: int = 0
@@ -41,7 +45,8 @@ class _Counts:
         return {
             "hits": self.hits, "misses": self.misses,
             "hit_rate": self.hits / lookups if lookups else 0.0,
-            "bypasses": self.bypasses, "coalesced": self.coalesced, "stores": self.stores,
+            "bypasses": self.bypasses, "coalesced": self.coalesced, "partial": self.partial,
+            "rows_hit": self.rows_hit, "rows_missed": self.rows_missed, "stores": self.stores,
             "too_large": self.too_large,
             "errors": self.errors,
             "lookup_ms_avg": 1000.0 * self.lookup_s / lookups if lookups else 0.0,
@@ -78,6 +83,35 @@ class ResultCache:
             else:
                 c.hits += 1
         return value
+
+    async def lookup_rows(self, keys: Sequence[str], model: str) -> list[bytes | None]:
+        """Row-level lookup with one MGET. Counts the request once (all rows hit: a
+        hit; otherwise a miss, and a partial hit when some rows hit) and every row."""
+        start = time.perf_counter()
+        try:
+            values = await self._store.mget(keys)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("cache store %s mget failed; treated as misses", self.backend)
+            values = [None] * len(keys)
+            self._count(model, "errors")
+        elapsed = time.perf_counter() - start
+        found = sum(v is not None for v in values)
+        for c in (self._total, self._model(model)):
+            c.lookup_s += elapsed
+            c.rows_hit += found
+            c.rows_missed += len(values) - found
+            if found == len(values):
+                c.hits += 1
+            else:
+                c.misses += 1
+                c.partial += found > 0
+        return values
+
+    async def fill_many(self, items: Sequence[tuple[str, bytes]], model: str) -> None:
+        """Store several 200-derived entries concurrently (row-level cache)."""
+        await asyncio.gather(*(self.fill(k, model, v) for k, v in items))
 
     async def fill(self, key: str, model: str, body: bytes) -> None:
         """Store a 200 response body; skips bodies over max_entry_bytes."""

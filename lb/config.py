@@ -84,7 +84,7 @@ class PolicyConfig(_Strict):
 
 
 class CacheConfig(_Strict):
-    backend: Literal["memory", "redis", "none"] = "memory"
+    backend: Literal["memory", "redis", "tiered", "none"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     ttl_s: Positive = 3600.0
     memory_mb: Positive = 64.0

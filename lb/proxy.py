@@ -16,13 +16,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cache.coalesce import Coalescer
-from cache.keys import request_key
+from cache.keys import request_key, row_keys
 from cache.result_cache import ResultCache
 from lb.config import Config
 from lb.errors import DeadlineExceeded, LbError, Unavailable, UpstreamError
 from lb.formats import adapt
 from lb.nodes import Node, NodePool
 from lb.routes import Body, Directives, Route
+from lb.rowcache import RowCache
 from lb.signatures import Signatures
 from lb.upstream import Reply, Upstream
 
@@ -53,6 +54,7 @@ class Proxy:
         self.cache = cache
         self.signatures = Signatures(self._fetch_metadata)
         self.coalescer = Coalescer()
+        self.rows = RowCache(cache, self._forward_rows) if cache is not None else None
         self._learn = learn
 
     # -- the verbs -------------------------------------------------------------
@@ -61,16 +63,26 @@ class Proxy:
                     deadline: float) -> Outcome:
         """:predict / :classify / :regress through the cache."""
         version = await self._resolve_version(route)
-        key = None
-        if self.cache is not None and version is not None:
-            key = await self._key(route, version, body)
         units = body.rows * self.cfg.model(route.model).cost
-        if key is None or self.cache is None:          # not cacheable
-            if directives.only_if_cached:
-                return self._not_cached()
-            reply, node = await self.forward("POST", route.path(), raw, units, deadline,
-                                             model=route.model, version=version)
-            return Outcome(reply, "MISS", node.name)
+        if self.cache is not None and version is not None:
+            if self.rows is not None and self._row_cached(route, body):
+                outcome = await self._serve_rows(route, body, version, directives, deadline)
+                if outcome is not None:
+                    return outcome
+            key = await self._key(route, version, body)
+            if key is not None:
+                return await self._cached(route, body, raw, key, units, version, directives,
+                                          deadline)
+        if directives.only_if_cached:                  # not cacheable
+            return self._not_cached()
+        reply, node = await self.forward("POST", route.path(), raw, units, deadline,
+                                         model=route.model, version=version)
+        return Outcome(reply, "MISS", node.name)
+
+    async def _cached(self, route: Route, body: Body, raw: bytes, key: str, units: float,
+                      version: int, directives: Directives, deadline: float) -> Outcome:
+        """The whole-request cache path: lookup, then a (coalesced) miss."""
+        assert self.cache is not None
         if directives.lookup:
             hit = await self.cache.lookup(key, route.model)
             if hit is not None and route.verb == "predict":
@@ -81,8 +93,30 @@ class Proxy:
             self.cache.bypass(route.model)
         if directives.only_if_cached:
             return self._not_cached()
-        assert version is not None                     # a key implies a resolved version
         return await self._miss(route, key, raw, units, version, directives, deadline)
+
+    def _row_cached(self, route: Route, body: Body) -> bool:
+        return (route.verb == "predict" and not body.columnar
+                and self.cfg.model(route.model).row_cache)
+
+    async def _serve_rows(self, route: Route, body: Body, version: int | None,
+                          directives: Directives, deadline: float) -> Outcome | None:
+        """The row-level path; None when the body has no row keys (whole-request path)."""
+        assert self.rows is not None and version is not None
+        dtypes = await self.signatures.dtypes(route.model, version, body.signature_name)
+        keys = row_keys(route.model, str(version), body.signature_name, body.doc, dtypes)
+        if not keys:
+            return None
+        out = await self.rows.serve(route, body, keys, version, directives, deadline)
+        if out is None:
+            return self._not_cached()
+        return Outcome(out.reply, out.x_cache, out.node)
+
+    async def _forward_rows(self, route: Route, raw: bytes, rows: int, version: int,
+                            deadline: float) -> tuple[Reply, Node]:
+        units = rows * self.cfg.model(route.model).cost
+        return await self.forward("POST", route.path(), raw, units, deadline,
+                                  model=route.model, version=version)
 
     async def _miss(self, route: Route, key: str, raw: bytes, units: float, version: int,
                     directives: Directives, deadline: float) -> Outcome:
@@ -118,6 +152,10 @@ class Proxy:
     def _not_cached() -> Outcome:
         return Outcome(Reply(504, b'{"error": "not in cache (only-if-cached)"}', JSON),
                        "MISS", None)
+
+    async def resolve_version(self, route: Route) -> int | None:
+        """`_resolve_version` for the gRPC front (lb.grpc_proxy)."""
+        return await self._resolve_version(route)
 
     async def _resolve_version(self, route: Route) -> int | None:
         """The version a request addresses: explicit, or the latest AVAILABLE one the
@@ -198,6 +236,8 @@ class Proxy:
 
     async def close(self) -> None:
         await self.coalescer.close()
+        if self.rows is not None:
+            await self.rows.close()
         if self.cache is not None:
             await self.cache.close()
         await self.upstream.close()

@@ -33,14 +33,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class ProcessDied(RuntimeError):
+    """A process a test waits for has exited: waiting longer cannot help."""
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str,
                interval: float = 0.05) -> None:
-    """Poll `check` until it returns True; raise TimeoutError naming `what`."""
+    """Poll `check` until it returns True; raise TimeoutError naming `what`.
+
+    Exceptions from `check` count as "not yet", except ProcessDied."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
+        try:
             if check():
                 return
+        except ProcessDied:
+            raise
+        except Exception:
+            pass
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
@@ -117,7 +127,7 @@ class Proc:
         """Wait until `url` answers (and `ok(status, body)` holds), or fail with the log."""
         def check() -> bool:
             if not self.alive():
-                raise RuntimeError(
+                raise ProcessDied(
                     f"{self.name} exited with {self.popen.returncode}:\n{self.log()}")
             status, _, body = http("GET", url, timeout=2.0)
             return ok(status, body) if ok else status < 500
