@@ -12,7 +12,9 @@ Guarantees:
 - after `breaker_failures` consecutive failures Redis is not called for
   `breaker_reset_s`; then one probe goes through and its success closes the
   breaker, so a restarted Redis is picked up without intervention.
-URLs: redis://, rediss://, unix:// with password/db in the URL.
+URLs: redis://, rediss://, unix:// with password/db in the URL. With
+`cluster=True` the URL names any node of a Redis Cluster (redis.asyncio.cluster
+discovers the rest); MGET is then split by slot (`mget_nonatomic`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -51,15 +54,22 @@ class RedisStore:
     name = "redis"
 
     def __init__(self, url: str, timeout_s: float = 0.05, breaker_failures: int = 5,
-                 breaker_reset_s: float = 2.0) -> None:
+                 breaker_reset_s: float = 2.0, cluster: bool = False) -> None:
         self._url = redact_url(url)
         self._timeout_s = timeout_s
+        self._cluster = cluster
         # One immediate retry covers a pooled connection that went stale when
         # Redis restarted; it still has to fit in the same deadline.
-        self._client = aioredis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1), health_check_interval=0,
-        )
+        self._client: Any
+        if cluster:
+            self._client = RedisCluster.from_url(
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 1))
+        else:
+            self._client = aioredis.from_url(
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 1), health_check_interval=0,
+            )
         self._breaker = CircuitBreaker(breaker_failures, breaker_reset_s)
         self._counters = _RedisCounters()
 
@@ -74,7 +84,8 @@ class RedisStore:
         if not keys:
             return []
         try:
-            values = await self._guarded("MGET", lambda: self._client.mget(list(keys)))
+            mget = self._client.mget_nonatomic if self._cluster else self._client.mget
+            values = await self._guarded("MGET", lambda: mget(list(keys)))
         except CacheUnavailable:
             return [None] * len(keys)
         return cast(list[bytes | None], values)

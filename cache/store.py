@@ -43,7 +43,7 @@ class Store(Protocol):
 
 
 def make_store(backend: str, *, redis_url: str, memory_bytes: int, max_entry_bytes: int,
-               timeout_s: float) -> Store:
+               timeout_s: float, cluster: bool = False) -> Store:
     """Build the configured store ("memory" | "redis" | "tiered"); raise UnknownBackend.
 
     Called once by the proxy at startup. Creating a RedisStore does not
@@ -52,8 +52,8 @@ def make_store(backend: str, *, redis_url: str, memory_bytes: int, max_entry_byt
     if backend == "memory":
         return MemoryStore(memory_bytes, max_entry_bytes)
     if backend == "redis":
-        return RedisStore(redis_url, timeout_s=timeout_s)
+        return RedisStore(redis_url, timeout_s=timeout_s, cluster=cluster)
     if backend == "tiered":
         return TieredStore(MemoryStore(memory_bytes, max_entry_bytes),
-                           RedisStore(redis_url, timeout_s=timeout_s))
+                           RedisStore(redis_url, timeout_s=timeout_s, cluster=cluster))
     raise UnknownBackend(f"unknown cache backend {backend!r}; expected one of {BACKENDS}")

@@ -38,6 +38,8 @@ async def handle_healthz(request: web.Request) -> web.Response:
     ok = request.app[ADMIN_PROXY].pool.any_healthy()
     return web.Response(status=200 if ok else 503, text="ok\n" if ok else "no healthy node\n")
 
+    # "json": no signature metadata, keys fall back to canonical JSON (1 != 1.0)
+    cache["key_modes"] = dict(proxy.key_modes)
 
 def make_admin_app(proxy: Proxy) -> web.Application:
     app = web.Application()

@@ -90,6 +90,7 @@ class CacheConfig(_Strict):
     memory_mb: Positive = 64.0
     max_entry_kb: Positive = 1024.0
     redis_timeout_ms: Positive = 50.0
+    redis_cluster: bool = False       # redis_url names one node of a Redis Cluster
 
     @field_validator("redis_url")
     @classmethod

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cache.coalesce import Coalescer
-from cache.keys import request_key, row_keys
+from cache.keys import key_mode, request_key, row_keys
 from cache.result_cache import ResultCache
 from lb.config import Config
 from lb.errors import DeadlineExceeded, LbError, Unavailable, UpstreamError
@@ -54,6 +54,8 @@ class Proxy:
         self.cache = cache
         self.signatures = Signatures(self._fetch_metadata)
         self.coalescer = Coalescer()
+        # model -> "tensor" | "json": how its keys were last made (shown in /stats)
+        self.key_modes: dict[str, str] = {}
         self.rows = RowCache(cache, self._forward_rows) if cache is not None else None
         self._learn = learn
 
@@ -172,6 +174,8 @@ class Proxy:
     async def _key(self, route: Route, version: int, body: Body) -> str | None:
         assert route.verb is not None
         dtypes = await self.signatures.dtypes(route.model, version, body.signature_name)
+        if len(self.key_modes) < 256 or route.model in self.key_modes:
+            self.key_modes[route.model] = key_mode(dtypes)
         try:
             return request_key(route.model, str(version), route.verb, body.doc, dtypes,
                                body.signature_name)

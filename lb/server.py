@@ -38,7 +38,8 @@ def build_cache(cfg: Config) -> ResultCache | None:
         return None
     max_entry = int(c.max_entry_kb * 1024)
     store = make_store(c.backend, redis_url=c.redis_url, memory_bytes=int(c.memory_mb * 2**20),
-                       max_entry_bytes=max_entry, timeout_s=c.redis_timeout_ms / 1000.0)
+                       max_entry_bytes=max_entry, timeout_s=c.redis_timeout_ms / 1000.0,
+                       cluster=c.redis_cluster)
     return ResultCache(store, ttl_s=c.ttl_s, max_entry_bytes=max_entry)
 
 

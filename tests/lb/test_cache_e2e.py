@@ -77,6 +77,7 @@ def test_equivalent_encodings_share_one_entry(proxy: ProxyProc) -> None:
     # Key order inside the JSON object does not matter either.
     raw = f'{{"signature_name": "serving_default", "instances": [{v}, 2.0]}}'.encode()
     assert post(url, raw)[1] == "HIT"
+    assert get_json(f"{proxy.admin}/stats")["cache"]["key_modes"][HP2] == "tensor"
 
 
 def test_near_misses_never_share_an_entry(proxy: ProxyProc) -> None:
