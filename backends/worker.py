@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 import threading
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a model to serve (repeatable)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8501, help="REST port")
-    p.add_argument("--grpc-port", type=int, default=0, help="gRPC port (not served yet)")
+    p.add_argument("--grpc-port", type=int, default=0, help="gRPC port (0: no gRPC)")
     p.add_argument("--delay-ms", type=float, default=0.0,
                    help="sleep this long in each inference request (a deliberately slow node)")
     p.add_argument("--label", action="append", default=[], metavar="[MODEL:]LABEL=VERSION",
@@ -103,20 +104,35 @@ def load_models(registry: Registry, threads: int, poll_s: float = 0.0) -> None:
         registry.rescan(runtime.Servable)
 
 
+def start_grpc(args: argparse.Namespace, registry: Registry, stats: WorkerStats,
+               executor: ThreadPoolExecutor, stop: asyncio.Event) -> asyncio.Task[None]:
+    """The gRPC surface (backends.grpc_api) as a named task: its import (TensorFlow) runs
+    in a thread so the REST port opens at once; it serves until `stop` is set."""
+    async def run() -> None:
+        try:
+            api = await asyncio.to_thread(importlib.import_module, "backends.grpc_api")
+            await api.serve(args.host, args.grpc_port, registry, stats, executor,
+                            args.delay_ms / 1000.0, stop, GRACE_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("gRPC surface on port %d failed", args.grpc_port)
+    return asyncio.create_task(run(), name="grpc")
+
+
 async def serve(args: argparse.Namespace, registry: Registry) -> int:
     """Serve until SIGTERM/SIGINT, then drain in-flight requests and return 0."""
     executor = ThreadPoolExecutor(max(1, args.threads), thread_name_prefix="infer")
-    app = build_app(registry, WorkerStats(), executor, args.delay_ms / 1000.0)
+    stats = WorkerStats()
+    app = build_app(registry, stats, executor, args.delay_ms / 1000.0)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=GRACE_S)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
     await site.start()
     logger.info("worker listening on http://%s:%d (delay %.1f ms)",
                 args.host, args.port, args.delay_ms)
-    if args.grpc_port:
-        logger.warning("--grpc-port %d given: gRPC is not served by this worker yet",
-                       args.grpc_port)
     stop = asyncio.Event()
+    grpc_task = start_grpc(args, registry, stats, executor, stop) if args.grpc_port else None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -126,6 +142,8 @@ async def serve(args: argparse.Namespace, registry: Registry) -> int:
     await stop.wait()
     logger.info("stopping: draining in-flight requests (grace %.0f s)", GRACE_S)
     await runner.cleanup()
+    if grpc_task is not None:                    # it drains on `stop` within GRACE_S
+        await asyncio.wait({grpc_task}, timeout=GRACE_S + 2.0)
     executor.shutdown(wait=False, cancel_futures=True)
     logger.info("stopped")
     return 0

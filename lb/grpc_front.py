@@ -1,0 +1,182 @@
+"""The gRPC front: TF Serving's gRPC services on `listen.grpc`, balanced per call.
+
+Started and stopped by `lb.server` (`GrpcFront.start` inside `start()`,
+`GrpcFront.stop` first in `Running.stop()`). Serves, with generic handlers
+whose requests and replies stay bytes:
+
+    tensorflow.serving.PredictionService   Predict (cached), Classify, Regress,
+                                           MultiInference, GetModelMetadata
+    tensorflow.serving.ModelService        GetModelStatus
+    grpc.health.v1.Health                  Check, Watch: SERVING while a node is healthy
+
+Why bytes: the generated classes live in `tensorflow_serving.apis`, whose
+import loads all of TensorFlow; `lb.grpc_messages` reads the few fields that
+routing and cache keys need straight from the wire.
+
+Guarantees: every call gets the node's reply, or the node's status code and
+details, or the `LbError` it ran into as a gRPC status (mapped here and only
+here); its deadline is the client's, capped at `grpc.timeout_s`; replies carry
+initial metadata `x-cache` and (when a node answered) `x-node`; unexpected
+exceptions are logged and answered INTERNAL; `CancelledError` (client gone)
+propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+import grpc.aio
+
+from lb.config import split_hostport
+from lb.errors import LbError
+from lb.grpc_messages import NOT_SERVING, SERVING, health_reply, health_service, read_request
+from lb.grpc_proxy import GrpcOutcome, GrpcProxy
+from lb.grpc_upstream import OK, GrpcUpstream, channel_options
+from lb.proxy import Proxy
+from lb.routes import parse_cache_control
+
+log = logging.getLogger("lb.grpc")
+
+PREDICTION = "tensorflow.serving.PredictionService"
+MODEL = "tensorflow.serving.ModelService"
+HEALTH = "grpc.health.v1.Health"
+PREDICTION_METHODS = ("Predict", "Classify", "Regress", "MultiInference", "GetModelMetadata")
+SERVICE_UNKNOWN = 3
+WATCH_POLL_S = 1.0
+
+_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    502: grpc.StatusCode.UNAVAILABLE, 503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+Unary = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+
+
+def status_code(exc: LbError) -> grpc.StatusCode:
+    """The gRPC code of a proxy error (its HTTP status read the way TF Serving maps them)."""
+    return _CODES.get(exc.status, grpc.StatusCode.INTERNAL)
+
+
+def _cache_control(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "cache-control":
+            return value if isinstance(value, str) else None
+    return None
+
+
+class GrpcFront:
+    """The grpc.aio server and its handlers; one per proxy process."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.upstream = GrpcUpstream(proxy.cfg.grpc)
+        self.flow = GrpcProxy(proxy, self.upstream)
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self, address: str) -> None:
+        """Listen on `address` (host:port); raises OSError when the port cannot be bound."""
+        server = grpc.aio.server(options=channel_options(self.proxy.cfg.grpc))
+        server.add_generic_rpc_handlers(self._handlers())
+        host, port = split_hostport(address)
+        bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else address)
+        if bound == 0:
+            raise OSError(f"gRPC front cannot listen on {address}")
+        await server.start()
+        self.server = server
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop accepting, let calls finish within `grace_s`, then close the channels."""
+        if self.server is not None:
+            try:
+                await asyncio.wait_for(self.server.stop(grace_s), grace_s + 1.0)
+            except TimeoutError:
+                log.warning("gRPC front did not stop within %.1f s", grace_s)
+            self.server = None
+        await self.upstream.close()
+
+    def _handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
+        predict = {m: grpc.unary_unary_rpc_method_handler(self._unary(PREDICTION, m))
+                   for m in PREDICTION_METHODS}
+        model = {"GetModelStatus": grpc.unary_unary_rpc_method_handler(
+            self._unary(MODEL, "GetModelStatus"))}
+        health = {"Check": grpc.unary_unary_rpc_method_handler(self._check),
+                  "Watch": grpc.unary_stream_rpc_method_handler(self._watch)}
+        return (grpc.method_handlers_generic_handler(PREDICTION, predict),
+                grpc.method_handlers_generic_handler(MODEL, model),
+                grpc.method_handlers_generic_handler(HEALTH, health))
+
+    def _unary(self, service: str, method: str) -> Unary:
+        path = f"/{service}/{method}"
+
+        async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return await self._serve(path, method, raw, context)
+        return handle
+
+    async def _serve(self, path: str, method: str, raw: bytes,
+                     context: grpc.aio.ServicerContext) -> bytes:
+        """One proxied call: outcome or error, then the reply to the client."""
+        try:
+            out = await self._outcome(path, method, raw, context)
+        except LbError as exc:
+            await context.abort(status_code(exc), str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("unexpected error on %s", path)
+            await context.abort(grpc.StatusCode.INTERNAL, f"proxy error: {type(exc).__name__}")
+        meta = [("x-cache", out.x_cache)]
+        if out.node is not None:
+            meta.append(("x-node", out.node))
+        await context.send_initial_metadata(meta)
+        if out.reply.code != OK:
+            await context.abort(out.reply.code, out.reply.details)
+        return out.reply.body
+
+    async def _outcome(self, path: str, method: str, raw: bytes,
+                       context: grpc.aio.ServicerContext) -> GrpcOutcome:
+        req = read_request(method, raw)
+        remaining = context.time_remaining()
+        cap = self.proxy.cfg.grpc.timeout_s
+        deadline = time.monotonic() + (cap if remaining is None else min(remaining, cap))
+        if method == "Predict":
+            directives = parse_cache_control(_cache_control(context))
+            return await self.flow.predict(path, raw, req, directives, deadline)
+        return await self.flow.call(path, raw, req, deadline)
+
+    # -- grpc.health.v1 ---------------------------------------------------------
+
+    def _health(self, service: str) -> int:
+        if service not in ("", PREDICTION, MODEL):
+            return SERVICE_UNKNOWN
+        return SERVING if self.proxy.pool.any_healthy() else NOT_SERVING
+
+    async def _check(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Health/Check: SERVING while some node is healthy; NOT_FOUND for other services."""
+        try:
+            status = self._health(health_service(raw))
+        except LbError as exc:
+            await context.abort(status_code(exc), str(exc))
+        if status == SERVICE_UNKNOWN:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        return health_reply(status)
+
+    async def _watch(self, raw: bytes, context: grpc.aio.ServicerContext
+                     ) -> AsyncIterator[bytes]:
+        """Health/Watch: the status now and on every change, until the client leaves."""
+        try:
+            service = health_service(raw)
+        except LbError as exc:
+            await context.abort(status_code(exc), str(exc))
+        last = -1
+        while True:
+            status = self._health(service)
+            if status != last:
+                yield health_reply(status)
+                last = status
+            await asyncio.sleep(WATCH_POLL_S)

@@ -1,0 +1,108 @@
+"""Per-call balancing on the gRPC front: one client channel, every node, by weight.
+
+gRPC pins a client's calls to one server behind an L4 balancer (HTTP/2 reuses
+one connection); the proxy balances each call. Uses the suite's shared pool of
+half_plus_two workers (tests/lb/conftest.py: 50 ms per call, gRPC on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+
+from tests.lb.conftest import Pool
+from tests.procs import ProxyProc, free_port, wait_until
+
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+
+
+def predict_bytes(model: str, x: float) -> bytes:
+    """A PredictRequest for x=[x] (float32, shape [1]), written by hand: the wire format
+    is tested in test_pbwire.py; this keeps the load loop free of TensorFlow."""
+    import struct
+
+    name = model.encode()
+    spec = b"\x0a" + bytes([len(name)]) + name
+    shape = b"\x12\x02\x08\x01"                                  # dim {size: 1}
+    tensor = (b"\x08\x01" + b"\x12" + bytes([len(shape)]) + shape     # DT_FLOAT, shape
+              + b"\x2a\x04" + struct.pack("<f", x))                   # float_val, packed
+    entry = b"\x0a\x01x" + b"\x12" + bytes([len(tensor)]) + tensor
+    return b"\x0a" + bytes([len(spec)]) + spec + b"\x12" + bytes([len(entry)]) + entry
+
+
+async def _spread(target: str, n: int, concurrency: int) -> Counter[str]:
+    """n distinct predicts over ONE channel with `concurrency` in flight; count x-node."""
+    counts: Counter[str] = Counter()
+    queue = iter(range(n))
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(PREDICT)
+
+        async def client() -> None:
+            for i in queue:
+                c = call(predict_bytes("half_plus_two", float(i)), timeout=10)
+                await c
+                meta = dict(await c.initial_metadata())
+                counts[str(meta["x-node"])] += 1
+        await asyncio.wait_for(asyncio.gather(*(client() for _ in range(concurrency))), 120)
+    return counts
+
+
+def _grpc_node(name: str, pool: Pool, i: int, weight: float) -> dict[str, object]:
+    return {"name": name, "rest": pool.fast[i], "grpc": pool.procs[i].grpc, "weight": weight}
+
+
+def test_one_channel_spreads_over_all_nodes_by_weight(logs_dir: Path, hp2_pool: Pool) -> None:
+    p = ProxyProc(logs_dir, [_grpc_node("w3", hp2_pool, 0, 3), _grpc_node("w1a", hp2_pool, 1, 1),
+                             _grpc_node("w1b", hp2_pool, 2, 1)],
+                  name="proxy-grpc-311", grpc=True, cache={"backend": "none"},
+                  policy={"ewma_decay_s": 1.0})
+    assert p.grpc
+    try:
+        # 15 in flight at ~50 ms each (~300 calls/s): well below saturation of this
+        # small box, so node latency does not depend on node load and weights decide.
+        asyncio.run(_spread(p.grpc, 100, 15))
+        counts = asyncio.run(_spread(p.grpc, 1000, 15))
+    finally:
+        p.stop()
+    total = sum(counts.values())
+    shares = {k: v / total for k, v in counts.items()}
+    print("gRPC one-channel 3:1:1 shares", shares)
+    assert set(counts) == {"w3", "w1a", "w1b"}
+    assert shares["w3"] == pytest.approx(0.6, abs=0.08), shares
+    assert shares["w1a"] == pytest.approx(0.2, abs=0.06), shares
+    assert shares["w1b"] == pytest.approx(0.2, abs=0.06), shares
+
+
+def test_dead_node_is_retried_and_deadlines_are_forwarded(logs_dir: Path,
+                                                          hp2_pool: Pool) -> None:
+    dead = {"name": "dead", "rest": f"http://127.0.0.1:{free_port()}",
+            "grpc": f"127.0.0.1:{free_port()}", "weight": 10.0}
+    rest_only = {"name": "rest-only", "rest": hp2_pool.fast[1], "weight": 10.0}
+    p = ProxyProc(logs_dir, [dead, rest_only, _grpc_node("ok", hp2_pool, 2, 1)],
+                  name="proxy-grpc-dead", grpc=True, cache={"backend": "none"},
+                  health={"interval_s": 5.0, "timeout_s": 0.5, "unhealthy_after": 3})
+    assert p.grpc
+    try:
+        counts = asyncio.run(_spread(p.grpc, 10, 1))
+        assert counts == {"ok": 10}                   # dead: retried; rest-only: skipped
+        with grpc.insecure_channel(p.grpc) as ch, pytest.raises(grpc.RpcError) as err:
+            ch.unary_unary(PREDICT)(predict_bytes("half_plus_two", 0.5), timeout=0.02)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The node got the client's deadline: its call ended, counted as an error,
+        # long before the proxy's own 60 s cap.
+        start = time.monotonic()
+        wait_until(lambda: _errors(p, "ok") == 1, 2.0, "the node call to end")
+        assert time.monotonic() - start < 2.0
+        assert {n["name"]: n["inflight"] for n in p.stats()["nodes"]}["ok"] == 0
+    finally:
+        p.stop()
+
+
+def _errors(p: ProxyProc, name: str) -> int:
+    return int({n["name"]: n["errors"] for n in p.stats()["nodes"]}[name])

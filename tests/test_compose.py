@@ -1,0 +1,104 @@
+"""docker-compose.yml, its Dockerfile and the proxy config agree (no Docker engine here).
+
+Loads the compose file as YAML (anchors and merge keys resolved) and checks
+every service, port, mount and the proxy config against one another.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from lb.config import Config, load_config, split_hostport
+from tests.procs import ROOT
+
+TF_GRPC, TF_REST = 8500, 8501
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(doc, dict)
+    return doc["services"]  # type: ignore[no-any-return]
+
+
+def _proxies(services: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in services.items() if "build" in v}
+
+
+def _mount(volume: str) -> tuple[str, str]:
+    source, target, *_ = volume.split(":")
+    return source, target
+
+
+def _config(services: dict[str, Any]) -> Config:
+    (source,) = {_mount(v)[0] for s in _proxies(services).values() for v in s["volumes"]}
+    return load_config(ROOT / source)
+
+
+def test_services(compose: dict[str, Any]) -> None:
+    tf = {k for k, v in compose.items()
+          if str(v.get("image", "")).startswith("tensorflow/serving:")}
+    assert tf == {"tf-a", "tf-b", "tf-c"}
+    assert len(_proxies(compose)) == 2 and "redis" in compose
+
+
+def test_redis_is_bounded_and_lru(compose: dict[str, Any]) -> None:
+    cmd = compose["redis"]["command"]
+    assert cmd[cmd.index("--maxmemory") + 1].endswith(("mb", "gb"))
+    assert cmd[cmd.index("--maxmemory-policy") + 1] == "allkeys-lru"
+
+
+def test_tf_serving_nodes_serve_the_configured_model(compose: dict[str, Any]) -> None:
+    cfg = _config(compose)
+    for name in ("tf-a", "tf-b", "tf-c"):
+        svc = compose[name]
+        assert _mount(svc["volumes"][0]) == ("./models", "/models")      # the folder users fill
+        assert svc["environment"]["MODEL_NAME"] in cfg.models
+        assert "command" not in svc            # the image's own ports: 8500 gRPC, 8501 REST
+
+
+def test_proxy_config_matches_the_services(compose: dict[str, Any]) -> None:
+    cfg = _config(compose)
+    assert {n.name for n in cfg.nodes} == {"tf-a", "tf-b", "tf-c"}
+    for n in cfg.nodes:
+        url = urlsplit(n.rest)
+        assert (url.hostname, url.port) == (n.name, TF_REST) and n.name in compose
+        assert n.grpc is not None and split_hostport(n.grpc) == (n.name, TF_GRPC)
+    assert len({n.weight for n in cfg.nodes}) > 1                       # one weighs more
+    assert cfg.cache.backend == "redis" and urlsplit(cfg.cache.redis_url).hostname == "redis"
+
+
+def test_proxy_replicas_publish_the_configured_ports(compose: dict[str, Any]) -> None:
+    cfg = _config(compose)
+    assert cfg.listen.grpc is not None
+    inside = {split_hostport(a)[1] for a in (cfg.listen.rest, cfg.listen.grpc, cfg.listen.admin)}
+    published: list[str] = []
+    for svc in _proxies(compose).values():
+        ports = [p.rsplit(":", 2) for p in svc["ports"]]
+        assert {int(p[-1]) for p in ports} == inside
+        published += [":".join(p[:-1]) for p in ports]
+        admin = next(p for p in ports if int(p[-1]) == split_hostport(cfg.listen.admin)[1])
+        assert admin[0] == "127.0.0.1"                                 # admin stays local
+        assert set(svc["depends_on"]) == {"redis", "tf-a", "tf-b", "tf-c"}
+        _, target = _mount(svc["volumes"][0])
+        assert target == "/etc/tfserving-lb/lb.yaml"
+    assert len(published) == len(set(published))                      # no host port twice
+
+
+def test_dockerfile_installs_the_proxy_without_tensorflow(compose: dict[str, Any]) -> None:
+    builds = {(s["build"]["context"], s["build"]["dockerfile"]) for s in _proxies(compose).values()}
+    ((context, dockerfile),) = builds
+    text = (ROOT / context / dockerfile).read_text()
+    code = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
+    assert "pip install ." in code and "[tf]" not in code and "tensorflow" not in code.lower()
+    assert "/etc/tfserving-lb/lb.yaml" in text
+    for line in text.splitlines():
+        if line.startswith("COPY"):
+            for src in line.split()[1:-1]:
+                assert (ROOT / context / src).exists(), src
+    assert Path(ROOT / "scripts" / "docker" / "lb.yaml").is_file()
