@@ -1,0 +1,151 @@
+"""GET /metrics and the access log, against the real proxy and real workers."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.lb.conftest import Pool
+from tests.procs import ProxyProc, family_of, http, node, sample, scrape, wait_until
+
+HP2 = "half_plus_two"
+
+FAMILIES = {
+    "tfslb_requests": "counter",
+    "tfslb_request_duration_seconds": "histogram",
+    "tfslb_node_inflight": "gauge",
+    "tfslb_node_inflight_units": "gauge",
+    "tfslb_node_ewma_seconds": "gauge",
+    "tfslb_node_load": "gauge",
+    "tfslb_node_weight": "gauge",
+    "tfslb_node_effective_weight": "gauge",
+    "tfslb_node_healthy": "gauge",
+    "tfslb_node_requests": "counter",
+    "tfslb_node_errors": "counter",
+    "tfslb_node_ejections": "counter",
+    "tfslb_retries": "counter",
+    "tfslb_retry_budget_rejections": "counter",
+    "tfslb_cache_info": "gauge",
+    "tfslb_cache_hits": "counter",
+    "tfslb_cache_misses": "counter",
+    "tfslb_cache_hit_ratio": "gauge",
+    "tfslb_cache_bypasses": "counter",
+    "tfslb_cache_errors": "counter",
+    "tfslb_config_reloads": "counter",
+    "tfslb_config_reload_failures": "counter",
+    "tfslb_config_last_reload_ok": "gauge",
+    "tfslb_config_loaded_timestamp_seconds": "gauge",
+}
+
+
+@pytest.fixture(scope="module")
+def proxy(logs_dir: Path, hp2_pool: Pool) -> Iterator[ProxyProc]:
+    """Two fast workers (weights 2 and 1), memory cache, JSON access log."""
+    p = ProxyProc(logs_dir, [node("a", hp2_pool.fast[0], 2.0), node("b", hp2_pool.fast[1])],
+                  name="proxy-metrics", models={HP2: {"cost": 1.0}},
+                  log={"access": True, "format": "json"})
+    yield p
+    p.stop()
+
+
+_calls = itertools.count()
+
+
+def _traffic(url: str) -> None:
+    """12 new predicts (misses), 3 repeats (hits), one status GET, one unknown model."""
+    base = next(_calls) * 100.0
+    for i in range(12):
+        status = http("POST", f"{url}/v1/models/{HP2}:predict", {"instances": [base + i]})[0]
+        assert status == 200
+    for _ in range(3):
+        status, hdrs, _ = http("POST", f"{url}/v1/models/{HP2}:predict", {"instances": [base]})
+        assert status == 200 and hdrs["X-Cache"] == "HIT"
+    assert http("GET", f"{url}/v1/models/{HP2}")[0] == 200
+    assert http("POST", f"{url}/v1/models/nope:predict", {"instances": [1.0]})[0] == 404
+
+
+def test_metrics_parse_and_carry_the_families(proxy: ProxyProc) -> None:
+    _traffic(proxy.url)
+    fams = scrape(proxy.admin)
+    for name, kind in FAMILIES.items():
+        assert name in fams, f"{name} missing from /metrics"
+        assert fams[name].type == kind, (name, fams[name].type)
+    assert http("GET", f"{proxy.admin}/metrics")[1]["Content-Type"].startswith("text/plain")
+
+
+def test_request_counts_and_latency(proxy: ProxyProc) -> None:
+    before = scrape(proxy.admin)
+    _traffic(proxy.url)
+    fams = scrape(proxy.admin)
+
+    def delta(name: str, **labels: str) -> float:
+        total = 0.0
+        for s in fams[family_of(name)].samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                try:
+                    was = sample(before, name, **s.labels)
+                except KeyError:
+                    was = 0.0
+                total += s.value - was
+        return total
+
+    assert delta("tfslb_requests_total", model=HP2, code="200") == 16     # 12 + 3 + 1 GET
+    assert delta("tfslb_requests_total", model=HP2, code="200", node="") == 3   # the hits
+    assert delta("tfslb_requests_total", model="(other)", code="404") == 1
+    assert delta("tfslb_request_duration_seconds_count", model=HP2) == 16
+    # Misses took the worker's 50 ms; hits do not reach a node.
+    assert delta("tfslb_request_duration_seconds_sum", model=HP2, node="a") \
+        + delta("tfslb_request_duration_seconds_sum", model=HP2, node="b") >= 13 * 0.045
+    assert delta("tfslb_request_duration_seconds_sum", model=HP2, node="") < 3 * 0.045
+
+
+def test_node_cache_and_config_values(proxy: ProxyProc) -> None:
+    _traffic(proxy.url)
+    fams = scrape(proxy.admin)
+    for name, weight in (("a", 2.0), ("b", 1.0)):
+        assert sample(fams, "tfslb_node_weight", node=name) == weight
+        assert sample(fams, "tfslb_node_effective_weight", node=name) == weight
+        assert sample(fams, "tfslb_node_healthy", node=name) == 1.0
+        assert sample(fams, "tfslb_node_inflight", node=name) == 0.0
+        assert sample(fams, "tfslb_node_ejections_total", node=name) == 0.0
+        assert sample(fams, "tfslb_node_load", node=name) >= 0.0
+    taus = [sample(fams, "tfslb_node_ewma_seconds", node=n) for n in ("a", "b")]
+    assert any(taus)
+    for tau in filter(None, taus):     # seconds per unit on a 50 ms worker (0: no sample yet)
+        assert 0.04 < tau < 2.0
+    assert sample(fams, "tfslb_retries_total") == 0.0
+    assert sample(fams, "tfslb_retry_budget_rejections_total") == 0.0
+    assert sample(fams, "tfslb_cache_info", backend="memory") == 1.0
+    hits = sample(fams, "tfslb_cache_hits_total", model=HP2)
+    misses = sample(fams, "tfslb_cache_misses_total", model=HP2)
+    assert hits >= 3 and misses >= 12
+    assert sample(fams, "tfslb_cache_hit_ratio", model=HP2) == pytest.approx(
+        hits / (hits + misses))
+    stats = proxy.stats()["cache"]
+    assert (stats["hits"], stats["misses"]) == (hits, misses)
+    assert sample(fams, "tfslb_config_reloads_total") == 0.0
+    assert sample(fams, "tfslb_config_reload_failures_total") == 0.0
+    assert sample(fams, "tfslb_config_last_reload_ok") == 1.0
+
+
+def test_json_access_log(proxy: ProxyProc) -> None:
+    http("POST", f"{proxy.url}/v1/models/{HP2}:predict", {"instances": [123.5]})
+
+    def lines() -> list[dict[str, object]]:
+        out = []
+        for line in proxy.proc.log_path.read_text().splitlines():
+            if line.startswith("{"):
+                out.append(json.loads(line))
+        return out
+
+    wait_until(lambda: any(r["path"] == f"/v1/models/{HP2}:predict" for r in lines()),
+               5.0, "an access log line")
+    rec = [r for r in lines() if r["path"] == f"/v1/models/{HP2}:predict"][-1]
+    assert set(rec) >= {"ts", "remote", "method", "status", "bytes", "ms", "model", "node",
+                        "cache"}
+    assert rec["method"] == "POST" and rec["model"] == HP2 and rec["node"] in ("a", "b")
+    assert rec["status"] == 200 and rec["cache"] in ("MISS", "HIT")
