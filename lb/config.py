@@ -80,7 +80,7 @@ class PolicyConfig(_Strict):
     name: Literal["least_load", "round_robin", "least_conn"] = "least_load"
     ewma_decay_s: Positive = 10.0
     window_s: Positive = 10.0
-    slow_start_s: Annotated[float, Field(ge=0)] = 0.0
+    slow_start_s: Annotated[float, Field(ge=0)] = 5.0   # ramp of a readmitted/added node
 
 
 class CacheConfig(_Strict):
@@ -108,6 +108,17 @@ class UpstreamConfig(_Strict):
     pool_size: Annotated[int, Field(gt=0, le=10000)] = 256
     keepalive_s: Positive = 30.0
     retries: Annotated[int, Field(ge=0, le=3)] = 1
+    try_timeout_s: Positive | None = None       # per attempt; None: the request's deadline
+    retry_budget_ratio: Annotated[float, Field(ge=0, le=1)] = 0.2
+    retry_min_per_s: Annotated[float, Field(ge=0)] = 5.0
+
+
+class OutlierConfig(_Strict):
+    """Passive outlier detection: consecutive failures eject a node for a back-off."""
+
+    consecutive_errors: Annotated[int, Field(gt=0)] = 3
+    base_ejection_s: Positive = 2.0
+    max_ejection_s: Positive = 60.0
 
 
 class HealthConfig(_Strict):
@@ -118,8 +129,43 @@ class HealthConfig(_Strict):
 
 
 class LimitsConfig(_Strict):
-    max_body_mb: Positive = 64.0
-    request_timeout_s: Positive = 60.0
+    """What one client may ask of the proxy; past a limit it gets an error, not a queue."""
+
+    max_body_mb: Positive = 64.0                 # 413 past it
+    request_timeout_s: Positive = 60.0           # the whole request, retries included: 504
+    max_inflight: Annotated[int, Field(gt=0)] = 2048   # 503 + Retry-After past it
+    body_timeout_s: Positive = 30.0              # a client sending its body slower: 408
+    keepalive_s: Positive = 75.0                 # idle client connections are closed
+    max_url_bytes: Annotated[int, Field(ge=256, le=65536)] = 8190
+    max_header_bytes: Annotated[int, Field(ge=256, le=65536)] = 8190
+    max_headers: Annotated[int, Field(gt=0, le=1024)] = 128
+
+
+class GrpcConfig(_Strict):
+    """The gRPC front (listen.grpc) and its channels to the nodes' `grpc` addresses."""
+
+    max_message_mb: Annotated[float, Field(gt=0, le=2047)] = 64.0   # gRPC's default is 4
+    timeout_s: Positive = 60.0      # a call's deadline: the client's, at most this
+
+
+class AdminConfig(_Strict):
+    """The admin port's guard: with a token, mutating endpoints need `Bearer <token>`."""
+
+    token: str | None = Field(default=None, min_length=8, pattern=r"^\S+$")
+
+
+class LogConfig(_Strict):
+    """The access log (logger `lb.access`): one line per client request."""
+
+    access: bool = False
+    format: Literal["text", "json"] = "text"
+
+
+class ReloadConfig(_Strict):
+    """Reload on a change of the config file (polled), besides SIGHUP and POST /reload."""
+
+    watch: bool = True
+    poll_s: Annotated[float, Field(ge=0.05, le=60)] = 1.0
 
 
 class Config(_Strict):
@@ -130,7 +176,12 @@ class Config(_Strict):
     cache: CacheConfig = CacheConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     health: HealthConfig = HealthConfig()
+    outlier: OutlierConfig = OutlierConfig()
     limits: LimitsConfig = LimitsConfig()
+    grpc: GrpcConfig = GrpcConfig()
+    admin: AdminConfig = AdminConfig()
+    log: LogConfig = LogConfig()
+    reload: ReloadConfig = ReloadConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:

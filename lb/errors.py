@@ -4,6 +4,7 @@
     ├── ConfigError            bad config file (names the file and field)
     ├── BadRequest             400: malformed body, path or header
     ├── NotFound               404: route the TF Serving API does not have
+    ├── RequestTimeout         408: the client sent its body too slowly
     ├── PayloadTooLarge        413
     ├── Unavailable            503: no node could take the request
     ├── DeadlineExceeded       504: the request's deadline passed
@@ -35,6 +36,10 @@ class BadRequest(LbError):
 
 class NotFound(LbError):
     status = 404
+
+
+class RequestTimeout(LbError):
+    status = 408
 
 
 class PayloadTooLarge(LbError):

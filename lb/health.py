@@ -143,9 +143,11 @@ class HealthChecker:
         if serving:
             self._fails[node.name] = 0
             self._oks[node.name] = self._oks.get(node.name, 0) + 1
-            if not node.healthy and self._oks[node.name] >= self.cfg.healthy_after:
-                log.warning("node %s is healthy again", node.name)
-                node.healthy = True
+            now = time.monotonic()
+            if (not node.healthy and self._oks[node.name] >= self.cfg.healthy_after
+                    and node.outlier.may_readmit(now)):
+                log.warning("node %s is healthy again (slow start)", node.name)
+                node.readmit(now)
         else:
             self._oks[node.name] = 0
             self._fails[node.name] = self._fails.get(node.name, 0) + 1

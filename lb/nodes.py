@@ -17,6 +17,7 @@ from typing import Any
 
 from lb import policy
 from lb.config import NodeConfig, PolicyConfig
+from lb.outlier import OutlierPolicy, OutlierState
 
 
 @dataclass(slots=True)
@@ -36,6 +37,7 @@ class Node:
     errors: int = 0
     # model -> versions the health checks saw AVAILABLE on this node
     versions: dict[str, frozenset[int]] = field(default_factory=dict)
+    outlier: OutlierState = field(default_factory=OutlierState)
 
     @classmethod
     def from_config(cls, cfg: NodeConfig, pcfg: PolicyConfig) -> Node:
@@ -66,29 +68,81 @@ class Node:
         self.window.add(now, units, elapsed_s)
         self.tau.update(elapsed_s / units, now)
 
+    def reconfigure(self, cfg: NodeConfig, pcfg: PolicyConfig) -> None:
+        """Take a reloaded config for this name: weight, URLs and the policy's time
+        constants change; counters, in-flight work, τ, the window and health stay."""
+        self.weight, self.rest, self.grpc = cfg.weight, cfg.rest, cfg.grpc
+        self.tau.decay_s = pcfg.ewma_decay_s
+        self.window.window_s = pcfg.window_s
+
+    def readmit(self, now: float) -> None:
+        """Back in the pool after an outage: slow start, and τ from scratch (the
+        old estimate is stale; without samples the pool median is used)."""
+        self.healthy = True
+        self.outlier.admitted(now)
+        self.tau.value = None
+
     def latest_version(self, model: str) -> int | None:
         known = self.versions.get(model)
         return max(known) if known else None
 
-    def candidate(self) -> policy.Candidate:
-        return policy.Candidate(weight=self.weight, inflight_units=self.inflight_units,
-                                inflight=self.inflight, tau=self.tau.value)
+    def effective_weight(self, now: float, opolicy: OutlierPolicy) -> float:
+        """The configured weight, scaled down while the node is in slow start."""
+        return self.weight * self.outlier.ramp(now, opolicy)
+
+    def available(self, now: float) -> bool:
+        """Healthy by the probes and not ejected by passive outlier detection."""
+        return self.healthy and not self.outlier.ejected(now)
+
+    def state(self, now: float) -> str:
+        if self.outlier.ejected(now):
+            return "ejected"
+        return "healthy" if self.healthy else "unhealthy"
+
+    def candidate(self, now: float, opolicy: OutlierPolicy) -> policy.Candidate:
+        return policy.Candidate(weight=self.effective_weight(now, opolicy),
+                                inflight_units=self.inflight_units,
+                                inflight=self.inflight, tau=self.tau.value,
+                                tau_age=now - self.tau.stamp)
 
 
 class NodePool:
     """The configured nodes and the policy that chooses among them."""
 
     def __init__(self, nodes: Iterable[NodeConfig], pcfg: PolicyConfig,
-                 clock: Callable[[], float] = time.monotonic, seed: int | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, seed: int | None = None,
+                 outlier: OutlierPolicy | None = None) -> None:
         self.policy_name = pcfg.name
         self._pcfg = pcfg
         self._clock = clock
         self._rng = random.Random(seed)
         self._rr = policy.SmoothRoundRobin()
+        self.outlier = outlier or OutlierPolicy(slow_start_s=pcfg.slow_start_s)
         self.nodes: dict[str, Node] = {n.name: Node.from_config(n, pcfg) for n in nodes}
 
     def __iter__(self) -> Any:
         return iter(self.nodes.values())
+
+    def reconfigure(self, nodes: Iterable[NodeConfig], pcfg: PolicyConfig) -> None:
+        """Swap in the nodes and policy settings of a reloaded config.
+
+        Called by `lb.reload` on the event loop with an already validated
+        config. Names that stay keep their `Node` (counters, in-flight work, τ,
+        health) with weight and URLs updated; new names get fresh nodes; removed
+        nodes leave the dict, and requests in flight on them finish normally on
+        the reference they hold. No await: `pick` sees the old set or the new.
+        """
+        fresh: dict[str, Node] = {}
+        for cfg in nodes:
+            node = self.nodes.get(cfg.name)
+            if node is None:
+                node = Node.from_config(cfg, pcfg)
+            else:
+                node.reconfigure(cfg, pcfg)
+            fresh[cfg.name] = node
+        self.policy_name = pcfg.name
+        self._pcfg = pcfg
+        self.nodes = fresh
 
     def pick(self, units: float, exclude: Sequence[Node] = (),
              model: str | None = None, version: int | None = None) -> Node | None:
@@ -102,20 +156,22 @@ class NodePool:
         pool = [n for n in self.nodes.values() if n not in exclude]
         if not pool:
             return None
-        healthy = [n for n in pool if n.healthy]
+        now = self._clock()
+        healthy = [n for n in pool if n.available(now)]
         pool = healthy or pool
         if model is not None and version is not None:
             serving = [n for n in pool if n.latest_version(model) == version]
             pool = serving or pool
-        return pool[self._choose(pool, units)]
+        return pool[self._choose(pool, units, now)]
 
-    def _choose(self, pool: Sequence[Node], units: float) -> int:
+    def _choose(self, pool: Sequence[Node], units: float, now: float) -> int:
         if self.policy_name == "round_robin":
-            return self._rr.pick([n.name for n in pool], [n.weight for n in pool])
-        cands = [n.candidate() for n in pool]
+            return self._rr.pick([n.name for n in pool],
+                                 [n.effective_weight(now, self.outlier) for n in pool])
+        cands = [n.candidate(now, self.outlier) for n in pool]
         if self.policy_name == "least_conn":
             return policy.least_conn(cands, units, self._rng)
-        return policy.least_load(cands, units, self._rng)
+        return policy.least_load(cands, units, self._rng, self._pcfg.ewma_decay_s)
 
     def latest_version(self, model: str) -> int | None:
         """Latest version AVAILABLE on any healthy node (health checks fill this)."""
@@ -139,6 +195,9 @@ class NodePool:
                 "ewma_ms": round((n.tau.value or 0.0) * 1000.0, 3),
                 "load": round(n.window.work(now) / n.weight, 6),
                 "share": round(counts[n.name] / total, 4) if total else 0.0,
+                "state": n.state(now),
+                "effective_weight": round(n.effective_weight(now, self.outlier), 4),
+                "ejections": n.outlier.ejections,
             })
         return out
 

@@ -14,7 +14,10 @@ The formula (DESIGN.md, "The balancing policy"):
       score_i = (Σ_{k in flight on i} w_k + w_j) · τ_i / W_i
 
   ties broken at random in proportion to weight. A node without samples is
-  scored with the median τ of the nodes that have them.
+  scored with the median τ of the nodes that have them, and a τ above the
+  median that no sample has refreshed for a while relaxes towards the median
+  with the EWMA's time constant (otherwise a node that looked slow once, e.g.
+  on a warm-up request, gets no traffic and so no sample to correct it).
 * Reported load is the seed's formula over a sliding window (`LoadWindow`):
   load_i = Σ_{j completed on i in the window} w_j · t_j / W_i.
 """
@@ -39,6 +42,7 @@ class Candidate:
     inflight_units: float    # Σ w_k of requests in flight on the node
     inflight: int            # number of requests in flight
     tau: float | None        # seconds per unit, None before the first sample
+    tau_age: float = 0.0     # seconds since τ last took a sample
 
 
 def seed_load(samples: Sequence[tuple[float, float]], weight: float) -> float:
@@ -66,16 +70,24 @@ def _ties(scores: Sequence[float]) -> list[int]:
     return [i for i, s in enumerate(scores) if s <= best + tol]
 
 
-def least_load(cands: Sequence[Candidate], units: float, rng: random.Random) -> int:
+def effective_tau(c: Candidate, pool_median: float, decay_s: float) -> float:
+    """τ as scored: the median without samples; a stale τ above it relaxes towards it."""
+    if c.tau is None:
+        return pool_median
+    if c.tau <= pool_median or c.tau_age <= 0:
+        return c.tau
+    return pool_median + (c.tau - pool_median) * math.exp(-c.tau_age / decay_s)
+
+
+def least_load(cands: Sequence[Candidate], units: float, rng: random.Random,
+               decay_s: float = math.inf) -> int:
     """Index of the candidate with the least (inflight_units + units) · τ / W."""
     if not cands:
         raise ValueError("no candidates")
     known = [c.tau for c in cands if c.tau is not None]
-    default_tau = median(known) if known else 1.0
-    scores = [
-        (c.inflight_units + units) * (c.tau if c.tau is not None else default_tau) / c.weight
-        for c in cands
-    ]
+    med = median(known) if known else 1.0
+    scores = [(c.inflight_units + units) * effective_tau(c, med, decay_s) / c.weight
+              for c in cands]
     return _weighted_choice(_ties(scores), [c.weight for c in cands], rng)
 
 

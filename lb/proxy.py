@@ -22,12 +22,16 @@ from lb.config import Config
 from lb.errors import DeadlineExceeded, LbError, Unavailable, UpstreamError
 from lb.formats import adapt
 from lb.nodes import Node, NodePool
+from lb.retry import RetryBudget
 from lb.routes import Body, Directives, Route
 from lb.rowcache import RowCache
 from lb.signatures import Signatures
 from lb.upstream import Reply, Upstream
 
 log = logging.getLogger("lb.proxy")
+
+# TF Serving answers these when its batch queue is full: another node may not be.
+_RETRY_STATUSES = frozenset({429, 503})
 
 
 def _loop_deadline(deadline: float) -> float:
@@ -54,10 +58,21 @@ class Proxy:
         self.cache = cache
         self.signatures = Signatures(self._fetch_metadata)
         self.coalescer = Coalescer()
+        up = cfg.upstream
+        self.budget = RetryBudget(ratio=up.retry_budget_ratio, min_per_s=up.retry_min_per_s)
         # model -> "tensor" | "json": how its keys were last made (shown in /stats)
         self.key_modes: dict[str, str] = {}
         self.rows = RowCache(cache, self._forward_rows) if cache is not None else None
         self._learn = learn
+
+    @property
+    def retries(self) -> int:
+        """Attempts sent to a second node (for /metrics and /stats)."""
+        return self.budget.retries
+
+    @property
+    def retry_budget_rejections(self) -> int:
+        return self.budget.rejected
 
     # -- the verbs -------------------------------------------------------------
 
@@ -188,45 +203,69 @@ class Proxy:
     async def forward(self, method: str, path: str, body: bytes | None, units: float,
                       deadline: float, *, model: str | None = None,
                       version: int | None = None) -> tuple[Reply, Node]:
-        """Send to the policy's choice; retry on another node if no response came."""
+        """Send to the policy's choice; retry elsewhere when the node gave no usable answer.
+
+        Retryable: no response (refused, reset, per-try timeout) and 503/429 (TF
+        Serving's full batch queue). A retry needs another node and a token of the
+        retry budget. When every attempt fails, the last node's reply is returned
+        if there was one; otherwise Unavailable, or DeadlineExceeded past the deadline.
+        """
         tried: list[Node] = []
-        last: LbError | None = None
+        error: LbError | None = None
+        answered: tuple[Reply, Node] | None = None
         headers = {"Content-Type": JSON} if body is not None else None
-        for _attempt in range(1 + self.cfg.upstream.retries):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceeded("Deadline exceeded")
+        self.budget.deposit(time.monotonic())
+        for attempt in range(1 + self.cfg.upstream.retries):
+            now = time.monotonic()
+            if deadline - now <= 0 or (attempt and not self.budget.try_spend(now)):
+                break
             node = self.pool.pick(units, exclude=tried, model=model, version=version)
             if node is None:
                 break
             tried.append(node)
+            try_s = min(deadline - now, self.cfg.upstream.try_timeout_s or float("inf"))
             try:
-                reply = await self._attempt(node, method, path, body, headers, units, remaining)
-                return reply, node
+                reply = await self._attempt(node, method, path, body, headers, units, try_s)
             except UpstreamError as exc:
                 log.warning("%s %s failed on %s: %s", method, path, node.name, exc)
-                last = exc
-        if last is None:
-            raise Unavailable("no node available")
+                error = exc
+                continue
+            if reply.status not in _RETRY_STATUSES:
+                return reply, node
+            answered = (reply, node)
+        if answered is not None:
+            return answered
         if deadline - time.monotonic() <= 0:
-            raise DeadlineExceeded("Deadline exceeded") from last
-        raise Unavailable(str(last)) from last
+            raise DeadlineExceeded("Deadline exceeded") from error
+        if error is None:
+            raise Unavailable("no node available")
+        raise Unavailable(str(error)) from error
 
     async def _attempt(self, node: Node, method: str, path: str, body: bytes | None,
                        headers: dict[str, str] | None, units: float, timeout_s: float) -> Reply:
+        """One try on one node, bracketed by begin/end; feeds outlier detection."""
         start = time.monotonic()
         node.begin(units)
-        answered = False
         status = 0
         try:
             reply = await self.upstream.request(node.name, node.rest, method, path, body,
                                                 headers, timeout_s)
-            answered, status = True, reply.status
+            status = reply.status
             return reply
         finally:
-            now = time.monotonic()
-            node.end(units, now - start, ok=answered and status < 500, now=now,
-                     sample=answered and status == 200)
+            self.finish_attempt(node, units, start, ok=0 < status < 500, sample=status == 200)
+
+    def finish_attempt(self, node: Node, units: float, start: float, *, ok: bool,
+                       sample: bool) -> None:
+        """Close an attempt opened with `node.begin(units)` at `start` (REST and gRPC):
+        counters, τ (`sample`: a real answer's time), and passive outlier detection."""
+        now = time.monotonic()
+        node.end(units, now - start, ok=ok, now=now, sample=sample)
+        if node.outlier.record(ok, now, self.pool.outlier):
+            node.healthy = False        # back only after the back-off and a good probe
+            log.warning("node %s ejected until +%.1fs after %d consecutive failures",
+                        node.name, node.outlier.ejected_until - now,
+                        self.pool.outlier.consecutive_errors)
 
     async def _fetch_metadata(self, model: str, version: int) -> bytes | None:
         path = f"/v1/models/{model}/versions/{version}/metadata"

@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from lb.errors import BadRequest, LbError, NotFound, PayloadTooLarge
+from lb import observe
+from lb.errors import BadRequest, LbError, NotFound, PayloadTooLarge, RequestTimeout
 from lb.proxy import Outcome, Proxy
 from lb.routes import parse_body, parse_cache_control, parse_path
 
@@ -26,6 +27,7 @@ log = logging.getLogger("lb.error")
 access = logging.getLogger("lb.access")
 
 PROXY_KEY = web.AppKey("proxy", Proxy)
+LIMIT_KEY = web.AppKey("limit", object)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -51,6 +53,31 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_reply(500, "internal error in the proxy")
 
 
+class InflightLimit:
+    """Admission control: past `limit` requests in progress, answer 503 at once.
+
+    Queueing inside the proxy would hide overload from clients and from the
+    least-load counters; a fast 503 with Retry-After lets clients back off."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.inflight = 0
+        self.rejected = 0
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.inflight >= self.limit:
+            self.rejected += 1
+            reply = error_reply(503, "too many requests in progress; retry later")
+            reply.headers["Retry-After"] = "1"
+            return reply
+        self.inflight += 1
+        try:
+            return await handler(request)
+        finally:
+            self.inflight -= 1
+
+
 def _reply(outcome: Outcome) -> web.Response:
     headers = {"X-Cache": outcome.x_cache}
     if outcome.node is not None:
@@ -74,9 +101,12 @@ async def handle_post(request: web.Request) -> web.Response:
     if route.verb is None:
         raise BadRequest("POST needs a :predict, :classify or :regress path")
     try:
-        raw = await request.read()
+        async with asyncio.timeout(proxy.cfg.limits.body_timeout_s):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(f"request body larger than {exc.text}") from None
+    except TimeoutError:
+        raise RequestTimeout("the request body did not arrive in time") from None
     body = parse_body(raw, route.verb)
     directives = parse_cache_control(request.headers.get("Cache-Control"))
     deadline = time.monotonic() + proxy.cfg.limits.request_timeout_s
@@ -90,7 +120,11 @@ async def handle_other(request: web.Request) -> web.Response:
 def make_app(proxy: Proxy) -> web.Application:
     """The client-facing aiohttp application."""
     max_body = int(proxy.cfg.limits.max_body_mb * 1024 * 1024)
-    app = web.Application(middlewares=[error_middleware], client_max_size=max_body)
+    limit = InflightLimit(proxy.cfg.limits.max_inflight)
+    app = web.Application(
+        middlewares=[observe.middleware(proxy), limit.middleware, error_middleware],
+        client_max_size=max_body)
+    app[LIMIT_KEY] = limit
     app[PROXY_KEY] = proxy
     app.router.add_get("/v1/models/{tail:.*}", handle_get)
     app.router.add_post("/v1/models/{tail:.*}", handle_post)

@@ -21,9 +21,13 @@ from cache.store import make_store
 from lb.admin import make_admin_app
 from lb.config import Config, load_config, split_hostport
 from lb.errors import ConfigError
+from lb.grpc_front import GrpcFront
 from lb.health import HealthChecker
 from lb.nodes import NodePool
+from lb.observe import configure_access_log
+from lb.outlier import outlier_policy
 from lb.proxy import Proxy
+from lb.reload import Reloader
 from lb.rest import make_app
 from lb.upstream import Upstream
 
@@ -49,20 +53,28 @@ class Running:
     health: HealthChecker
     runners: list[web.AppRunner]
     tasks: list[asyncio.Task[None]]
+    grpc: GrpcFront | None = None
+    reloader: Reloader | None = None
 
     async def stop(self, grace_s: float = GRACE_S) -> None:
+        if self.grpc is not None:            # stops accepting, lets calls finish
+            await self.grpc.stop(grace_s)
         for runner in self.runners:          # stops accepting, waits for handlers
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(runner.cleanup(), grace_s)
+        if self.reloader is not None:
+            await self.reloader.close()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.proxy.close()
 
 
-async def start(cfg: Config) -> Running:
-    """Build and start everything; the returned handle stops it."""
-    pool = NodePool(cfg.nodes, cfg.policy)
+async def start(cfg: Config, config_path: str | None = None) -> Running:
+    """Build and start everything; the returned handle stops it. With
+    `config_path`, SIGHUP and changes of that file reload it (`lb.reload`)."""
+    configure_access_log(cfg.log)
+    pool = NodePool(cfg.nodes, cfg.policy, outlier=outlier_policy(cfg.outlier, cfg.policy))
     upstream = Upstream(cfg.upstream)
     health = HealthChecker(cfg.health, pool, upstream, list(cfg.models))
     proxy = Proxy(cfg, pool, upstream, build_cache(cfg), learn=health.learn)
@@ -70,21 +82,29 @@ async def start(cfg: Config) -> Running:
         async with asyncio.timeout(cfg.health.timeout_s * 2):
             await health.probe_all()
     tasks = [asyncio.create_task(health.run(), name="health")]
+    reloader = Reloader(proxy, health, config_path)
+    tasks += reloader.start()
     runners = []
     for app, addr in ((make_app(proxy), cfg.listen.rest),
-                      (make_admin_app(proxy), cfg.listen.admin)):
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=GRACE_S)
+                      (make_admin_app(proxy, reloader), cfg.listen.admin)):
+        lim = cfg.limits
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=GRACE_S,
+                               keepalive_timeout=lim.keepalive_s, max_line_size=lim.max_url_bytes,
+                               max_field_size=lim.max_header_bytes, max_headers=lim.max_headers)
         await runner.setup()
         host, port = split_hostport(addr)
         await web.TCPSite(runner, host, port, backlog=1024, reuse_port=True).start()
         runners.append(runner)
-    log.info("listening: rest %s, admin %s; %d nodes, cache %s",
-             cfg.listen.rest, cfg.listen.admin, len(cfg.nodes), cfg.cache.backend)
-    return Running(proxy, health, runners, tasks)
+    grpc_front = GrpcFront(proxy) if cfg.listen.grpc else None
+    if grpc_front is not None and cfg.listen.grpc:
+        await grpc_front.start(cfg.listen.grpc)
+    log.info("listening: rest %s, grpc %s, admin %s; %d nodes, cache %s", cfg.listen.rest,
+             cfg.listen.grpc, cfg.listen.admin, len(cfg.nodes), cfg.cache.backend)
+    return Running(proxy, health, runners, tasks, grpc_front, reloader)
 
 
-async def _serve(cfg: Config) -> None:
-    running = await start(cfg)
+async def _serve(cfg: Config, config_path: str | None = None) -> None:
+    running = await start(cfg, config_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -116,5 +136,5 @@ def serve_main(config_path: str) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    run(lambda: _serve(cfg))
+    run(lambda: _serve(cfg, config_path))
     return 0

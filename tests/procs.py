@@ -37,6 +37,13 @@ class ProcessDied(RuntimeError):
     """A process a test waits for has exited: waiting longer cannot help."""
 
 
+def tcp_open(address: str) -> bool:
+    """Whether "host:port" accepts a TCP connection now."""
+    host, _, port = address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=1.0):
+        return True
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str,
                interval: float = 0.05) -> None:
     """Poll `check` until it returns True; raise TimeoutError naming `what`.
@@ -81,6 +88,7 @@ class Proc:
     def __init__(self, name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None = None):
         self.name = name
         self.cmd = cmd
+        self.grpc: str | None = None     # "host:port" of its gRPC server, if it has one
         self.log_path = log_dir / f"{name}.log"
         full_env = dict(os.environ)
         full_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -155,21 +163,28 @@ def start_workers(log_dir: Path, specs: list[dict[str, Any]],
                   timeout: float = 120.0) -> list[tuple[Proc, str]]:
     """Start several workers at once (TF start-up overlaps), then wait for each.
 
-    Each spec: {"models": {name: path}, "delay_ms": float, "name": str, "extra": [...]}.
-    The first model of each worker must become AVAILABLE within `timeout`.
+    Each spec: {"models": {name: path}, "delay_ms": float, "name": str, "extra": [...],
+    "grpc": bool (default True)}. The first model of each worker must become AVAILABLE
+    within `timeout`; with gRPC, `proc.grpc` is its "127.0.0.1:port" and it answers.
     """
     started = []
     for spec in specs:
         port = spec.get("port") or free_port()
         args = ["worker", "--port", str(port), "--delay-ms", str(spec.get("delay_ms", 0.0))]
+        grpc_addr = f"127.0.0.1:{free_port()}" if spec.get("grpc", True) else None
+        if grpc_addr:
+            args += ["--grpc-port", grpc_addr.rpartition(":")[2]]
         for model, path in spec["models"].items():
             args += ["--model", f"{model}={path}"]
         args += spec.get("extra", [])
         proc = Proc(spec.get("name") or f"worker-{port}", lb_cmd(*args), log_dir)
+        proc.grpc = grpc_addr
         started.append((proc, f"http://127.0.0.1:{port}", next(iter(spec["models"]))))
     try:
         for proc, url, first in started:
             proc.wait_http(f"{url}/v1/models/{first}", timeout, model_available(first))
+            if proc.grpc:
+                wait_until(lambda p=proc: tcp_open(p.grpc), 30.0, f"{proc.name} gRPC")
     except BaseException:
         for proc, _, _ in started:
             proc.stop()
@@ -243,12 +258,13 @@ class ProxyProc:
     """`tfserving-lb serve` in a child process, with its REST and admin URLs."""
 
     def __init__(self, log_dir: Path, nodes: list[dict[str, Any]], *, name: str = "proxy",
-                 **sections: Any):
+                 grpc: bool = False, **sections: Any):
         self.rest_port, self.admin_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.rest_port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
+        self.grpc = f"127.0.0.1:{free_port()}" if grpc else None   # the gRPC front, if asked
         doc: dict[str, Any] = {
-            "listen": {"rest": f"127.0.0.1:{self.rest_port}", "grpc": None,
+            "listen": {"rest": f"127.0.0.1:{self.rest_port}", "grpc": self.grpc,
                        "admin": f"127.0.0.1:{self.admin_port}"},
             "nodes": nodes,
             **sections,
@@ -257,6 +273,8 @@ class ProxyProc:
         self.proc = Proc(f"{name}-{self.rest_port}",
                          lb_cmd("serve", "--config", str(self.config_path)), log_dir)
         self.proc.wait_http(f"{self.admin}/stats", 30.0, lambda s, _b: s == 200)
+        if self.grpc:
+            wait_until(lambda: tcp_open(str(self.grpc)), 10.0, f"{name} gRPC front")
 
     def stats(self) -> Any:
         return get_json(f"{self.admin}/stats")
@@ -267,3 +285,46 @@ class ProxyProc:
 
 def node(name: str, url: str, weight: float = 1.0) -> dict[str, Any]:
     return {"name": name, "rest": url, "weight": weight}
+
+
+def rewrite_config(path: Path, doc: dict[str, Any]) -> None:
+    """Replace a config file atomically (write aside, rename), as deploy tools do,
+    so a watcher never reads half a file."""
+    import yaml
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    import yaml
+
+    doc = yaml.safe_load(path.read_text())
+    assert isinstance(doc, dict)
+    return doc
+
+
+def scrape(admin_url: str) -> dict[str, Any]:
+    """GET /metrics parsed by prometheus_client: {family name: Metric}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, _, body = http("GET", f"{admin_url}/metrics")
+    assert status == 200, (status, body)
+    return {f.name: f for f in text_string_to_metric_families(body.decode())}
+
+
+def family_of(name: str) -> str:
+    """The family a sample name belongs to (tfslb_x_total -> tfslb_x)."""
+    for suffix in ("_total", "_count", "_sum", "_bucket"):
+        if name.endswith(suffix):
+            return name.removesuffix(suffix)
+    return name
+
+
+def sample(families: dict[str, Any], name: str, **labels: str) -> float:
+    """The value of one sample (`name` as exposed, e.g. tfslb_requests_total)."""
+    for s in families[family_of(name)].samples:
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+            return float(s.value)
+    raise KeyError(f"{name}{labels} not in /metrics")

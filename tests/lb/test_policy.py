@@ -139,3 +139,21 @@ def test_peak_ewma_jumps_up_and_decays_with_time_constant() -> None:
 def test_empty_candidates_raise() -> None:
     with pytest.raises(ValueError):
         least_load([], 1.0, random.Random())
+
+
+def test_stale_slow_estimate_relaxes_towards_the_pool_median() -> None:
+    """A node that looked slow once (a warm-up request) must not starve forever."""
+    from lb.policy import effective_tau
+
+    fresh = Candidate(1.0, 0.0, 0, 0.080, tau_age=0.0)
+    stale = Candidate(1.0, 0.0, 0, 0.080, tau_age=10.0)
+    assert effective_tau(fresh, 0.020, decay_s=10.0) == 0.080
+    assert effective_tau(stale, 0.020, 10.0) == pytest.approx(0.020 + 0.060 * math.exp(-1))
+    # A fast estimate is not pulled up towards the median.
+    assert effective_tau(Candidate(1.0, 0.0, 0, 0.010, 100.0), 0.020, 10.0) == 0.010
+    rng = random.Random(7)
+    busy = [Candidate(1.0, 1.0, 1, 0.030, 0.0), Candidate(1.0, 1.0, 1, 0.030, 0.0)]
+    starved = Candidate(1.0, 0.0, 0, 0.200, tau_age=0.0)
+    assert least_load([*busy, starved], 1.0, rng, decay_s=2.0) != 2
+    later = Candidate(1.0, 0.0, 0, 0.200, tau_age=10.0)     # 5 time constants later
+    assert least_load([*busy, later], 1.0, rng, decay_s=2.0) == 2
