@@ -13,6 +13,19 @@ from collections.abc import Sequence
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        from lb.config import load_config
+        from lb.errors import ConfigError
+        from lb.server import setup_logging
+        from lb.supervisor import Supervisor
+
+        setup_logging()
+        try:
+            load_config(args.config)            # fail before starting N processes
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        return Supervisor(args.config, args.workers).run()
     from lb.server import serve_main
 
     return serve_main(args.config)
@@ -50,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the proxy from a config file")
     p.add_argument("--config", "-c", required=True, help="YAML config file")
+    p.add_argument("--workers", type=int, default=1, choices=range(1, 65), metavar="N",
+                   help="proxy processes sharing the ports (SO_REUSEPORT); default 1")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("check-config", help="validate a config file, name every problem")

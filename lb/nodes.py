@@ -123,7 +123,8 @@ class NodePool:
     def __iter__(self) -> Any:
         return iter(self.nodes.values())
 
-    def reconfigure(self, nodes: Iterable[NodeConfig], pcfg: PolicyConfig) -> None:
+    def reconfigure(self, nodes: Iterable[NodeConfig], pcfg: PolicyConfig,
+                    outlier: OutlierPolicy | None = None) -> None:
         """Swap in the nodes and policy settings of a reloaded config.
 
         Called by `lb.reload` on the event loop with an already validated
@@ -131,17 +132,21 @@ class NodePool:
         health) with weight and URLs updated; new names get fresh nodes; removed
         nodes leave the dict, and requests in flight on them finish normally on
         the reference they hold. No await: `pick` sees the old set or the new.
+        New nodes slow-start, so an added node ramps up instead of taking a flood.
         """
         fresh: dict[str, Node] = {}
+        now = self._clock()
         for cfg in nodes:
             node = self.nodes.get(cfg.name)
             if node is None:
                 node = Node.from_config(cfg, pcfg)
+                node.outlier.admitted(now)
             else:
                 node.reconfigure(cfg, pcfg)
             fresh[cfg.name] = node
         self.policy_name = pcfg.name
         self._pcfg = pcfg
+        self.outlier = outlier or OutlierPolicy(slow_start_s=pcfg.slow_start_s)
         self.nodes = fresh
 
     def pick(self, units: float, exclude: Sequence[Node] = (),

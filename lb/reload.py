@@ -36,6 +36,7 @@ from lb.errors import ConfigError
 from lb.health import HealthChecker
 from lb.metrics import metrics_for
 from lb.observe import configure_access_log
+from lb.outlier import outlier_policy
 from lb.proxy import Proxy
 
 log = logging.getLogger("lb.reload")
@@ -157,7 +158,8 @@ class Reloader:
                         "(the running value stays)", self.path, name)
         cfg = new.model_copy(update=keep) if keep else new
         summary = describe_changes(old, cfg)
-        self._proxy.pool.reconfigure(cfg.nodes, cfg.policy)
+        self._proxy.pool.reconfigure(cfg.nodes, cfg.policy,
+                                     outlier_policy(cfg.outlier, cfg.policy))
         self._proxy.cfg = cfg
         self._health.cfg = cfg.health
         for model in cfg.models:

@@ -258,7 +258,7 @@ class ProxyProc:
     """`tfserving-lb serve` in a child process, with its REST and admin URLs."""
 
     def __init__(self, log_dir: Path, nodes: list[dict[str, Any]], *, name: str = "proxy",
-                 grpc: bool = False, **sections: Any):
+                 grpc: bool = False, workers: int = 1, **sections: Any):
         self.rest_port, self.admin_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.rest_port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
@@ -271,7 +271,8 @@ class ProxyProc:
         }
         self.config_path = write_config(log_dir / f"{name}-{self.rest_port}.yaml", doc)
         self.proc = Proc(f"{name}-{self.rest_port}",
-                         lb_cmd("serve", "--config", str(self.config_path)), log_dir)
+                         lb_cmd("serve", "--config", str(self.config_path),
+                                "--workers", str(workers)), log_dir)
         self.proc.wait_http(f"{self.admin}/stats", 30.0, lambda s, _b: s == 200)
         if self.grpc:
             wait_until(lambda: tcp_open(str(self.grpc)), 10.0, f"{name} gRPC front")
