@@ -186,7 +186,7 @@ class _Base:
         self.registry = registry
         self.stats = stats
         self.executor = executor
-        self.delay_s = delay_s
+        self.stats.delay_s = delay_s
 
     @staticmethod
     async def guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
@@ -216,8 +216,8 @@ class _Base:
 
     async def infer(self, fn: Callable[[], tuple[int, T]]) -> T:
         """The delay, then `fn` in the inference pool; counts its rows."""
-        if self.delay_s > 0:
-            await asyncio.sleep(self.delay_s)
+        if self.stats.delay_s > 0:
+            await asyncio.sleep(self.stats.delay_s)
         rows, out = await asyncio.get_running_loop().run_in_executor(self.executor, fn)
         self.stats.succeeded(rows)
         return out

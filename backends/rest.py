@@ -44,7 +44,6 @@ _POST_RE = re.compile(
 REGISTRY: web.AppKey[Registry] = web.AppKey("registry", Registry)
 STATS: web.AppKey[WorkerStats] = web.AppKey("stats", WorkerStats)
 EXECUTOR: web.AppKey[Executor] = web.AppKey("executor", Executor)
-DELAY_S: web.AppKey[float] = web.AppKey("delay_s", float)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -115,8 +114,8 @@ async def handle_post(request: web.Request) -> web.Response:
     model, verb = match["model"], match["verb"]
     version = app[REGISTRY].resolve(model, _version_of(match), match["label"])
     app[STATS].reached_model(model, verb)
-    if app[DELAY_S] > 0:
-        await asyncio.sleep(app[DELAY_S])
+    if app[STATS].delay_s > 0:
+        await asyncio.sleep(app[STATS].delay_s)
     call = getattr(version.servable, verb)
     loop = asyncio.get_running_loop()
     rows, reply = await loop.run_in_executor(app[EXECUTOR], call, body)
@@ -136,6 +135,19 @@ async def handle_unknown(request: web.Request) -> web.Response:
     return json_response({"error": f"Not found: {request.method} {request.path}"}, 404)
 
 
+async def handle_delay(request: web.Request) -> web.Response:
+    """`PUT /_worker/delay {"delay_ms": D}`: change the deliberate slowdown live."""
+    try:
+        delay_ms = float((await request.json())["delay_ms"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput(f'expected {{"delay_ms": number}}: {exc}') from None
+    if not 0.0 <= delay_ms <= 60_000.0:
+        raise InvalidInput("delay_ms must be within [0, 60000]")
+    request.app[STATS].delay_s = delay_ms / 1000.0
+    logger.info("delay set to %.1f ms", delay_ms)
+    return json_response({"delay_ms": delay_ms})
+
+
 def build_app(registry: Registry, stats: WorkerStats, executor: Executor,
               delay_s: float = 0.0) -> web.Application:
     """The aiohttp application; the caller owns `executor` and shuts it down."""
@@ -143,8 +155,9 @@ def build_app(registry: Registry, stats: WorkerStats, executor: Executor,
     app[REGISTRY] = registry
     app[STATS] = stats
     app[EXECUTOR] = executor
-    app[DELAY_S] = delay_s
+    stats.delay_s = delay_s
     app.router.add_get("/_worker/stats", handle_stats)
+    app.router.add_put("/_worker/delay", handle_delay)
     app.router.add_get("/_worker/healthz", handle_healthz)
     app.router.add_get("/v1/{tail:.*}", handle_get)
     app.router.add_post("/v1/{tail:.*}", handle_post)

@@ -15,9 +15,12 @@ VERBS = ("predict", "classify", "regress")
 
 class WorkerStats:
     """`requests`: inference POSTs received; `inferences`: those that reached a model
-    (an AVAILABLE version was found); `rows`: batch rows of successful inferences."""
+    (an AVAILABLE version was found); `rows`: batch rows of successful inferences.
+    Also holds `delay_s`, the deliberate slowdown both surfaces apply (settable at
+    run time through `PUT /_worker/delay`, so a demo or test can slow a node live)."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
         self.requests = 0
         self.inferences = 0
         self.rows = 0
@@ -38,6 +41,7 @@ class WorkerStats:
             "requests": self.requests,
             "inferences": self.inferences,
             "rows": self.rows,
+            "delay_ms": self.delay_s * 1000.0,
             "by_model": {m: dict(v) for m, v in self.by_model.items()},
             "pid": os.getpid(),
         }

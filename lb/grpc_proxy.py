@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from lb.errors import DeadlineExceeded, LbError, Unavailable, UpstreamError
+from lb.errors import DeadlineExceeded
 from lb.grpc_messages import Request, predict_key
 from lb.grpc_upstream import NODE_FAILURES, OK, GrpcReply, GrpcUpstream
 from lb.nodes import Node
@@ -104,40 +104,20 @@ class GrpcProxy:
 
     async def _forward(self, path: str, raw: bytes, units: float, deadline: float,
                        model: str, version: int | None) -> GrpcOutcome:
-        """Send to the policy's choice among gRPC nodes; retry where no answer came."""
-        pool, proxy = self.proxy.pool, self.proxy
-        tried: list[Node] = [n for n in pool if not n.grpc]
-        last: LbError | None = None
-        answered: GrpcOutcome | None = None
-        proxy.budget.deposit(time.monotonic())
-        for attempt in range(1 + proxy.cfg.upstream.retries):
-            now = time.monotonic()
-            if deadline - now <= 0 or (attempt and not proxy.budget.try_spend(now)):
-                break
-            node = pool.pick(units, exclude=tried, model=model, version=version)
-            if node is None:
-                break
-            tried.append(node)
-            try_s = min(deadline - now, proxy.cfg.upstream.try_timeout_s or float("inf"))
-            try:
-                reply = await self._attempt(node, path, raw, units, try_s)
-            except UpstreamError as exc:
-                log.warning("%s failed on %s: %s", path, node.name, exc)
-                last = exc
-                continue
-            answered = GrpcOutcome(reply, "MISS", node.name)
-            per_try_cut = reply.code == DEADLINE and try_s < deadline - now
-            if reply.code != RESOURCE_EXHAUSTED and not per_try_cut:
-                return answered
-        if answered is not None:
-            return answered
-        if deadline - time.monotonic() <= 0:
-            raise DeadlineExceeded("Deadline exceeded") from last
-        if last is None:
-            raise Unavailable("no node with a gRPC address is available")
-        if deadline - time.monotonic() <= 0:
-            raise DeadlineExceeded("Deadline exceeded") from last
-        raise Unavailable(str(last)) from last
+        """A call to the policy's choice among nodes with a gRPC address, under
+        `Proxy.with_retries`; a full batch queue or a per-try timeout is worth
+        another node."""
+        def retry(reply: GrpcReply, cut_by_try_timeout: bool) -> bool:
+            return reply.code == RESOURCE_EXHAUSTED or (reply.code == DEADLINE
+                                                        and cut_by_try_timeout)
+
+        async def attempt(node: Node, try_s: float) -> GrpcReply:
+            return await self._attempt(node, path, raw, units, try_s)
+
+        reply, node = await self.proxy.with_retries(
+            units, deadline, attempt, retry, model=model, version=version,
+            exclude=[n for n in self.proxy.pool if not n.grpc])
+        return GrpcOutcome(reply, "MISS", node.name)
 
     async def _attempt(self, node: Node, path: str, raw: bytes, units: float,
                        timeout_s: float) -> GrpcReply:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cache.coalesce import Coalescer
 from cache.keys import key_mode, request_key, row_keys
@@ -32,6 +34,7 @@ log = logging.getLogger("lb.proxy")
 
 # TF Serving answers these when its batch queue is full: another node may not be.
 _RETRY_STATUSES = frozenset({429, 503})
+R = TypeVar("R")
 
 
 def _loop_deadline(deadline: float) -> float:
@@ -203,36 +206,52 @@ class Proxy:
     async def forward(self, method: str, path: str, body: bytes | None, units: float,
                       deadline: float, *, model: str | None = None,
                       version: int | None = None) -> tuple[Reply, Node]:
-        """Send to the policy's choice; retry elsewhere when the node gave no usable answer.
-
-        Retryable: no response (refused, reset, per-try timeout) and 503/429 (TF
-        Serving's full batch queue). A retry needs another node and a token of the
-        retry budget. When every attempt fails, the last node's reply is returned
-        if there was one; otherwise Unavailable, or DeadlineExceeded past the deadline.
-        """
-        tried: list[Node] = []
-        error: LbError | None = None
-        answered: tuple[Reply, Node] | None = None
+        """A REST call to the policy's choice, under `with_retries`; 503 and 429 (TF
+        Serving's full batch queue) are worth another node."""
         headers = {"Content-Type": JSON} if body is not None else None
+
+        async def attempt(node: Node, try_s: float) -> Reply:
+            return await self._attempt(node, method, path, body, headers, units, try_s)
+
+        return await self.with_retries(
+            units, deadline, attempt, lambda reply, _cut: reply.status in _RETRY_STATUSES,
+            model=model, version=version)
+
+    async def with_retries(self, units: float, deadline: float,
+                           attempt: Callable[[Node, float], Awaitable[R]],
+                           retry: Callable[[R, bool], bool], *, model: str | None = None,
+                           version: int | None = None,
+                           exclude: Sequence[Node] = ()) -> tuple[R, Node]:
+        """The one retry policy of both fronts.
+
+        `attempt(node, try_s)` makes one call (raising UpstreamError when no answer
+        came); `retry(answer, cut_by_try_timeout)` says whether an answer is worth
+        another node. A retry needs another node, a token of the retry budget and
+        time before `deadline`. When no attempt succeeds, the last answer is
+        returned if there was one; otherwise Unavailable, or DeadlineExceeded.
+        """
+        tried = list(exclude)
+        error: LbError | None = None
+        answered: tuple[R, Node] | None = None
         self.budget.deposit(time.monotonic())
-        for attempt in range(1 + self.cfg.upstream.retries):
+        for n in range(1 + self.cfg.upstream.retries):
             now = time.monotonic()
-            if deadline - now <= 0 or (attempt and not self.budget.try_spend(now)):
+            if deadline - now <= 0 or (n and not self.budget.try_spend(now)):
                 break
             node = self.pool.pick(units, exclude=tried, model=model, version=version)
             if node is None:
                 break
             tried.append(node)
-            try_s = min(deadline - now, self.cfg.upstream.try_timeout_s or float("inf"))
+            try_s = min(deadline - now, self.cfg.upstream.try_timeout_s or math.inf)
             try:
-                reply = await self._attempt(node, method, path, body, headers, units, try_s)
+                answer = await attempt(node, try_s)
             except UpstreamError as exc:
-                log.warning("%s %s failed on %s: %s", method, path, node.name, exc)
+                log.warning("attempt on %s failed: %s", node.name, exc)
                 error = exc
                 continue
-            if reply.status not in _RETRY_STATUSES:
-                return reply, node
-            answered = (reply, node)
+            answered = (answer, node)
+            if not retry(answer, try_s < deadline - now):
+                return answered
         if answered is not None:
             return answered
         if deadline - time.monotonic() <= 0:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.procs import Proc, start_workers
+from tests.procs import Proc, get_json, http, start_workers
 
 FAST_MS = 50.0
 SLOW_MS = 200.0
+SPREAD_DELAY_MS = 200.0      # for weight-spread tests (see worker_delay)
 
 
 @dataclass
@@ -35,3 +37,19 @@ def hp2_pool(logs_dir: Path, shared_models: Path) -> Iterator[Pool]:
     yield Pool(procs, urls[:3], urls[3])
     for p in procs:
         p.stop()
+
+
+@contextlib.contextmanager
+def worker_delay(urls: list[str], delay_ms: float) -> Iterator[None]:
+    """Set the workers' deliberate delay live (PUT /_worker/delay), restore it after.
+
+    Weight-spread tests need node latency that does not depend on node load: a
+    delay far above any CPU contention on a busy 2-core box gives that."""
+    before = {u: get_json(f"{u}/_worker/stats")["delay_ms"] for u in urls}
+    try:
+        for u in urls:
+            assert http("PUT", f"{u}/_worker/delay", {"delay_ms": delay_ms})[0] == 200
+        yield
+    finally:
+        for u, ms in before.items():
+            http("PUT", f"{u}/_worker/delay", {"delay_ms": ms})

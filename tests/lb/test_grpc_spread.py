@@ -16,7 +16,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from tests.lb.conftest import Pool
+from tests.lb.conftest import SPREAD_DELAY_MS, Pool, worker_delay
 from tests.procs import ProxyProc, free_port, wait_until
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
@@ -64,10 +64,11 @@ def test_one_channel_spreads_over_all_nodes_by_weight(logs_dir: Path, hp2_pool: 
                   policy={"ewma_decay_s": 1.0})
     assert p.grpc
     try:
-        # 15 in flight at ~50 ms each (~300 calls/s): well below saturation of this
+        # 30 in flight at 200 ms each (150 calls/s): far below saturation of this
         # small box, so node latency does not depend on node load and weights decide.
-        asyncio.run(_spread(p.grpc, 100, 15))
-        counts = asyncio.run(_spread(p.grpc, 1000, 15))
+        with worker_delay(hp2_pool.fast, SPREAD_DELAY_MS):
+            asyncio.run(_spread(p.grpc, 60, 30))
+            counts = asyncio.run(_spread(p.grpc, 1200, 30))
     finally:
         p.stop()
     total = sum(counts.values())

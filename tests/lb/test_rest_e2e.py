@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.lb.conftest import Pool
+from tests.lb.conftest import SPREAD_DELAY_MS, Pool, worker_delay
 from tests.procs import ProxyProc, free_port, get_json, http, node
 
 HP2 = "half_plus_two"
@@ -203,10 +203,11 @@ def test_equal_cost_requests_spread_by_weight(logs_dir: Path, hp2_pool: Pool) ->
                   # decay keeps one spike from colouring the whole run.
                   policy={"ewma_decay_s": 1.0})
     try:
-        # 30 in flight, ~50 ms each: about 600 req/s, below what the box saturates at,
+        # 30 in flight at 200 ms each: 150 req/s, far below what the box saturates at,
         # so node latency does not depend on node load and weights alone decide.
-        asyncio.run(_spread(p.url, 100, 30))          # warm up τ on every node
-        counts = asyncio.run(_spread(p.url, 2000, 30))
+        with worker_delay(hp2_pool.fast, SPREAD_DELAY_MS):
+            asyncio.run(_spread(p.url, 60, 30))           # warm up τ on every node
+            counts = asyncio.run(_spread(p.url, 1200, 30))
     finally:
         p.stop()
     total = sum(counts.values())
