@@ -155,3 +155,78 @@ def test_every_node_down_tries_them_all_then_answers_503(logs_dir: Path) -> None
         assert get_json(f"{p.admin}/stats")["nodes"][0]["healthy"] is False
     finally:
         p.stop()
+
+
+def test_redis_stop_and_restart_under_load_gives_zero_client_errors(
+        logs_dir: Path, fault_workers: list[tuple[Proc, str, int]]) -> None:
+    from tests.procs import RedisServer
+
+    redis = RedisServer(logs_dir)
+    redis.start()
+    urls = [u for _, u, _ in fault_workers]
+    p = ProxyProc(logs_dir, [node(f"n{i}", u) for i, u in enumerate(urls)], name="proxy-redis",
+                  cache={"backend": "tiered", "redis_url": redis.url, "redis_timeout_ms": 50})
+    repeated = [orjson.dumps({"instances": [float(i)]}) for i in range(50)]
+
+    def body_of(i: int) -> bytes:      # half hits, half new inputs (each miss asks Redis)
+        return repeated[i % 50] if i % 2 else orjson.dumps({"instances": [1e4 + i]})
+
+    try:
+        with OpenLoad(f"{p.url}/v1/models/{HP2}:predict", body_of, rate=150, max_s=30) as load:
+            time.sleep(2.0)
+            stopped = time.monotonic()
+            redis.stop()
+            time.sleep(3.0)
+            redis.start()
+            restarted = time.monotonic()
+            time.sleep(3.0)
+        report("Redis stopped 3 s and restarted", load, stopped, restarted)
+        assert load.failed() == [], load.failed()[:5]
+        cache = p.stats()["cache"]
+        assert cache["hits"] > 0
+        assert cache["store"]["redis"]["errors"] > 0         # the outage was seen, and hidden
+    finally:
+        p.stop()
+        redis.stop()
+
+
+def test_request_deadline_gives_504_with_error(logs_dir: Path, hp2_pool: Pool) -> None:
+    from tests.procs import http
+
+    p = ProxyProc(logs_dir, [node("slow", hp2_pool.slow)], name="proxy-deadline",
+                  cache={"backend": "none"}, limits={"request_timeout_s": 0.05})
+    try:
+        start = time.monotonic()
+        status, _, raw = http("POST", f"{p.url}/v1/models/{HP2}:predict",
+                                 {"instances": [1.0]})
+        assert time.monotonic() - start < 1.0          # not the node's 200 ms + retries
+        assert status == 504 and set(orjson.loads(raw)) == {"error"}
+    finally:
+        p.stop()
+
+
+def test_only_configured_nodes_are_contacted(logs_dir: Path, hp2_pool: Pool) -> None:
+    """An absolute URL or a Host header naming another server changes nothing."""
+    import socket
+
+    trap = socket.socket()
+    trap.bind(("127.0.0.1", 0))
+    trap.listen(8)
+    trap.settimeout(0.5)
+    trap_port = trap.getsockname()[1]
+    p = ProxyProc(logs_dir, [node("a", hp2_pool.fast[0])], name="proxy-ssrf",
+                  cache={"backend": "none"})
+    try:
+        port = int(p.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(f"GET http://127.0.0.1:{trap_port}/v1/models/{HP2} HTTP/1.1\r\n"
+                      f"Host: 127.0.0.1:{trap_port}\r\nConnection: close\r\n\r\n".encode())
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200") and b"X-Node: a" in reply
+        with pytest.raises(TimeoutError):
+            trap.accept()                                # nobody called the trap
+    finally:
+        trap.close()
+        p.stop()
