@@ -33,9 +33,18 @@ import grpc.aio
 
 from lb.config import split_hostport
 from lb.errors import LbError
-from lb.grpc_messages import NOT_SERVING, SERVING, health_reply, health_service, read_request
+from lb.grpc_messages import (
+    NOT_SERVING,
+    SERVING,
+    Request,
+    health_reply,
+    health_service,
+    read_request,
+)
 from lb.grpc_proxy import GrpcOutcome, GrpcProxy
 from lb.grpc_upstream import OK, GrpcUpstream, channel_options
+from lb.metrics import metrics_for
+from lb.observe import Observer
 from lb.proxy import Proxy
 from lb.routes import parse_cache_control
 
@@ -53,6 +62,15 @@ _CODES = {
     413: grpc.StatusCode.RESOURCE_EXHAUSTED, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     502: grpc.StatusCode.UNAVAILABLE, 503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+# For tfslb_requests_total, whose `code` label is an HTTP status: TF Serving's mapping.
+_HTTP = {
+    grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400, grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499, grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 
 Unary = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
@@ -78,6 +96,7 @@ class GrpcFront:
         self.upstream = GrpcUpstream(proxy.cfg.grpc)
         self.flow = GrpcProxy(proxy, self.upstream)
         self.server: grpc.aio.Server | None = None
+        self._observer = Observer(proxy, metrics_for(proxy))
 
     async def start(self, address: str) -> None:
         """Listen on `address` (host:port); raises OSError when the port cannot be bound."""
@@ -120,27 +139,37 @@ class GrpcFront:
 
     async def _serve(self, path: str, method: str, raw: bytes,
                      context: grpc.aio.ServicerContext) -> bytes:
-        """One proxied call: outcome or error, then the reply to the client."""
+        """One proxied call: outcome or error, then the reply to the client; counted
+        in the same request metrics as the REST front."""
+        start = time.perf_counter()
+        model, node, code = "", "", grpc.StatusCode.CANCELLED
         try:
-            out = await self._outcome(path, method, raw, context)
-        except LbError as exc:
-            await context.abort(status_code(exc), str(exc))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("unexpected error on %s", path)
-            await context.abort(grpc.StatusCode.INTERNAL, f"proxy error: {type(exc).__name__}")
-        meta = [("x-cache", out.x_cache)]
-        if out.node is not None:
-            meta.append(("x-node", out.node))
-        await context.send_initial_metadata(meta)
-        if out.reply.code != OK:
-            await context.abort(out.reply.code, out.reply.details)
-        return out.reply.body
+            try:
+                req = read_request(method, raw)
+                model = req.spec.name
+                out = await self._outcome(path, method, req, raw, context)
+            except LbError as exc:
+                code = status_code(exc)
+                await context.abort(code, str(exc))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("unexpected error on %s", path)
+                code = grpc.StatusCode.INTERNAL
+                await context.abort(code, f"proxy error: {type(exc).__name__}")
+            node, code = out.node or "", out.reply.code
+            meta = [("x-cache", out.x_cache)]
+            if out.node is not None:
+                meta.append(("x-node", out.node))
+            await context.send_initial_metadata(meta)
+            if out.reply.code != OK:
+                await context.abort(out.reply.code, out.reply.details)
+            return out.reply.body
+        finally:
+            self._observer.record(model, node, _HTTP.get(code, 500), time.perf_counter() - start)
 
-    async def _outcome(self, path: str, method: str, raw: bytes,
+    async def _outcome(self, path: str, method: str, req: Request, raw: bytes,
                        context: grpc.aio.ServicerContext) -> GrpcOutcome:
-        req = read_request(method, raw)
         remaining = context.time_remaining()
         cap = self.proxy.cfg.grpc.timeout_s
         deadline = time.monotonic() + (cap if remaining is None else min(remaining, cap))

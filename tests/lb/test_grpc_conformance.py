@@ -28,7 +28,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from tests.procs import Proc, ProxyProc, get_json, http, start_workers
+from tests.procs import Proc, ProxyProc, get_json, http, scrape, start_workers
 
 HP2, TWO, BROKEN = "half_plus_two", "half_plus_two_2_versions", "half_plus_three"
 TIMEOUT = 10.0
@@ -260,6 +260,25 @@ def test_calls_are_balanced_and_counted_per_node(proxy: ProxyProc) -> None:
     nodes = proxy.stats()["nodes"]
     assert sum(n["requests"] for n in nodes) - before == 10
     assert all(n["inflight"] == 0 for n in nodes)
+
+
+def test_grpc_calls_are_in_the_request_metrics(proxy: ProxyProc) -> None:
+    assert proxy.grpc
+
+    def counted(code: str) -> float:
+        fams = scrape(proxy.admin)
+        return sum(s.value for s in fams["tfslb_requests"].samples
+                   if s.name == "tfslb_requests_total" and s.labels["code"] == code)
+
+    ok0, missing0 = counted("200"), counted("404")
+    with grpc.insecure_channel(proxy.grpc) as ch:
+        stub = predict_stub(ch)
+        for i in range(5):
+            stub.Predict(predict_request(x=(500.0 + i,)), timeout=TIMEOUT)
+        with pytest.raises(grpc.RpcError):
+            stub.Predict(predict_request(model="nope"), timeout=TIMEOUT)
+    assert counted("200") - ok0 == 5
+    assert counted("404") - missing0 == 1     # the unknown model, as TF Serving's 404
 
 
 def test_health_check_and_no_tensorflow_in_the_proxy(proxy: ProxyProc) -> None:
