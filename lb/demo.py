@@ -45,8 +45,18 @@ def _export(model_dir: Path) -> None:
     print(f"exporting the MNIST model to {model_dir} (trains on bundled digits, ~30 s) ...",
           flush=True)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    subprocess.run([sys.executable, "-m", "lb", "export-mnist", str(model_dir)],
-                   check=True, timeout=600, env=env)
+    log_path = model_dir.parent / "logs" / "export.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log_file:
+        done = subprocess.run([sys.executable, "-m", "lb", "export-mnist", str(model_dir)],
+                              stdout=log_file, stderr=subprocess.STDOUT, timeout=600, env=env)
+    text = log_path.read_text(errors="replace")
+    if done.returncode != 0:
+        print(text[-3000:], file=sys.stderr)
+        raise SystemExit(f"export-mnist failed (exit {done.returncode}); log: {log_path}")
+    for line in text.splitlines():
+        if "accuracy" in line:
+            print(f"  {line.strip()}", flush=True)
 
 
 def demo_config(args: argparse.Namespace, ports: list[int]) -> Config:
