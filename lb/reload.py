@@ -30,11 +30,13 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 
 from lb.config import Config, load_config
 from lb.errors import ConfigError
 from lb.health import HealthChecker
 from lb.metrics import metrics_for
+from lb.nodes import Node
 from lb.observe import configure_access_log
 from lb.outlier import outlier_policy
 from lb.proxy import Proxy
@@ -158,8 +160,11 @@ class Reloader:
                         "(the running value stays)", self.path, name)
         cfg = new.model_copy(update=keep) if keep else new
         summary = describe_changes(old, cfg)
+        leaving = [n for n in self._proxy.pool if n.rest not in {c.rest for c in cfg.nodes}]
         self._proxy.pool.reconfigure(cfg.nodes, cfg.policy,
                                      outlier_policy(cfg.outlier, cfg.policy))
+        for node in leaving:                # its requests in flight finish first
+            self._proxy.upstream.retire(node.rest, _drained(node))
         self._proxy.cfg = cfg
         self._health.cfg = cfg.health
         for model in cfg.models:
@@ -178,3 +183,7 @@ class Reloader:
         self.status.last_error = message
         log.error("config reload (%s) failed; the running config stays:\n%s", reason, message)
         return False, message
+
+
+def _drained(node: Node) -> Callable[[], bool]:
+    return lambda: node.inflight == 0

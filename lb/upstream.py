@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -40,6 +42,7 @@ class Upstream:
     def __init__(self, cfg: UpstreamConfig) -> None:
         self._cfg = cfg
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=cfg.connect_timeout_s, sock_connect=cfg.connect_timeout_s,
             sock_read=cfg.read_timeout_s)
@@ -80,7 +83,32 @@ class Upstream:
         except aiohttp.ClientError as exc:
             raise UpstreamError(node_name, f"{type(exc).__name__}: {exc}") from exc
 
+    def retire(self, base_url: str, drained: Callable[[], bool], timeout_s: float = 60.0) -> None:
+        """Close the pool of a node that left the config, once `drained()` says its
+        requests in flight are done (or after `timeout_s`). Called by `lb.reload`."""
+        session = self._sessions.get(base_url)
+        if session is None:
+            return
+
+        async def close_when_drained() -> None:
+            deadline = time.monotonic() + timeout_s
+            # The in-flight count is a plain counter (no event to wait on); the poll is
+            # bounded by the deadline.
+            while not drained() and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+            if self._sessions.get(base_url) is session:
+                del self._sessions[base_url]
+            await session.close()
+            log.info("closed the connection pool of %s", base_url)
+
+        task = asyncio.create_task(close_when_drained(), name=f"retire:{base_url}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
     async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
             await session.close()

@@ -233,5 +233,8 @@ def test_removed_node_finishes_in_flight_and_gets_no_more(logs_dir: Path,
         served = [_predict(p.url) for _ in range(30)]
         assert served == [(200, "a")] * 30
         assert get_json(f"{p.admin}/stats")["config"]["reloads"] == 1
+        # Its keep-alive pool is closed once its requests have drained.
+        wait_until(lambda: f"closed the connection pool of {hp2_pool.slow}" in p.proc.log(),
+                   5.0, "the removed node's pool to close")
     finally:
         p.stop()
