@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.lb.conftest import Pool
+from tests.lb.conftest import SPREAD_DELAY_MS, Pool, worker_delay
 from tests.procs import (
     ProxyProc,
     get_json,
@@ -68,7 +68,7 @@ async def _reweigh_under_load(p: ProxyProc) -> tuple[list[Record], float, float]
     apply times (the watcher polls every 0.2 s)."""
     records: list[Record] = []
     stop = asyncio.Event()
-    load = asyncio.create_task(_steady_load(p.url, stop, records, 24), name="load")
+    load = asyncio.create_task(_steady_load(p.url, stop, records, 30), name="load")
     await asyncio.sleep(4.0)
     doc = read_config(p.config_path)
     doc["nodes"][0]["weight"] = 4.0
@@ -93,7 +93,10 @@ def test_weight_share_follows_reload_without_failures(logs_dir: Path, hp2_pool: 
                   name="proxy-reweigh", cache={"backend": "none"},
                   policy={"ewma_decay_s": 1.0}, reload={"poll_s": 0.2})
     try:
-        records, written, applied = asyncio.run(_reweigh_under_load(p))
+        # 200 ms nodes, 30 in flight (150 req/s): node latency does not follow CPU
+        # contention on this shared box, so the weights alone decide the shares.
+        with worker_delay(hp2_pool.fast[:2], SPREAD_DELAY_MS):
+            records, written, applied = asyncio.run(_reweigh_under_load(p))
     finally:
         p.stop()
     assert {r[2] for r in records} == {200}, "a request failed across the reload"
@@ -105,10 +108,7 @@ def test_weight_share_follows_reload_without_failures(logs_dir: Path, hp2_pool: 
     print(f"share of a: {before:.3f} at 1:1, {after:.3f} at 4:1; reload applied "
           f"{applied - written:.2f} s after the write, share >= 0.72 from "
           f"{follow - written:.2f} s; {len(records)} requests")
-    # The 1:1 baseline is only a reference: on a shared 2-core box τ follows latency
-    # spikes at once and a few seconds at 1:1 swing between 0.35 and 0.7. The claim
-    # is the 4:1 share after the reload, which holds at 0.8.
-    assert before == pytest.approx(0.5, abs=0.2)
+    assert before == pytest.approx(0.5, abs=0.1)
     assert after == pytest.approx(0.8, abs=0.07)
     assert follow - written < 3.0
 
