@@ -12,15 +12,13 @@ anything else is `InvalidInput` (400).
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 import numpy as np
 from tensorflow.core.example import example_pb2, feature_pb2
 
 from backends.errors import InvalidInput
-from backends.tensors import SignatureInfo
+from backends.tensors import SignatureInfo, string_bytes
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
@@ -42,13 +40,8 @@ def check_signature(sig: SignatureInfo, method: str) -> str:
 
 
 def _as_bytes(value: Any) -> bytes:
-    if isinstance(value, dict) and set(value) == {"b64"}:
-        try:
-            return base64.b64decode(value["b64"], validate=True)
-        except (binascii.Error, TypeError, ValueError) as exc:
-            raise InvalidInput(f"Unable to base64 decode: {exc}") from None
-    if isinstance(value, str):
-        return value.encode()
+    if (data := string_bytes(value)) is not None:
+        return data
     raise InvalidInput(f"Mixed or unsupported feature value: {value!r:.80}")
 
 

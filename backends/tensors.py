@@ -94,10 +94,9 @@ def _is_b64(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and "b64" in value
 
 
-def _to_bytes(value: Any) -> Any:
-    """Nested JSON -> nested bytes for DT_STRING: `{"b64": s}` decoded, str UTF-8 encoded."""
-    if isinstance(value, list):
-        return [_to_bytes(v) for v in value]
+def string_bytes(value: Any) -> bytes | None:
+    """One JSON string value as bytes: `{"b64": s}` decoded, str UTF-8 encoded; None
+    for anything else. Used for DT_STRING tensors and for tf.Example bytes features."""
     if _is_b64(value):
         try:
             return base64.b64decode(value["b64"], validate=True)
@@ -105,6 +104,15 @@ def _to_bytes(value: Any) -> Any:
             raise InvalidInput(f"Unable to base64 decode: {exc}") from None
     if isinstance(value, str):
         return value.encode()
+    return None
+
+
+def _to_bytes(value: Any) -> Any:
+    """Nested JSON -> nested bytes for DT_STRING: `{"b64": s}` decoded, str UTF-8 encoded."""
+    if isinstance(value, list):
+        return [_to_bytes(v) for v in value]
+    if (data := string_bytes(value)) is not None:
+        return data
     raise InvalidInput(
         f"Expected a string or {{\"b64\": ...}} for a DT_STRING input, got {value!r:.80}")
 
