@@ -55,6 +55,25 @@ def _check_target(url: str) -> None:
         raise ValueError(f"load tests target loopback only, not {host!r}")
 
 
+async def _post(session: aiohttp.ClientSession, url: str, data: bytes,
+                headers: dict[str, str], since: float, res: Result) -> None:
+    """One POST, recorded in `res`; latency counted from `since`."""
+    try:
+        async with session.post(url, data=data, headers=headers) as resp:
+            await resp.read()
+            res.statuses[resp.status] += 1
+            res.x_cache[resp.headers.get("X-Cache", "-")] += 1
+            res.nodes[resp.headers.get("X-Node", "-")] += 1
+            if resp.status == 200:
+                res.ok += 1
+                res.latencies_ms.append((time.perf_counter() - since) * 1000)
+            else:
+                res.failed += 1
+    except (aiohttp.ClientError, TimeoutError):
+        res.failed += 1
+        res.statuses[0] += 1
+
+
 async def open_loop(url: str, body: Body, rate: float, count: int, *,
                     timeout_s: float = 10.0, max_duration_s: float = 120.0,
                     headers: dict[str, str] | None = None) -> Result:
@@ -66,20 +85,7 @@ async def open_loop(url: str, body: Body, rate: float, count: int, *,
     tmo = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=conn, timeout=tmo) as session:
         async def one(i: int, scheduled: float) -> None:
-            try:
-                async with session.post(url, data=body(i), headers=hdrs) as resp:
-                    await resp.read()
-                    res.statuses[resp.status] += 1
-                    res.x_cache[resp.headers.get("X-Cache", "-")] += 1
-                    res.nodes[resp.headers.get("X-Node", "-")] += 1
-                    if resp.status == 200:
-                        res.ok += 1
-                        res.latencies_ms.append((time.perf_counter() - scheduled) * 1000)
-                    else:
-                        res.failed += 1
-            except (aiohttp.ClientError, TimeoutError):
-                res.failed += 1
-                res.statuses[0] += 1
+            await _post(session, url, body(i), hdrs, scheduled, res)
 
         start = time.perf_counter()
         tasks: list[asyncio.Task[None]] = []
@@ -108,20 +114,9 @@ async def closed_loop(url: str, body: Body, concurrency: int, count: int, *,
                                      timeout=aiohttp.ClientTimeout(total=timeout_s)) as s:
         async def client() -> None:
             for i in counter:
-                t0 = time.perf_counter()
                 res.sent += 1
-                try:
-                    async with s.post(url, data=body(i),
-                                      headers={"Content-Type": "application/json"}) as r:
-                        await r.read()
-                        res.x_cache[r.headers.get("X-Cache", "-")] += 1
-                        if r.status == 200:
-                            res.ok += 1
-                            res.latencies_ms.append((time.perf_counter() - t0) * 1000)
-                        else:
-                            res.failed += 1
-                except (aiohttp.ClientError, TimeoutError):
-                    res.failed += 1
+                await _post(s, url, body(i), {"Content-Type": "application/json"},
+                            time.perf_counter(), res)
         start = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*(client() for _ in range(concurrency))),
                                timeout_s * count)
