@@ -149,3 +149,19 @@ def test_json_access_log(proxy: ProxyProc) -> None:
                         "cache"}
     assert rec["method"] == "POST" and rec["model"] == HP2 and rec["node"] in ("a", "b")
     assert rec["status"] == 200 and rec["cache"] in ("MISS", "HIT")
+
+
+def test_text_access_log(logs_dir: Path, hp2_pool: Pool) -> None:
+    import re
+
+    p = ProxyProc(logs_dir, [node("a", hp2_pool.fast[0])], name="proxy-textlog",
+                  log={"access": True, "format": "text"})
+    try:
+        http("POST", f"{p.url}/v1/models/{HP2}:predict", {"instances": [321.5]})
+        http("POST", f"{p.url}/v1/models/{HP2}:predict", {"instances": [321.5]})
+        line = re.compile(r'lb\.access: 127\.0\.0\.1 "POST /v1/models/half_plus_two:predict" '
+                          r"200 \d+B [\d.]+ms node=(a|-) cache=(MISS|HIT)")
+        wait_until(lambda: len(line.findall(p.proc.log())) >= 2, 5.0, "two access log lines")
+        assert [m[1] for m in line.findall(p.proc.log())][-2:] == ["MISS", "HIT"]
+    finally:
+        p.stop()
