@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from lb.config import split_hostport
+from lb.dashboard import handle_dashboard
 from lb.metrics import CONTENT_TYPE, metrics_for
 from lb.proxy import Proxy
 from lb.reload import Reloader
@@ -103,6 +104,7 @@ def make_admin_app(proxy: Proxy, reloader: Reloader | None = None) -> web.Applic
     app.router.add_get("/stats", handle_stats)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get("/dashboard", handle_dashboard)
     if reloader is not None:
         app[ADMIN_RELOADER] = reloader
         app.router.add_post("/reload", handle_reload)

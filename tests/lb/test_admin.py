@@ -68,3 +68,15 @@ def test_reload_is_open_without_a_token(logs_dir: Path, hp2_pool: Pool) -> None:
         assert status == 200 and doc["reloaded"] is True and doc["changes"] == "no node changes"
     finally:
         p.stop()
+
+
+def test_dashboard_page_reads_stats(logs_dir: Path, hp2_pool: Pool) -> None:
+    p = ProxyProc(logs_dir, [node("a", hp2_pool.fast[0])], name="proxy-dashboard")
+    try:
+        status, headers, body = http("GET", f"{p.admin}/dashboard")
+        page = body.decode()
+        assert status == 200 and headers["Content-Type"].startswith("text/html")
+        assert 'fetch("stats"' in page and "<table" in page
+        assert "http://" not in page and "https://" not in page     # no external assets
+    finally:
+        p.stop()
