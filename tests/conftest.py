@@ -22,6 +22,15 @@ def shared_models() -> Path:
     return SHARED_MODELS
 
 
+@pytest.fixture
+def private_redis(logs_dir: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, to kill and restart; stopped whatever happens."""
+    server = RedisServer(logs_dir)
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_server(logs_dir: Path) -> Iterator[RedisServer]:
     """One private redis-server for the session (never the machine's :6379)."""

@@ -273,9 +273,13 @@ class ProxyProc:
         self.proc = Proc(f"{name}-{self.rest_port}",
                          lb_cmd("serve", "--config", str(self.config_path),
                                 "--workers", str(workers)), log_dir)
-        self.proc.wait_http(f"{self.admin}/stats", 30.0, lambda s, _b: s == 200)
-        if self.grpc:
-            wait_until(lambda: tcp_open(str(self.grpc)), 10.0, f"{name} gRPC front")
+        try:
+            self.proc.wait_http(f"{self.admin}/stats", 30.0, lambda s, _b: s == 200)
+            if self.grpc:
+                wait_until(lambda: tcp_open(str(self.grpc)), 10.0, f"{name} gRPC front")
+        except BaseException:
+            self.proc.stop()                 # a proxy that did not come up is not left behind
+            raise
 
     def stats(self) -> Any:
         return get_json(f"{self.admin}/stats")

@@ -191,10 +191,9 @@ class Load:
 
 
 @pytest.mark.parametrize("backend", ["redis", "tiered"])
-def test_redis_outage_gives_zero_client_errors_and_recovers(logs_dir: Path, worker_url: str,
-                                                            backend: str) -> None:
-    redis = RedisServer(logs_dir)
-    redis.start()
+def test_redis_outage_gives_zero_client_errors_and_recovers(
+        logs_dir: Path, worker_url: str, backend: str, private_redis: RedisServer) -> None:
+    redis = private_redis
     p = ProxyProc(logs_dir, [node("a", worker_url)], name=f"proxy-outage-{backend}",
                   cache={"backend": backend, "redis_url": redis.url, "redis_timeout_ms": 50})
     try:
@@ -213,7 +212,6 @@ def test_redis_outage_gives_zero_client_errors_and_recovers(logs_dir: Path, work
         assert failed == [] and len(during) > 20, (failed, len(during))
     finally:
         p.stop()
-        redis.stop()
 
 
 def test_two_proxies_sharing_redis_see_each_others_entries(logs_dir: Path, worker_url: str,

@@ -21,7 +21,16 @@ import pytest
 
 from tests.lb.conftest import Pool
 from tests.load import OpenLoad
-from tests.procs import Proc, ProxyProc, free_port, get_json, node, start_workers, wait_until
+from tests.procs import (
+    Proc,
+    ProxyProc,
+    RedisServer,
+    free_port,
+    get_json,
+    node,
+    start_workers,
+    wait_until,
+)
 
 HP2 = "half_plus_two"
 DELAY_MS = 20.0
@@ -158,11 +167,9 @@ def test_every_node_down_tries_them_all_then_answers_503(logs_dir: Path) -> None
 
 
 def test_redis_stop_and_restart_under_load_gives_zero_client_errors(
-        logs_dir: Path, fault_workers: list[tuple[Proc, str, int]]) -> None:
-    from tests.procs import RedisServer
-
-    redis = RedisServer(logs_dir)
-    redis.start()
+        logs_dir: Path, fault_workers: list[tuple[Proc, str, int]],
+        private_redis: RedisServer) -> None:
+    redis = private_redis
     urls = [u for _, u, _ in fault_workers]
     p = ProxyProc(logs_dir, [node(f"n{i}", u) for i, u in enumerate(urls)], name="proxy-redis",
                   cache={"backend": "tiered", "redis_url": redis.url, "redis_timeout_ms": 50})
@@ -187,7 +194,6 @@ def test_redis_stop_and_restart_under_load_gives_zero_client_errors(
         assert cache["store"]["redis"]["errors"] > 0         # the outage was seen, and hidden
     finally:
         p.stop()
-        redis.stop()
 
 
 def test_request_deadline_gives_504_with_error(logs_dir: Path, hp2_pool: Pool) -> None:
