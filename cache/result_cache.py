@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from cache.store import Store
 
 log = logging.getLogger("cache")
+T = TypeVar("T")
 MAX_MODELS = 256
 OTHER_MODEL = "(other)"
 
@@ -64,17 +65,22 @@ class ResultCache:
         self._total = _Counts()
         self._by_model: dict[str, _Counts] = {}
 
-    async def lookup(self, key: str, model: str) -> bytes | None:
-        """The stored body for `key`, or None (miss, or store trouble)."""
-        start = time.perf_counter()
+    async def _read(self, model: str, op: str, call: Callable[[], Awaitable[T]],
+                    on_error: T) -> T:
+        """A store read; a store that raises (it should not) is a miss, counted."""
         try:
-            value = await self._store.get(key)
+            return await call()
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("cache store %s get failed; treated as a miss", self.backend)
-            value = None
+            log.exception("cache store %s %s failed; treated as a miss", self.backend, op)
             self._count(model, "errors")
+            return on_error
+
+    async def lookup(self, key: str, model: str) -> bytes | None:
+        """The stored body for `key`, or None (miss, or store trouble)."""
+        start = time.perf_counter()
+        value = await self._read(model, "get", lambda: self._store.get(key), None)
         elapsed = time.perf_counter() - start
         for c in (self._total, self._model(model)):
             c.lookup_s += elapsed
@@ -88,14 +94,8 @@ class ResultCache:
         """Row-level lookup with one MGET. Counts the request once (all rows hit: a
         hit; otherwise a miss, and a partial hit when some rows hit) and every row."""
         start = time.perf_counter()
-        try:
-            values = await self._store.mget(keys)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("cache store %s mget failed; treated as misses", self.backend)
-            values = [None] * len(keys)
-            self._count(model, "errors")
+        misses: list[bytes | None] = [None] * len(keys)
+        values = await self._read(model, "mget", lambda: self._store.mget(keys), misses)
         elapsed = time.perf_counter() - start
         found = sum(v is not None for v in values)
         for c in (self._total, self._model(model)):

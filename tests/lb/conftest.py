@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,3 +54,14 @@ def worker_delay(urls: list[str], delay_ms: float) -> Iterator[None]:
     finally:
         for u, ms in before.items():
             http("PUT", f"{u}/_worker/delay", {"delay_ms": ms})
+
+
+def assert_weight_shares(counts: Counter[str], label: str) -> None:
+    """Nodes w3, w1a, w1b weighted 3:1:1 got about 0.6 / 0.2 / 0.2 of the requests."""
+    total = sum(counts.values())
+    shares = {k: v / total for k, v in counts.items()}
+    print(f"{label} 3:1:1 shares", shares)
+    assert set(counts) == {"w3", "w1a", "w1b"}, shares
+    assert shares["w3"] == pytest.approx(0.6, abs=0.08), shares
+    assert shares["w1a"] == pytest.approx(0.2, abs=0.06), shares
+    assert shares["w1b"] == pytest.approx(0.2, abs=0.06), shares

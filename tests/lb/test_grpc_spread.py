@@ -16,7 +16,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from tests.lb.conftest import SPREAD_DELAY_MS, Pool, worker_delay
+from tests.lb.conftest import SPREAD_DELAY_MS, Pool, assert_weight_shares, worker_delay
 from tests.procs import ProxyProc, free_port, wait_until
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
@@ -71,13 +71,7 @@ def test_one_channel_spreads_over_all_nodes_by_weight(logs_dir: Path, hp2_pool: 
             counts = asyncio.run(_spread(p.grpc, 1200, 30))
     finally:
         p.stop()
-    total = sum(counts.values())
-    shares = {k: v / total for k, v in counts.items()}
-    print("gRPC one-channel 3:1:1 shares", shares)
-    assert set(counts) == {"w3", "w1a", "w1b"}
-    assert shares["w3"] == pytest.approx(0.6, abs=0.08), shares
-    assert shares["w1a"] == pytest.approx(0.2, abs=0.06), shares
-    assert shares["w1b"] == pytest.approx(0.2, abs=0.06), shares
+    assert_weight_shares(counts, "gRPC one-channel")
 
 
 def test_dead_node_is_retried_and_deadlines_are_forwarded(logs_dir: Path,
