@@ -46,6 +46,22 @@ class Listen(_Strict):
             split_hostport(v)
         return v
 
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Listen:
+        # Fronts bind with SO_REUSEPORT (for --workers N): two of them on one port
+        # would both bind and the kernel would split connections between them.
+        seen: dict[int, str] = {}
+        for name in ("rest", "grpc", "admin"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            port = split_hostport(value)[1]
+            if port in seen:
+                raise ValueError(f"listen.{name}: port {port} is already used by "
+                                 f"listen.{seen[port]}")
+            seen[port] = name
+        return self
+
 
 class NodeConfig(_Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")

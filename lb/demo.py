@@ -103,7 +103,10 @@ def demo_main(args: argparse.Namespace) -> int:
     setup_logging()
     model_dir = Path(args.dir).resolve() / MODEL
     _export(model_dir)
-    ports = [_free_port() for _ in range(args.workers)]
+    ports: list[int] = []
+    while len(ports) < args.workers:            # the kernel may offer a port twice
+        if (port := _free_port()) not in ports and port not in (args.port, args.admin_port):
+            ports.append(port)
     delays = [0.0] * (args.workers - 1) + [SLOW_DELAY_MS]
     logs = model_dir.parent / "logs"
     print(f"starting {args.workers} workers (logs in {logs}/) ...", flush=True)

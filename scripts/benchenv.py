@@ -25,10 +25,19 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench-out"
 
 
+_ISSUED: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free 127.0.0.1 port not handed out before in this run (the kernel may offer
+    one twice; the proxy binds with SO_REUSEPORT, so a duplicate would be shared)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _ISSUED:
+            _ISSUED.add(port)
+            return port
 
 
 def rss_mb(pid: int) -> float:

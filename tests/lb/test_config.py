@@ -50,6 +50,9 @@ def test_design_example_config_is_valid(tmp_path: Path) -> None:
      "listen.rest", "host:port"),
     ({"nodes": [{"name": "a", "rest": "http://h:1"}, {"name": "a", "rest": "http://h:2"}]},
      "duplicate", "'a'"),
+    ({"nodes": [{"name": "a", "rest": "http://h:1"}],
+      "listen": {"rest": "0.0.0.0:8501", "grpc": "0.0.0.0:8501"}},
+     "listen.grpc", "port 8501 is already used by listen.rest"),
 ])
 def test_errors_name_file_and_field(doc: dict[str, object], field: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
