@@ -1,6 +1,6 @@
 """The admin port (loopback by default): `/stats`, `/healthz`, `/metrics`, `POST /reload`.
 
-Called by operators and tools. `/stats` is a contract (DESIGN.md): the keys
+Called by operators and tools. `/stats` is a contract (docs/ARCHITECTURE.md): the keys
 of each node entry and of `cache` are always present, whatever the backend.
 `/metrics` is Prometheus' text format (`lb.metrics`). Mutating endpoints
 (`POST /reload`) answer 401 unless the request carries

@@ -188,7 +188,7 @@ class NodePool:
         return any(n.healthy for n in self.nodes.values())
 
     def stats(self) -> list[dict[str, Any]]:
-        """Per-node entries of the /stats contract (DESIGN.md)."""
+        """Per-node entries of the /stats contract (docs/ARCHITECTURE.md)."""
         now = self._clock()
         counts = {n.name: n.window.count(now) for n in self.nodes.values()}
         total = sum(counts.values())

@@ -4,7 +4,7 @@ Called by `lb.nodes.NodePool.pick` with a snapshot of the candidate nodes and
 the request's cost; time is always passed in, so everything here can be tested
 with plain asserts and benchmarked in isolation (scripts/bench_policy.py).
 
-The formula (DESIGN.md, "The balancing policy"):
+The formula (docs/ARCHITECTURE.md, "The policy"):
 
 * A request j costs w_j units (rows × the model's cost factor) and takes t_j
   seconds on the node that served it.

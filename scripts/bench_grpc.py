@@ -2,7 +2,7 @@
 
     python scripts/bench_grpc.py [--calls 3000] [--concurrency 16] [--max-seconds 30]
 
-Starts one worker (half_plus_two from ../shared/models, no delay) and one proxy
+Starts one worker (half_plus_two from tests/data/models, no delay) and one proxy
 (`tfserving-lb serve`, cache off, that worker as its only node) on free
 127.0.0.1 ports, then runs the same bounded load (distinct inputs, one client
 channel) at the worker and at the proxy, side by side, and prints:
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.lb.test_grpc_spread import PREDICT, predict_bytes
 from tests.procs import (
-    SHARED_MODELS,
+    TEST_MODELS,
     Proc,
     free_port,
     http,
@@ -90,7 +90,7 @@ def main() -> int:
     ap.add_argument("--max-seconds", type=float, default=30.0)
     args = ap.parse_args()
     log_dir = Path(tempfile.mkdtemp(prefix="bench-grpc-"))
-    models = {"half_plus_two": SHARED_MODELS / "half_plus_two_cpu"}
+    models = {"half_plus_two": TEST_MODELS / "half_plus_two_cpu"}
     (worker, url), = start_workers(log_dir, [{"models": models, "name": "bench-worker"}])
     proxy = None
     try:

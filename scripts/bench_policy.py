@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_policy.py [--rate 200] [--seconds 15]
 
-Starts three half_plus_two workers (../shared/models), two at 10 ms and one
+Starts three half_plus_two workers (tests/data/models), two at 10 ms and one
 deliberately 4x slower (40 ms), then puts each balancer in front of them in
 turn and offers the same open-loop load (distinct inputs, no caching):
 nginx least_conn, nginx round robin (the Debian package, one worker process,
@@ -33,7 +33,7 @@ from scripts.benchenv import OUT, Bench, _wait_http, free_port
 from scripts.loadgen import open_loop
 
 MODEL = "half_plus_two"
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "models"
+TEST_MODELS = Path(__file__).resolve().parent.parent / "tests" / "data" / "models"
 
 NGINX_CONF = """
 worker_processes 1;
@@ -98,7 +98,7 @@ def measure(url: str, rate: float, seconds: float, slow: set[str]) -> dict[str, 
 def run_pass(bench: Bench, delays: list[float], rate: float, seconds: float) -> dict[str, Any]:
     ports = [free_port() for _ in delays]
     from backends.pool import start_pool, wait_available
-    procs = start_pool(MODEL, SHARED / "half_plus_two_cpu", ports, delays, log_dir=bench.logs)
+    procs = start_pool(MODEL, TEST_MODELS / "half_plus_two_cpu", ports, delays, log_dir=bench.logs)
     bench.workers += procs
     for p in ports:
         wait_available(f"http://127.0.0.1:{p}", MODEL, timeout=120.0)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import SHARED_MODELS, RedisServer
+from tests.procs import TEST_MODELS, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -16,10 +16,10 @@ def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_models() -> Path:
-    if not (SHARED_MODELS / "half_plus_two_cpu").is_dir():
-        pytest.fail(f"shared test models not found at {SHARED_MODELS}")
-    return SHARED_MODELS
+def test_models() -> Path:
+    if not (TEST_MODELS / "half_plus_two_cpu").is_dir():
+        pytest.fail(f"test models not found at {TEST_MODELS}")
+    return TEST_MODELS
 
 
 @pytest.fixture

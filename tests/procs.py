@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_MODELS = ROOT.parent / "shared" / "models"
+TEST_MODELS = ROOT / "tests" / "data" / "models"
 
 
 _ISSUED: set[int] = set()

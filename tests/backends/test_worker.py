@@ -1,6 +1,6 @@
-"""The worker as a real process, checked against what TF Serving returns (shared/models/README.md).
+"""The worker as a real process, checked against what TF Serving returns (tests/data/models/README.md).
 
-Two workers per module: `worker` serves the shared test models, a broken model and
+Two workers per module: `worker` serves TF Serving's test models, a broken model and
 a freshly exported MNIST model; `slow` (started with backends.pool) has a delay and
 is stopped with SIGTERM by the last test.
 """
@@ -42,11 +42,11 @@ def mnist_dir(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def worker(logs_dir: Path, shared_models: Path, mnist_dir: Path) -> Iterator[str]:
+def worker(logs_dir: Path, test_models: Path, mnist_dir: Path) -> Iterator[str]:
     models = {
-        "half_plus_two": shared_models / "half_plus_two_cpu",
-        "two": shared_models / "half_plus_two_2_versions",
-        "broken": shared_models / "half_plus_three",
+        "half_plus_two": test_models / "half_plus_two_cpu",
+        "two": test_models / "half_plus_two_2_versions",
+        "broken": test_models / "half_plus_three",
         "mnist": mnist_dir,
     }
     proc, url = start_worker(logs_dir, models, extra=["--label", "stable=123",
@@ -85,10 +85,10 @@ def _first_answers(url: str, proc: Any) -> tuple[str, int | None]:
 
 
 @pytest.fixture(scope="module")
-def slow(logs_dir: Path, shared_models: Path) -> Iterator[Slow]:
+def slow(logs_dir: Path, test_models: Path) -> Iterator[Slow]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    procs = start_pool("half_plus_two", shared_models / "half_plus_two_cpu", [port],
+    procs = start_pool("half_plus_two", test_models / "half_plus_two_cpu", [port],
                        [SLOW_MS], log_dir=logs_dir)
     try:
         state, predict = _first_answers(url, procs[0])

@@ -27,9 +27,9 @@ class Pool:
 
 
 @pytest.fixture(scope="session")
-def hp2_pool(logs_dir: Path, shared_models: Path) -> Iterator[Pool]:
-    models = {"half_plus_two": shared_models / "half_plus_two_cpu",
-              "half_plus_two_2v": shared_models / "half_plus_two_2_versions"}
+def hp2_pool(logs_dir: Path, test_models: Path) -> Iterator[Pool]:
+    models = {"half_plus_two": test_models / "half_plus_two_cpu",
+              "half_plus_two_2v": test_models / "half_plus_two_2_versions"}
     specs = [{"models": models, "delay_ms": FAST_MS, "name": f"fast-{i}"} for i in range(3)]
     specs.append({"models": models, "delay_ms": SLOW_MS, "name": "slow"})
     started = start_workers(logs_dir, specs)

@@ -234,10 +234,10 @@ def test_two_proxies_sharing_redis_see_each_others_entries(logs_dir: Path, worke
 # -- rollout ------------------------------------------------------------------------
 
 def test_new_version_stops_old_hits_without_a_flush(logs_dir: Path, tmp_path: Path,
-                                                    shared_models: Path) -> None:
+                                                    test_models: Path) -> None:
     base = tmp_path / "hp2"
     base.mkdir()
-    shutil.copytree(shared_models / "half_plus_two_cpu" / "00000123", base / "00000123")
+    shutil.copytree(test_models / "half_plus_two_cpu" / "00000123", base / "00000123")
     proc, url = start_worker(logs_dir, {"rollout": base}, name="rollout-worker",
                              extra=["--poll-s", "0.2"])
     p = ProxyProc(logs_dir, [node("a", url)], name="proxy-rollout",
@@ -246,7 +246,7 @@ def test_new_version_stops_old_hits_without_a_flush(logs_dir: Path, tmp_path: Pa
         predict = f"{p.url}/v1/models/rollout:predict"
         assert post(predict, {"instances": [2.0]})[1] == "MISS"
         assert post(predict, {"instances": [2.0]})[1] == "HIT"
-        shutil.copytree(shared_models / "half_plus_two_cpu" / "00000123", base / "00000124")
+        shutil.copytree(test_models / "half_plus_two_cpu" / "00000123", base / "00000124")
         wait_until(lambda: post(predict, {"instances": [2.0]})[1] == "MISS", 30,
                    "a miss after version 124 became AVAILABLE")
         assert post(predict, {"instances": [2.0]})[1] == "HIT"        # the new entry

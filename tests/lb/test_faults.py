@@ -41,10 +41,10 @@ def body(i: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def fault_workers(logs_dir: Path, shared_models: Path) -> Iterator[list[tuple[Proc, str, int]]]:
+def fault_workers(logs_dir: Path, test_models: Path) -> Iterator[list[tuple[Proc, str, int]]]:
     """Three workers of our own (tests kill them), on ports we can restart them on."""
     ports = [free_port() for _ in range(3)]
-    specs = [{"models": {HP2: shared_models / "half_plus_two_cpu"}, "delay_ms": DELAY_MS,
+    specs = [{"models": {HP2: test_models / "half_plus_two_cpu"}, "delay_ms": DELAY_MS,
               "port": p, "name": f"fault-{p}"} for p in ports]
     started = start_workers(logs_dir, specs)
     workers = [(proc, url, port) for (proc, url), port in zip(started, ports, strict=True)]
@@ -74,7 +74,7 @@ def report(what: str, load: OpenLoad, t0: float, t1: float) -> None:
 
 
 def test_kill_9_worker_loses_no_request_and_node_comes_back(
-        logs_dir: Path, shared_models: Path, fault_workers: list[tuple[Proc, str, int]]) -> None:
+        logs_dir: Path, test_models: Path, fault_workers: list[tuple[Proc, str, int]]) -> None:
     urls = [u for _, u, _ in fault_workers]
     p = fault_proxy(logs_dir, urls, "proxy-kill9")
     victim, _, port = fault_workers[1]
@@ -88,7 +88,7 @@ def test_kill_9_worker_loses_no_request_and_node_comes_back(
             out_after = time.monotonic() - killed
             time.sleep(1.0)
             fault_workers[1] = (*start_workers(logs_dir, [{
-                "models": {HP2: shared_models / "half_plus_two_cpu"}, "delay_ms": DELAY_MS,
+                "models": {HP2: test_models / "half_plus_two_cpu"}, "delay_ms": DELAY_MS,
                 "port": port, "name": f"fault-{port}-restarted"}])[0], port)
             back = time.monotonic()
             wait_until(lambda: node_state(p, "n1")["state"] == "healthy", 10.0,

@@ -35,9 +35,9 @@ TIMEOUT = 10.0
 
 
 @pytest.fixture(scope="module")
-def workers(logs_dir: Path, shared_models: Path) -> Iterator[list[tuple[Proc, str]]]:
-    models = {HP2: shared_models / "half_plus_two_cpu", TWO: shared_models / TWO,
-              BROKEN: shared_models / BROKEN}
+def workers(logs_dir: Path, test_models: Path) -> Iterator[list[tuple[Proc, str]]]:
+    models = {HP2: test_models / "half_plus_two_cpu", TWO: test_models / TWO,
+              BROKEN: test_models / BROKEN}
     started = start_workers(logs_dir, [{"models": models, "name": f"conf-{i}"}
                                        for i in range(2)])
     yield started
