@@ -87,9 +87,19 @@ class NodeConfig(_Strict):
         return v
 
 
+class BatchingConfig(_Strict):
+    """Proxy-side micro-batching of concurrent single-model predicts (opt-in per model)."""
+
+    max_rows: Annotated[int, Field(ge=2, le=4096)] = 64
+    max_delay_ms: Annotated[float, Field(ge=0, le=1000)] = 2.0
+
+
 class ModelConfig(_Strict):
     cost: Positive = 1.0
     row_cache: bool = False
+    hedge: bool = True                       # hedged requests for this model's calls
+    batching: BatchingConfig | None = None   # None: requests are sent one by one
+    cache: Literal["auto", "on", "off"] = "auto"   # auto: adaptive bypass; on/off: pinned
 
 
 class PolicyConfig(_Strict):
@@ -97,6 +107,18 @@ class PolicyConfig(_Strict):
     ewma_decay_s: Positive = 10.0
     window_s: Positive = 10.0
     slow_start_s: Annotated[float, Field(ge=0)] = 5.0   # ramp of a readmitted/added node
+    stall_factor: Annotated[float, Field(gt=1)] = 3.0   # oldest in flight > k·τ·units: slow now
+
+
+class AdaptiveConfig(_Strict):
+    """Per-model adaptive bypass: a model whose hit rate stays below `min_hit_rate`
+    stops paying for lookups and fills; 1 in `sample_every` of its requests keeps
+    feeding a frequency sketch so that the cache turns itself back on."""
+
+    enabled: bool = True
+    min_hit_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+    window: Annotated[int, Field(ge=16)] = 1000          # lookups per verdict
+    sample_every: Annotated[int, Field(ge=1)] = 64
 
 
 class CacheConfig(_Strict):
@@ -107,6 +129,8 @@ class CacheConfig(_Strict):
     max_entry_kb: Positive = 1024.0
     redis_timeout_ms: Positive = 50.0
     redis_cluster: bool = False       # redis_url names one node of a Redis Cluster
+    admission: Literal["tinylfu", "lru"] = "tinylfu"   # the memory tier's admission/eviction
+    adaptive: AdaptiveConfig = AdaptiveConfig()
 
     @field_validator("redis_url")
     @classmethod
@@ -155,6 +179,8 @@ class LimitsConfig(_Strict):
     max_url_bytes: Annotated[int, Field(ge=256, le=65536)] = 8190
     max_header_bytes: Annotated[int, Field(ge=256, le=65536)] = 8190
     max_headers: Annotated[int, Field(gt=0, le=1024)] = 128
+    queue_timeout_s: Positive = 10.0             # wait for a node with the model AVAILABLE
+    drain_s: Positive = 10.0                     # SIGTERM: in-flight requests get this long
 
 
 class GrpcConfig(_Strict):
@@ -184,9 +210,33 @@ class ReloadConfig(_Strict):
     poll_s: Annotated[float, Field(ge=0.05, le=60)] = 1.0
 
 
+class HedgeConfig(_Strict):
+    """Hedged requests: an idempotent call that waited longer than its node's p95
+    (per node and model, at least `min_delay_ms`) is also sent to the best other
+    node; the first good answer wins. Hedges are at most `max_ratio` of requests."""
+
+    enabled: bool = True
+    max_ratio: Annotated[float, Field(ge=0, le=1)] = 0.05
+    min_delay_ms: Positive = 5.0
+    quantile: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
+
+
+class DiscoveryConfig(_Strict):
+    """Nodes from DNS: every A/AAAA record of `dns` is a node named by its address."""
+
+    dns: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.\-]+$")
+    rest_port: Annotated[int, Field(gt=0, lt=65536)] = 8501
+    grpc_port: Annotated[int, Field(gt=0, lt=65536)] | None = 8500
+    weight: Positive = 1.0
+    interval_s: Annotated[float, Field(ge=0.1)] = 5.0
+    timeout_s: Positive = 2.0
+    nameserver: str | None = None       # "host" or "host:port"; None: /etc/resolv.conf
+
+
 class Config(_Strict):
     listen: Listen = Listen()
-    nodes: list[NodeConfig] = Field(min_length=1)
+    nodes: list[NodeConfig] = []
+    discovery: DiscoveryConfig | None = None
     models: dict[str, ModelConfig] = {}
     policy: PolicyConfig = PolicyConfig()
     cache: CacheConfig = CacheConfig()
@@ -195,12 +245,15 @@ class Config(_Strict):
     outlier: OutlierConfig = OutlierConfig()
     limits: LimitsConfig = LimitsConfig()
     grpc: GrpcConfig = GrpcConfig()
+    hedge: HedgeConfig = HedgeConfig()
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
     reload: ReloadConfig = ReloadConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
+        if not self.nodes and self.discovery is None:
+            raise ValueError("nodes: list at least 1 node, or set discovery")
         seen: set[str] = set()
         for node in self.nodes:
             if node.name in seen:
@@ -219,8 +272,13 @@ _DEFAULT_MODEL = ModelConfig()
 def _format_errors(source: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"{source}: {where}: {err['msg']}")
+        where = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if not where:        # a cross-field check: its message starts with the field
+            where, _, msg = msg.removeprefix("Value error, ").partition(": ")
+            if not msg:
+                where, msg = "(top level)", where
+        lines.append(f"{source}: {where}: {msg}")
     return "\n".join(lines)
 
 
