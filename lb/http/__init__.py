@@ -1,0 +1,5 @@
+"""The lean HTTP/1.1 data path: asyncio protocols on uvloop with httptools (llhttp).
+
+`lb.http.server`: the client-facing protocol of the REST front.
+`lb.http.client`: keep-alive connection pools to the nodes.
+"""
