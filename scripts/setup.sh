@@ -16,6 +16,17 @@ if ! command -v redis-server >/dev/null 2>&1; then
     $sudo_cmd apt-get install -y -qq redis-server >/dev/null
 fi
 
+# kubectl renders deploy/k8s (kubectl kustomize) in tests/deploy: Debian's
+# kubernetes-client (kubectl 1.20, kustomize v2.0.3) when none is installed.
+if ! command -v kubectl >/dev/null 2>&1; then
+    echo "setup: installing kubectl (kubernetes-client, apt-get)" >&2
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo_cmd apt-get update -qq
+    $sudo_cmd apt-get install -y -qq kubernetes-client >/dev/null
+fi
+
 python="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $($python --version)" >&2
