@@ -8,6 +8,7 @@ Called by `tfserving-lb serve` and `check-config` (and by reload later).
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -230,7 +231,36 @@ class DiscoveryConfig(_Strict):
     weight: Positive = 1.0
     interval_s: Annotated[float, Field(ge=0.1)] = 5.0
     timeout_s: Positive = 2.0
-    nameserver: str | None = None       # "host" or "host:port"; None: /etc/resolv.conf
+    # "ADDR" or "ADDR:port" (IPv6: "ADDR" or "[ADDR]:port"), ADDR an IP address: a
+    # nameserver is asked by address, resolving its name would need DNS already.
+    # None: the servers and search list of /etc/resolv.conf.
+    nameserver: str | None = None
+
+    @field_validator("nameserver")
+    @classmethod
+    def _nameserver(cls, v: str | None) -> str | None:
+        if v is not None:
+            cls.parse_nameserver(v)
+        return v
+
+    def nameserver_addr(self) -> tuple[str, int] | None:
+        """(ip, port) of `nameserver`, or None for the system's resolver."""
+        return None if self.nameserver is None else self.parse_nameserver(self.nameserver)
+
+    @staticmethod
+    def parse_nameserver(value: str) -> tuple[str, int]:
+        """'1.2.3.4', '1.2.3.4:53', 'fd00::1', '[fd00::1]:53' -> (ip, port); else ValueError.
+        A bare IPv6 address never has a port ('::1:53' is an address): bracket it."""
+        host, port = value, 53
+        if value.startswith("[") and value.endswith("]"):
+            host = value[1:-1]
+        elif value.startswith("[") or value.count(":") == 1:
+            host, port = split_hostport(value)
+        try:
+            return str(ipaddress.ip_address(host)), port
+        except ValueError:
+            raise ValueError("expected an IP address with an optional :port, "
+                             f"got {value!r}") from None
 
 
 class Config(_Strict):
