@@ -16,6 +16,16 @@ if ! command -v redis-server >/dev/null 2>&1; then
     $sudo_cmd apt-get install -y -qq redis-server >/dev/null
 fi
 
+# chromium: the dashboard test drives a real headless browser (tests/lb/test_dashboard.py)
+if [ ! -x /usr/bin/chromium ]; then
+    echo "setup: installing chromium (apt-get)" >&2
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo_cmd apt-get update -qq
+    $sudo_cmd apt-get install -y -qq chromium >/dev/null
+fi
+
 python="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $($python --version)" >&2
