@@ -8,10 +8,11 @@ the proxy's one `History` through `history_for(proxy)`, as `lb.metrics.metrics_f
 
 Guarantees:
 
-* `observe` is O(1) and allocates nothing but the float it may append: a dict
-  lookup, two counters and one slot of a per-second sample list. The list is
-  bounded by `RESERVOIR` (Algorithm R past it: a uniform sample of the second),
-  so memory does not grow with the request rate.
+* `observe` is O(1): a dict lookup, two counters and one slot of a per-second
+  sample list (a series object is made only for a node's first request of a
+  second). The list is bounded by `RESERVOIR`: past it, Algorithm R (one random
+  draw per request) keeps a uniform sample of the second, so memory does not
+  grow with the request rate.
 * `tick` closes the second and stores one point: requests/s, errors/s (replies
   of 500 and up: the proxy or a node failed; 4xx are the client's) and p50/p99
   latency, exact over that second's samples, for the whole proxy and per node;
@@ -24,6 +25,13 @@ Guarantees:
 * Pure logic with time passed in; only `run` reads clocks. `run` stamps points
   with a wall clock anchored at start and advanced by the monotonic clock, so a
   stepped system clock cannot reorder the ring.
+
+A point: {"t", "rps", "eps", "p50_ms", "p99_ms", "hit_rate", "direct_rps" (answered
+without a node), "nodes": {name: {"rps", "eps", "p50_ms", "p99_ms", "share",
+"inflight", "state"}}}; latencies are None in a second without requests, and a
+node that left the config but still answered has inflight and state None. An
+event: {"t", "kind" (state | added | removed | reload | reload_failed), "node",
+"state", "text"}.
 """
 
 from __future__ import annotations
