@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 
 from lb.dashboard import PAGE
@@ -62,12 +63,24 @@ def body(i: int) -> bytes:
     return json.dumps({"instances": [x]}).encode()
 
 
+def _grpc_model_status(address: str) -> None:
+    """One GetModelStatus call, the request written by hand: {model_spec: {name}}."""
+    name = b"half_plus_two"
+    spec = b"\x0a" + bytes([len(name)]) + name
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary("/tensorflow.serving.ModelService/GetModelStatus")
+        call(b"\x0a" + bytes([len(spec)]) + spec, timeout=10.0)
+
+
 def test_history_endpoint(logs_dir: Path, hp2_pool: Pool) -> None:
-    p = ProxyProc(logs_dir, [node("a", hp2_pool.fast[0])], name="proxy-history")
+    a = {**node("a", hp2_pool.fast[0]), "grpc": hp2_pool.procs[0].grpc}
+    p = ProxyProc(logs_dir, [a], name="proxy-history", grpc=True)
     try:
         url = f"{p.url}/v1/models/half_plus_two:predict"
         for i in range(5):
             assert http("POST", url, {"instances": [float(i % 2)]})[0] == 200
+        for _ in range(3):                           # the gRPC front is observed too
+            _grpc_model_status(str(p.grpc))
         deadline = time.monotonic() + 5.0
         while not get_json(f"{p.admin}/history")["points"] and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -75,8 +88,9 @@ def test_history_endpoint(logs_dir: Path, hp2_pool: Pool) -> None:
         doc = get_json(f"{p.admin}/history")
         assert doc["interval_s"] == 1.0 and doc["window_s"] == 300.0
         assert doc["pid"] == p.stats()["pid"]
-        assert sum(pt["rps"] for pt in doc["points"]) == pytest.approx(5.0, abs=0.5)
-        assert sum(pt["direct_rps"] for pt in doc["points"]) > 0      # cache hits: no node
+        assert sum(pt["rps"] for pt in doc["points"]) == pytest.approx(8.0, abs=0.5)
+        assert sum(pt["direct_rps"] for pt in doc["points"]) == pytest.approx(3.0, abs=0.5)
+        assert sum(pt["nodes"]["a"]["rps"] for pt in doc["points"]) == pytest.approx(5.0, abs=0.5)
         assert set(doc["points"][-1]["nodes"]) == {"a"}
         last = doc["points"][-1]["t"]
         newer = get_json(f"{p.admin}/history?since={last}")["points"]
