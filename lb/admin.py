@@ -1,4 +1,5 @@
-"""The admin port (loopback by default): `/stats`, `/healthz`, `/metrics`, `POST /reload`.
+"""The admin port (loopback by default): `/stats`, `/healthz`, `/metrics`, `POST /reload`,
+`/dashboard` and `/history` (`lb.dashboard`).
 
 Called by operators and tools. `/stats` is a contract (docs/ARCHITECTURE.md): the keys
 of each node entry and of `cache` are always present, whatever the backend.
@@ -19,7 +20,8 @@ import orjson
 from aiohttp import web
 
 from lb.config import split_hostport
-from lb.dashboard import handle_dashboard
+from lb.dashboard import handle_dashboard, history_handler
+from lb.history import history_for
 from lb.metrics import CONTENT_TYPE, metrics_for
 from lb.proxy import Proxy
 from lb.reload import Reloader
@@ -105,6 +107,7 @@ def make_admin_app(proxy: Proxy, reloader: Reloader | None = None) -> web.Applic
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/dashboard", handle_dashboard)
+    app.router.add_get("/history", history_handler(history_for(proxy)))
     if reloader is not None:
         app[ADMIN_RELOADER] = reloader
         app.router.add_post("/reload", handle_reload)

@@ -43,6 +43,7 @@ from lb.grpc_messages import (
 )
 from lb.grpc_proxy import GrpcOutcome, GrpcProxy
 from lb.grpc_upstream import OK, GrpcUpstream, channel_options
+from lb.history import history_for
 from lb.metrics import metrics_for
 from lb.observe import Observer
 from lb.proxy import Proxy
@@ -96,7 +97,7 @@ class GrpcFront:
         self.upstream = GrpcUpstream(proxy.cfg.grpc)
         self.flow = GrpcProxy(proxy, self.upstream)
         self.server: grpc.aio.Server | None = None
-        self._observer = Observer(proxy, metrics_for(proxy))
+        self._observer = Observer(proxy, metrics_for(proxy), history_for(proxy))
 
     async def start(self, address: str) -> None:
         """Listen on `address` (host:port); raises OSError when the port cannot be bound."""

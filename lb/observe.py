@@ -31,6 +31,7 @@ from aiohttp.typedefs import Middleware
 from prometheus_client.metrics import Counter, Histogram
 
 from lb.config import LogConfig
+from lb.history import History, history_for
 from lb.metrics import Metrics, metrics_for
 from lb.proxy import Proxy
 
@@ -74,9 +75,10 @@ class Observer:
     """Records one client request at a time; holds label children so that the hot
     path is two dict lookups and two increments."""
 
-    def __init__(self, proxy: Proxy, metrics: Metrics) -> None:
+    def __init__(self, proxy: Proxy, metrics: Metrics, history: History) -> None:
         self._proxy = proxy
         self._metrics = metrics
+        self._history = history
         self._models: set[str] = set()
         self._counters: dict[tuple[str, str, int], Counter] = {}
         self._histograms: dict[tuple[str, str], Histogram] = {}
@@ -101,6 +103,7 @@ class Observer:
         if hist is None:
             hist = self._histograms[(model, node)] = self._metrics.latency.labels(model, node)
         hist.observe(seconds)
+        self._history.observe(node, seconds, status)
 
     def _log(self, request: web.Request, status: int, node: str, cache: str, size: int,
              seconds: float) -> None:
@@ -150,7 +153,7 @@ class Observer:
 
 def middleware(proxy: Proxy) -> Middleware:
     """The aiohttp middleware observing `proxy`'s REST front (see module docstring)."""
-    observer = Observer(proxy, metrics_for(proxy))
+    observer = Observer(proxy, metrics_for(proxy), history_for(proxy))
 
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:

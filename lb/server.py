@@ -18,11 +18,12 @@ from aiohttp import web
 
 from cache.result_cache import ResultCache
 from cache.store import make_store
-from lb.admin import make_admin_app
+from lb.admin import make_admin_app, stats_doc
 from lb.config import Config, load_config, split_hostport
 from lb.errors import ConfigError
 from lb.grpc_front import GrpcFront
 from lb.health import HealthChecker
+from lb.history import history_for
 from lb.nodes import NodePool
 from lb.observe import configure_access_log
 from lb.outlier import outlier_policy
@@ -82,6 +83,8 @@ async def start(cfg: Config, config_path: str | None = None) -> Running:
         async with asyncio.timeout(cfg.health.timeout_s * 2):
             await health.probe_all()
     tasks = [asyncio.create_task(health.run(), name="health")]
+    tasks.append(asyncio.create_task(history_for(proxy).run(lambda: stats_doc(proxy)),
+                                     name="history"))
     reloader = Reloader(proxy, health, config_path)
     tasks += reloader.start()
     runners = []

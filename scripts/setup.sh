@@ -7,24 +7,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-tf}"
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "setup: installing redis-server (apt-get)" >&2
-    sudo_cmd=""
-    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo_cmd apt-get update -qq
-    $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+# Debian packages the project needs, installed with apt-get only when missing:
+# redis-server (tests start their own), kubectl (tests/deploy renders deploy/k8s with
+# `kubectl kustomize`: Debian's kubernetes-client, kubectl 1.20 with kustomize v2.0.3)
+# and chromium (tests/lb/test_dashboard.py drives a real headless browser).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ "$extra" = "dev" ]; then
+    command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
 fi
-
-# kubectl renders deploy/k8s (kubectl kustomize) in tests/deploy: Debian's
-# kubernetes-client (kubectl 1.20, kustomize v2.0.3) when none is installed.
-if ! command -v kubectl >/dev/null 2>&1; then
-    echo "setup: installing kubectl (kubernetes-client, apt-get)" >&2
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]} (apt-get)" >&2
     sudo_cmd=""
     [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
     export DEBIAN_FRONTEND=noninteractive
     $sudo_cmd apt-get update -qq
-    $sudo_cmd apt-get install -y -qq kubernetes-client >/dev/null
+    $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 python="${PYTHON:-python3}"
