@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from lb.errors import BadRequest, ConfigError, UpstreamConnectError, UpstreamError, UpstreamTimeout
+from lb.errors import (
+    BadRequest,
+    ConfigError,
+    LbError,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from lb.http.client_conn import Conn, Exchange, Response
 
 __all__ = ["ClientLimits", "NodeClient", "Response"]
@@ -82,16 +89,16 @@ class NodeClient:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         ex = Exchange(loop=loop)
-        if self._closing:
-            ex.set_exception(UpstreamConnectError(self.name, "client is closed"))
-            return ex
-        if deadline <= loop.time():
-            ex.set_exception(UpstreamTimeout(self.name, "deadline passed before sending"))
-            return ex
         try:
+            if self._closing:
+                raise UpstreamConnectError(self.name, "client is closed")
+            if deadline <= loop.time():
+                raise UpstreamTimeout(self.name, "deadline passed before sending")
             ex.data = self._request(method, path, body, headers)
-        except ValueError as exc:
-            ex.set_exception(BadRequest(f"cannot forward {method} {path!r}: {exc}"))
+        except (LbError, ValueError) as exc:
+            self._failed += 1
+            ex.set_exception(exc if isinstance(exc, LbError)
+                             else BadRequest(f"cannot forward {method} {path!r}: {exc}"))
             return ex
         ex.owner = self
         ex.deadline = deadline
@@ -103,6 +110,10 @@ class NodeClient:
         return ex
 
     def stats(self) -> dict[str, int]:
+        """open: connections open or connecting (<= max_connections); idle: pooled;
+        busy: open - idle; connecting; waiting: sends queued for a slot; created:
+        connections established; reused: exchanges run on a pooled connection;
+        failed: exchanges that ended with an error (not cancellations)."""
         idle = len(self._idle)
         return {"open": self._open, "idle": idle, "busy": self._open - idle,
                 "connecting": len(self._connecting), "waiting": len(self._waiters),
@@ -136,6 +147,8 @@ class NodeClient:
                 self.abort(conn.ex, error(self.name, "client closed mid-exchange"))
             else:
                 self._discard(conn, abort=True)
+        if self._tasks:                          # cancelled connects: let them unwind
+            await asyncio.wait(list(self._tasks), timeout=1.0)
 
     # -- dispatch --------------------------------------------------------------------------
 

@@ -508,6 +508,19 @@ def test_chunked_response(run: Any) -> None:
     run(main())
 
 
+def test_head_response_has_no_body_and_its_connection_is_not_reused(run: Any) -> None:
+    async def main() -> None:
+        async with aio_server() as url:
+            client = node(url)
+            resp = await call(client, "/big?n=100", method="HEAD")
+            assert (resp.status, resp.body) == (200, b"")
+            assert (b"content-length", b"100") in resp.headers
+            assert len((await call(client, "/big?n=100")).body) == 100
+            assert client.stats()["created"] == 2
+            await client.close()
+    run(main())
+
+
 @pytest.mark.parametrize("head", [b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n",
                                   b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"])
 def test_close_delimited_response(run: Any, head: bytes) -> None:
