@@ -3,7 +3,8 @@
 Called by `lb.http.client.NodeClient`, which owns the pool, the slots and the
 timers; nothing else uses this module. Guarantees: a connection runs at most one
 exchange at a time, writes each request with one `transport.write`, and reports
-every exchange exactly once to its owner: `exchange_done` with a complete
+each exchange it runs exactly once to its owner (unless the owner took it back
+with `abort`): `exchange_done` with a complete
 `Response` (and whether the connection may be reused), or `exchange_failed`
 saying whether any response byte had arrived. Bytes that arrive while no
 exchange is active, an unparseable response or an oversized one make the
