@@ -1,0 +1,359 @@
+"""Keep-alive HTTP/1.1 connection pools from the proxy to the nodes.
+
+Called by the request core (one `NodeClient` per node) and by the health checks.
+Guarantees: the future `send` returns completes with a `Response` for any HTTP
+status, or with `UpstreamConnectError` (nothing answered: safe to try another
+node), `UpstreamTimeout` (connect or deadline passed) or `UpstreamError`
+(anything else), never later than its deadline; at most `max_connections`
+connections per node are open or connecting; a connection that failed, timed out
+or was cancelled is closed, never reused. This module and `lb.http.client_conn`
+are the one boundary where OS, ssl and httptools errors become `lb.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import ssl
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from lb.errors import (
+    BadRequest,
+    ConfigError,
+    LbError,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from lb.http.client_conn import Conn, Exchange, Response
+
+__all__ = ["ClientLimits", "NodeClient", "Response"]
+
+log = logging.getLogger("lb.http.client")
+
+_METHODS = {m.decode(): m for m in (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"PATCH")}
+
+
+@dataclass(slots=True, frozen=True)
+class ClientLimits:
+    max_connections: int = 256      # per node: open + connecting
+    connect_timeout_s: float = 1.0
+    keepalive_s: float = 30.0       # an idle pooled connection is closed after this
+    max_response_bytes: int = 256 * 2**20
+
+
+class NodeClient:
+    """Connections to one node (base URL http://host:port or https://host:port).
+
+    `ssl_context` replaces the default verifying context for https (tests pass one
+    that trusts their own CA)."""
+
+    def __init__(self, name: str, base_url: str, limits: ClientLimits,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        url = urlsplit(base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(f"node {name}: base URL {base_url!r} is not http(s)://host[:port]")
+        self.name = name
+        self.limits = limits
+        self.max_body = limits.max_response_bytes
+        self._host = url.hostname
+        self._port = url.port or (443 if url.scheme == "https" else 80)
+        self._ssl = (ssl_context or ssl.create_default_context()) if url.scheme == "https" else None
+        self._prefix = url.path.rstrip("/").encode("ascii")
+        self._host_line = b"Host: " + url.netloc.encode("idna") + b"\r\n"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: list[Conn] = []              # LIFO; sorted by idle_since
+        self._conns: set[Conn] = set()           # every connection holding a slot
+        self._connecting: set[Exchange] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._waiters: deque[Exchange] = deque()
+        self._open = 0                           # slots taken: connected + connecting
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._drained: asyncio.Future[None] | None = None
+        self._created = self._reused = self._failed = 0
+
+    # -- public API ------------------------------------------------------------------------
+
+    def send(self, method: str, path: str, body: bytes | None, deadline: float,
+             headers: bytes = b"") -> asyncio.Future[Response]:
+        """Start one exchange; the future fails with UpstreamTimeout past `deadline`
+        (a loop.time() value). Cancelling the future aborts the exchange at once.
+        `headers` are extra lines b"Name: value\\r\\n" (not Host, Content-Length or
+        Content-Type, which this adds)."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        ex = Exchange(loop=loop)
+        try:
+            if self._closing:
+                raise UpstreamConnectError(self.name, "client is closed")
+            if deadline <= loop.time():
+                raise UpstreamTimeout(self.name, "deadline passed before sending")
+            ex.data = self._request(method, path, body, headers)
+        except (LbError, ValueError) as exc:
+            self._failed += 1
+            ex.set_exception(exc if isinstance(exc, LbError)
+                             else BadRequest(f"cannot forward {method} {path!r}: {exc}"))
+            return ex
+        ex.owner = self
+        ex.deadline = deadline
+        ex.head = method == "HEAD"
+        ex.queued = ex.retried = False
+        ex.connect_task = ex.connect_timer = ex.conn = None
+        ex.timer = loop.call_at(deadline, self._expire, ex)
+        self._dispatch(ex)
+        return ex
+
+    def stats(self) -> dict[str, int]:
+        """open: connections open or connecting (<= max_connections); idle: pooled;
+        busy: open - idle; connecting; waiting: sends queued for a slot; created:
+        connections established; reused: exchanges run on a pooled connection;
+        failed: exchanges that ended with an error (not cancellations)."""
+        idle = len(self._idle)
+        return {"open": self._open, "idle": idle, "busy": self._open - idle,
+                "connecting": len(self._connecting), "waiting": len(self._waiters),
+                "created": self._created, "reused": self._reused, "failed": self._failed}
+
+    async def close(self, grace_s: float = 1.0) -> None:
+        """Close idle connections now, let exchanges in flight finish within `grace_s`,
+        then close the rest; later sends fail with UpstreamConnectError. Idempotent."""
+        self._closing = True
+        loop = self._loop
+        if loop is None:
+            return
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.idle = False
+            self._discard(conn, abort=False)
+        while self._waiters:
+            self.abort(self._waiters[0], UpstreamConnectError(self.name, "client closed"))
+        if self._open > 0:
+            if self._drained is None:
+                self._drained = loop.create_future()
+            await asyncio.wait([self._drained], timeout=grace_s)
+        for ex in list(self._connecting):
+            self.abort(ex, UpstreamConnectError(self.name, "client closed while connecting"))
+        for conn in list(self._conns):
+            if conn.ex is not None:
+                error = UpstreamError if conn.got_bytes else UpstreamConnectError
+                self.abort(conn.ex, error(self.name, "client closed mid-exchange"))
+            else:
+                self._discard(conn, abort=True)
+        if self._tasks:                          # cancelled connects: let them unwind
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, body: bytes | None, headers: bytes) -> bytes:
+        m = _METHODS.get(method)
+        if m is None:
+            if not (method.isascii() and method.isalpha()):
+                raise ValueError("bad method")
+            m = method.encode("ascii")
+        p = path.encode("ascii")
+        if b" " in p or b"\r" in p or b"\n" in p or not p.startswith(b"/"):
+            raise ValueError("bad path")
+        if body is None:
+            return b"".join((m, b" ", self._prefix, p, b" HTTP/1.1\r\n", self._host_line,
+                             headers, b"\r\n"))
+        return b"".join((m, b" ", self._prefix, p, b" HTTP/1.1\r\n", self._host_line,
+                         b"Content-Length: %d\r\nContent-Type: application/json\r\n" % len(body),
+                         headers, b"\r\n", body))
+
+    def _dispatch(self, ex: Exchange) -> None:
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            conn.idle = False
+            if not conn.is_usable():
+                self._discard(conn, abort=True)
+                continue
+            self._reused += 1
+            conn.start(ex)
+            return
+        if self._open < self.limits.max_connections:
+            self._open += 1
+            self._connect(ex)
+        else:
+            ex.queued = True
+            self._waiters.append(ex)
+
+    def _connect(self, ex: Exchange) -> None:
+        """Open a connection for `ex`, which holds a slot already."""
+        loop = self._loop
+        assert loop is not None
+        conn = Conn(self)
+        task = loop.create_task(loop.create_connection(
+            lambda: conn, self._host, self._port, ssl=self._ssl,
+            server_hostname=self._host if self._ssl is not None else None))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(functools.partial(self._connected, ex, conn))
+        ex.connect_task = task
+        self._connecting.add(ex)
+        limit = loop.time() + self.limits.connect_timeout_s
+        if limit < ex.deadline:
+            ex.connect_timer = loop.call_at(limit, self._connect_expired, ex)
+
+    def _connected(self, ex: Exchange, conn: Conn, task: asyncio.Task[Any]) -> None:
+        if ex.connect_task is not task:          # the exchange gave up; its slot is free
+            if not task.cancelled() and task.exception() is None:
+                conn.close(abort=True)
+            return
+        ex.connect_task = None
+        self._connecting.discard(ex)
+        if ex.connect_timer is not None:
+            ex.connect_timer.cancel()
+            ex.connect_timer = None
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None or task.cancelled() or not conn.is_usable():
+            conn.close(abort=True)
+            self._release_slot()
+            why = f"{type(exc).__name__}: {exc}" if exc else "closed right after connect"
+            error = (UpstreamConnectError if isinstance(exc, OSError | None) else UpstreamError)
+            self._settle(ex, error(self.name, f"connect to {self._host}:{self._port}: {why}"))
+            return
+        self._created += 1
+        conn.has_slot = True
+        self._conns.add(conn)
+        conn.start(ex)
+
+    # -- outcomes (called by Conn and Exchange) -------------------------------------------
+
+    def exchange_done(self, conn: Conn, ex: Exchange, resp: Response, reusable: bool) -> None:
+        conn.uses += 1
+        if reusable and not self._closing:
+            self._checkin(conn)
+        else:
+            self._discard(conn, abort=False)
+        self._settle(ex, None, resp)
+
+    def exchange_failed(self, conn: Conn, ex: Exchange, got_bytes: bool, why: str) -> None:
+        if not got_bytes and conn.uses > 0 and not ex.retried and not self._closing:
+            # A reused connection may have been closed by the node just as we wrote:
+            # try once more on a fresh one, which inherits this connection's slot.
+            log.debug("node %s: reused connection failed (%s); retrying fresh", self.name, why)
+            ex.retried = True
+            conn.has_slot = False
+            self._conns.discard(conn)
+            conn.close(abort=True)
+            self._connect(ex)
+            return
+        self._discard(conn, abort=True)
+        error = UpstreamError if got_bytes else UpstreamConnectError
+        self._settle(ex, error(self.name, why))
+
+    def conn_lost(self, conn: Conn) -> None:
+        if conn.idle:
+            conn.idle = False
+            self._idle.remove(conn)
+        self._discard(conn, abort=False)
+
+    def abort(self, ex: Exchange, err: Exception | None) -> None:
+        """End `ex` wherever it is (deadline, cancel, close); its connection is closed."""
+        if ex.queued:
+            ex.queued = False
+            self._waiters.remove(ex)
+        elif ex.connect_task is not None:
+            task, ex.connect_task = ex.connect_task, None
+            task.cancel()
+            self._connecting.discard(ex)
+            if ex.connect_timer is not None:
+                ex.connect_timer.cancel()
+                ex.connect_timer = None
+            self._release_slot()
+        elif ex.conn is not None:
+            conn, ex.conn = ex.conn, None
+            conn.ex = None
+            self._discard(conn, abort=True)
+        self._settle(ex, err)
+
+    def _settle(self, ex: Exchange, err: Exception | None, resp: Response | None = None) -> None:
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+        if ex.done():
+            return
+        if err is not None:
+            self._failed += 1
+            ex.set_exception(err)
+        elif resp is not None:
+            ex.set_result(resp)
+
+    def _expire(self, ex: Exchange) -> None:
+        ex.timer = None
+        if ex.queued:
+            why = f"no free connection (max_connections={self.limits.max_connections})"
+        elif ex.connect_task is not None:
+            why = "connect did not complete"
+        else:
+            why = "no complete response"
+        self.abort(ex, UpstreamTimeout(self.name, f"{why} before the deadline"))
+
+    def _connect_expired(self, ex: Exchange) -> None:
+        ex.connect_timer = None
+        if ex.connect_task is not None:
+            self.abort(ex, UpstreamTimeout(
+                self.name, f"connect timed out after {self.limits.connect_timeout_s}s"))
+
+    # -- slots and the idle stack ----------------------------------------------------------
+
+    def _checkin(self, conn: Conn) -> None:
+        if self._waiters:
+            ex = self._waiters.popleft()
+            ex.queued = False
+            self._reused += 1
+            conn.start(ex)
+            return
+        loop = self._loop
+        assert loop is not None
+        conn.idle = True
+        conn.idle_since = loop.time()
+        self._idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(conn.idle_since + self.limits.keepalive_s, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections idle for keepalive_s; the stack bottom is the oldest."""
+        loop = self._loop
+        assert loop is not None
+        self._sweeper = None
+        idle = self._idle
+        limit = loop.time() - self.limits.keepalive_s
+        n = 0
+        while n < len(idle) and idle[n].idle_since <= limit:
+            n += 1
+        expired = idle[:n]
+        del idle[:n]
+        for conn in expired:
+            conn.idle = False
+            self._discard(conn, abort=False)
+        if idle:
+            self._sweeper = loop.call_at(idle[0].idle_since + self.limits.keepalive_s,
+                                         self._sweep)
+
+    def _discard(self, conn: Conn, abort: bool) -> None:
+        """Close `conn` (not in the idle stack) and free its slot."""
+        conn.close(abort)
+        if conn.has_slot:
+            conn.has_slot = False
+            self._conns.discard(conn)
+            self._release_slot()
+
+    def _release_slot(self) -> None:
+        if self._waiters and not self._closing:
+            ex = self._waiters.popleft()           # the slot passes to the first waiter
+            ex.queued = False
+            self._connect(ex)
+            return
+        self._open -= 1
+        if self._open == 0 and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)

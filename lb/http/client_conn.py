@@ -1,0 +1,278 @@
+"""One keep-alive HTTP/1.1 connection to a node: an asyncio.Protocol with httptools.
+
+Called by `lb.http.client.NodeClient`, which owns the pool, the slots and the
+timers; nothing else uses this module. Guarantees: a connection runs at most one
+exchange at a time, writes each request with one `transport.write`, and reports
+each exchange it runs exactly once to its owner (unless the owner took it back
+with `abort`): `exchange_done` with a complete
+`Response` (and whether the connection may be reused), or `exchange_failed`
+saying whether any response byte had arrived. Bytes that arrive while no
+exchange is active, an unparseable response or an oversized one make the
+connection unusable; it never decides about retries or error classes itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+import httptools
+
+_JSON = "application/json"
+_NO_BODY = (204, 304)
+
+
+@dataclass(slots=True, frozen=True)
+class Response:
+    """A node's complete response; `headers` has lower-case names, in arrival order."""
+
+    status: int
+    body: bytes
+    content_type: str          # the node's Content-Type, "application/json" when absent
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+class Owner(Protocol):
+    """What a connection reports to (implemented by NodeClient)."""
+
+    max_body: int
+
+    def exchange_done(self, conn: Conn, ex: Exchange, resp: Response, reusable: bool) -> None: ...
+    def exchange_failed(self, conn: Conn, ex: Exchange, got_bytes: bool, why: str) -> None: ...
+    def conn_lost(self, conn: Conn) -> None: ...
+    def abort(self, ex: Exchange, err: Exception | None) -> None: ...
+
+
+class Exchange(asyncio.Future[Response]):
+    """One request and the future of its response (no Task per call).
+
+    Exactly one of `queued`, `connect_task`, `conn` is set while it runs. `cancel()`
+    aborts it synchronously, so the caller's pool slot is free when cancel returns."""
+
+    __slots__ = (
+        "conn",
+        "connect_task",
+        "connect_timer",
+        "data",
+        "deadline",
+        "head",
+        "owner",
+        "queued",
+        "retried",
+        "timer",
+    )
+
+    owner: Owner
+    data: bytes
+    deadline: float
+    head: bool
+    timer: asyncio.TimerHandle | None
+    queued: bool
+    connect_task: asyncio.Task[Any] | None
+    connect_timer: asyncio.TimerHandle | None
+    conn: Conn | None
+    retried: bool
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        self.owner.abort(self, None)
+        return True
+
+
+class Conn(asyncio.Protocol):
+    """The protocol of one connection; parser callbacks fill the current response."""
+
+    __slots__ = (
+        "chunks",
+        "ctype",
+        "error",
+        "ex",
+        "framed",
+        "garbage",
+        "got_bytes",
+        "has_slot",
+        "headers",
+        "idle",
+        "idle_since",
+        "keep_alive",
+        "owner",
+        "parser",
+        "result",
+        "size",
+        "status",
+        "transport",
+        "uses",
+    )
+
+    def __init__(self, owner: Owner) -> None:
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.ex: Exchange | None = None
+        self.uses = 0                  # exchanges completed on this connection
+        self.idle = False
+        self.idle_since = 0.0
+        self.has_slot = False          # holds one of the owner's max_connections slots
+        self.status = 0                # of the message being parsed; 0 until its headers end
+        self.ctype = _JSON
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.framed = False            # Content-Length or chunked: not delimited by close
+        self.got_bytes = False
+        self.result: Response | None = None
+        self.keep_alive = False
+        self.garbage = False
+        self.error: str | None = None
+
+    # -- driven by the owner -------------------------------------------------------------
+
+    def start(self, ex: Exchange) -> None:
+        """Run `ex` on this (open, unused) connection."""
+        self.ex = ex
+        ex.conn = self
+        self.got_bytes = False
+        self.status = 0
+        transport = self.transport
+        assert transport is not None
+        try:
+            transport.write(ex.data)
+        except (OSError, RuntimeError) as exc:   # uvloop raises on a closed handle
+            self._lost(f"write failed: {exc}")
+
+    def is_usable(self) -> bool:
+        transport = self.transport
+        return transport is not None and not transport.is_closing()
+
+    def close(self, abort: bool) -> None:
+        transport = self.transport
+        if transport is not None:
+            if abort:
+                transport.abort()
+            else:
+                transport.close()
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)   # uvloop's is no subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, AttributeError):    # not a TCP socket
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if self.ex is None:
+            self.garbage = True
+            self.close(abort=True)     # a response nobody asked for: the stream is unusable
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self.result is None:
+                self.error = self.error or f"unparseable response: {exc}"
+            else:
+                self.garbage = True    # a complete response followed by junk
+        if self.error is not None:
+            why, self.error = self.error, None
+            self._fail(True, why)
+        elif self.result is not None:
+            self._finish()
+
+    def eof_received(self) -> bool:
+        self._lost(None)
+        return False                   # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.ex is not None:
+            self._lost(f"connection lost: {exc}" if exc else None)
+        self.owner.conn_lost(self)
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.result is not None:
+            self.garbage = True        # a second response to one request
+        self.status = 0
+        self.ctype = _JSON
+        self.headers = []
+        self.chunks = []
+        self.size = 0
+        self.framed = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        self.headers.append((name, value))
+        if name == b"content-type":
+            self.ctype = value.decode("latin-1")
+        elif name == b"content-length":
+            self.framed = True
+            if value.isdigit() and int(value) > self.owner.max_body:
+                self.error = f"response of {int(value)} bytes exceeds max_response_bytes"
+        elif name == b"transfer-encoding":
+            self.framed = self.framed or value.rstrip().lower().endswith(b"chunked")
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        ex = self.ex
+        if ex is not None and ex.head and self.status >= 200 and self.result is None:
+            # httptools cannot be told the request was HEAD, so it would wait for a body
+            # of Content-Length bytes: take the headers as the whole response, then close.
+            self.result = Response(self.status, b"", self.ctype, self.headers)
+            self.garbage = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.result is not None:
+            return
+        self.size += len(body)
+        if self.size > self.owner.max_body:
+            self.error = "response exceeds max_response_bytes"
+            self.chunks = []
+        elif self.error is None:
+            self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.status < 200 or self.result is not None:
+            return                     # 1xx interim response: the real one follows
+        self.result = Response(self.status, b"".join(self.chunks), self.ctype, self.headers)
+        self.keep_alive = self.parser.should_keep_alive()
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        ex, resp = self.ex, self.result
+        assert ex is not None and resp is not None
+        self.ex = None
+        self.result = None
+        ex.conn = None
+        transport = self.transport
+        reusable = (self.keep_alive and not self.garbage and transport is not None
+                    and not transport.is_closing() and transport.get_write_buffer_size() == 0)
+        self.owner.exchange_done(self, ex, resp, reusable)
+
+    def _lost(self, why: str | None) -> None:
+        """The stream ended (EOF when `why` is None) while an exchange was active."""
+        if self.ex is None:
+            return
+        if (why is None and self.status >= 200 and not self.framed and self.result is None
+                and self.status not in _NO_BODY and self.error is None):
+            # A body delimited by the close of the connection (HTTP/1.0 or no length):
+            # httptools has no finish(), so the end of the stream completes it here.
+            self.result = Response(self.status, b"".join(self.chunks), self.ctype, self.headers)
+            self.keep_alive = False
+            self._finish()
+            return
+        self._fail(self.got_bytes, why or "connection closed by the node")
+
+    def _fail(self, got_bytes: bool, why: str) -> None:
+        ex = self.ex
+        assert ex is not None
+        self.ex = None
+        self.result = None
+        ex.conn = None
+        self.owner.exchange_failed(self, ex, got_bytes, why)
