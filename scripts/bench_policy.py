@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -277,7 +278,8 @@ def run_scenario(bench: Bench, sc: Scenario, args: argparse.Namespace) -> dict[s
             try:
                 url, admin, procs = start_contender(bench, sc, ports, name, how)
                 res, nodes = run_contender(url, ports, rate, args, connections)
-                row = {**res.summary(), "backend": nodes, **proxy_report(admin, procs)}
+                row = {**res.summary(), "backend": nodes, **proxy_report(admin, procs),
+                       "load1": os.getloadavg()[0]}
                 latencies[name] = res.latencies_ms
             except (RuntimeError, TimeoutError, OSError) as exc:
                 row = {"error": str(exc)}
@@ -311,10 +313,13 @@ def generator_check(bench: Bench, rates: list[float], args: argparse.Namespace
         target = f"http://127.0.0.1:{port}/v1/models/{SIM_MODEL}:predict"
         for rate in rates:
             for conns in (1, 64):
+                run(open_loop(target, lambda _i: SIM_BODY, rate=rate, count=int(rate * args.warm),
+                              arrivals="poisson", seed=args.seed + 1, connections=conns))
                 res = run(open_loop(target, lambda _i: SIM_BODY, rate=rate,
                                     count=int(rate * min(args.seconds, 5.0)),
                                     arrivals="poisson", seed=args.seed, connections=conns))
-                out.append({"rate": rate, "connections": conns, **res.summary()})
+                out.append({"rate": rate, "connections": conns, **res.summary(),
+                            "load1": os.getloadavg()[0]})
     finally:
         stop_new(bench, before)
     return out
@@ -327,7 +332,8 @@ def report_generator(rows: list[dict[str, Any]]) -> None:
         flag = "  LATE" if generator_late(r) else ""
         print(f"  {r['rate']:6.0f} req/s, {r['connections']:2d} session(s): on-sched "
               f"{r['on_schedule']:.3f}, lag99 {r['send_lag_p99_ms']:.1f} ms, "
-              f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, failed {r['failed']}{flag}")
+              f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, failed {r['failed']}, "
+              f"load {r['load1']:.1f}{flag}")
 
 
 def _ratio(a: float, b: float) -> str:
@@ -366,12 +372,19 @@ def report_sim(res: dict[str, Any]) -> None:
             print(f"  hedge counters, {name}: {r['hedge']}")
         if "error" not in r and len(r.get("requests_per_process", [])) > 1:
             print(f"  node requests per proxy process, {name}: {r['requests_per_process']}")
-    if not any(r.get("hedge") for r in rows.values() if "error" not in r):
-        print("  hedge counters: not reported by this proxy's /stats (no \"hedge\" key)")
     late = [n for n, r in rows.items() if "error" not in r and generator_late(r)]
     if late:
         print(f"  WARNING: the generator fell behind its schedule for {', '.join(late)}: "
               "those latencies include the generator's own lag")
+    if not res["weighted"] and not res["herding"]:
+        print("  weights are equal: each weighted nginx row repeats its unweighted config, "
+              "so their difference is this run's noise")
+    if not any(r.get("hedge") for r in rows.values() if "error" not in r):
+        print("  hedge counters: none (/stats has no \"hedge\" key): if this proxy does not "
+              "hedge, its hedge / no-hedge rows run the same code and differ by noise only")
+    loads = [f"{r['load1']:.1f}" for r in rows.values() if "load1" in r]
+    print(f"  1-min load average of the machine after each contender: {' '.join(loads)} "
+          f"(2 cores)")
     if res["herding"]:
         print("  in-flight work per node (time-weighted concurrency share); max share / fair "
               "share (target <= 1.3x):")

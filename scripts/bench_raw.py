@@ -1,6 +1,6 @@
 """The data path against real peers: nginx, a naive aiohttp proxy, tfserving-lb.
 
-    .venv/bin/python scripts/bench_raw.py [--quick] [--seconds 8] [--connections 32]
+    .venv/bin/python scripts/bench_raw.py [--quick] [--seconds 8] [--connections 32] [--rounds 3]
 
 Three nginx `return 200` stubs (one process each, worker_processes 1) speak
 enough of TF Serving's REST API: model status (version 1 AVAILABLE), minimal
@@ -9,18 +9,22 @@ other: nginx `proxy_pass` least_conn with upstream keep-alive, a naive aiohttp
 proxy (scripts/naive_proxy.py), tfserving-lb with cache none, with the memory
 cache answering every request from the cache (X-Cache: HIT), and
 `serve --workers 2` with cache none; hedging off (nginx does not hedge).
-Each contender is checked first (200 and the right body), warmed up 1 s, then
-loaded by wrk, closed loop, `-t1 -c32 -d8s`, with GET model status and POST
-:predict of one 784-float row (~6 KB). Prints requests/s and the ratio to
-nginx from the same run, the non-2xx and socket errors wrk saw (a contender
-with errors is flagged), and writes bench-out/bench_raw.{json,png}. Installs
-nginx-light and wrk with apt-get when missing. 127.0.0.1 only.
+All contenders are started and checked first (200 and the right body); then,
+in interleaved rounds (3; a burst of someone else's load hits one round of
+each rather than one contender), each is warmed up 1 s and loaded by wrk,
+closed loop, `-t1 -c32 -d8s`, with GET model status and POST :predict of one
+784-float row (~6 KB); the median round is reported with the range. Prints
+requests/s and the ratio to nginx from the same run, the non-2xx and socket
+errors wrk saw (a contender with errors is flagged), and writes
+bench-out/bench_raw.{json,png}. Installs nginx-light and wrk with apt-get
+when missing. 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import subprocess
@@ -214,34 +218,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     lua = OUT / "raw_post.lua"
     lua.write_text(LUA_POST.format(body=body_path))
     results: dict[str, Any] = {"body_bytes": len(body), "seconds": args.seconds,
-                               "connections": args.connections, "rows": {}}
+                               "connections": args.connections, "rounds": args.rounds,
+                               "rows": {}}
+    rows: dict[str, dict[str, Any]] = results["rows"]
     bench = Bench()
     try:
         ports = start_stubs(bench)
-        stub = f"http://127.0.0.1:{ports[0]}"
-        results["stub_check"] = verify(stub, body, want_hit=False)
-        for name, start, get, hit in CONTENDERS:
-            before = set(bench.others)
-            row: dict[str, Any] = {}
+        urls: dict[str, str] = {}
+        for name, start, _get, hit in CONTENDERS:       # all up at once, idle in turn
             try:
-                url = start(bench, ports)
-                row["problems"] = verify(url, body, want_hit=hit)
-                if not row["problems"]:
-                    row.update(measure(exe, url, args, lua, get))
+                urls[name] = start(bench, ports)
+                rows[name] = {"problems": verify(urls[name], body, want_hit=hit), "rounds": []}
             except (RuntimeError, TimeoutError, OSError) as exc:
-                row["problems"] = [f"did not start: {exc}"]
-            results["rows"][name] = row
-            for proc in [p for p in bench.others if p not in before]:
-                bench.stop(proc)
-            print(f"  {name}: {summary_line(row)}", flush=True)
+                rows[name] = {"problems": [f"did not start: {exc}"], "rounds": []}
+        # Rounds interleave the contenders, so a burst of someone else's load on
+        # this shared box lands on one round of each rather than on one contender.
+        for k in range(args.rounds):
+            for name, _start, get, _hit in CONTENDERS:
+                row = rows[name]
+                if row["problems"]:
+                    continue
+                row["rounds"].append(measure(exe, urls[name], args, lua, get))
+                row["load1"] = os.getloadavg()[0]
+                print(f"  round {k + 1}/{args.rounds} {name}: "
+                      f"{summary_line(row['rounds'][-1])}", flush=True)
     finally:
         bench.close()
+    for row in rows.values():
+        for verb in ("GET", "POST"):
+            runs = sorted((r[verb] for r in row["rounds"] if verb in r), key=lambda r: r["rps"])
+            if runs:
+                row[verb] = {**runs[len(runs) // 2], "min_rps": runs[0]["rps"],
+                             "max_rps": runs[-1]["rps"],
+                             "non_2xx": sum(r["non_2xx"] for r in runs),
+                             "socket_errors": sum(r["socket_errors"] for r in runs)}
     return results
 
 
 def summary_line(row: dict[str, Any]) -> str:
-    if row.get("problems"):
-        return "PROBLEMS " + "; ".join(row["problems"])
     return "  ".join(f"{v} {row[v]['rps']:.0f} rps" for v in ("GET", "POST") if v in row)
 
 
@@ -253,8 +267,11 @@ def report(res: dict[str, Any]) -> None:
     rows = res["rows"]
     base = rows[NGINX_ROW]
     print(f"\nwrk -t1 -c{res['connections']} -d{res['seconds']:g}s, closed loop; POST body "
-          f"{res['body_bytes']} B (one 784-float row); 3 nginx stubs behind each contender")
+          f"{res['body_bytes']} B (one 784-float row); 3 nginx stubs behind each contender; "
+          f"{res['rounds']} interleaved round(s), the median shown (of two: the higher)")
     print(f"NOTE: {NOISE_NOTE}")
+    loads = " ".join(f"{r['load1']:.1f}" for r in rows.values() if "load1" in r)
+    print(f"1-min load average after each row's last round (2 cores): {loads}")
     print(f"{'path, one process unless said':42} {'GET rps':>9} {'POST rps':>9} "
           f"{'GET/nginx':>9} {'POST/nginx':>10}  errors")
     for name, row in rows.items():
@@ -271,6 +288,10 @@ def report(res: dict[str, Any]) -> None:
                   for v in ("GET", "POST")]
         print(f"{name:42} {cells[0]} {cells[1]} {ratios[0]:>9} {ratios[1]:>10}  "
               f"{'FLAGGED ' + '; '.join(errs) if errs else '0'}")
+        if res["rounds"] > 1:
+            spread = ", ".join(f"{v} {row[v]['min_rps']:.0f}-{row[v]['max_rps']:.0f}"
+                               for v in ("GET", "POST") if v in row)
+            print(f"{'':42} range over rounds: {spread}")
 
 
 def chart(res: dict[str, Any]) -> Path:
@@ -287,10 +308,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="2 s per run: a smoke test")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved rounds, the table shows medians and ranges "
+                             "(default 3; 1 with --quick)")
     args = parser.parse_args()
     args.warmup = 1.0
     if args.quick:
         args.seconds = 2.0
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
     t0 = time.monotonic()
     res = run(args)
     res["wall_s"] = round(time.monotonic() - t0, 1)
