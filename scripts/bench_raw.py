@@ -4,8 +4,8 @@
 
 Three nginx `return 200` stubs (one process each, worker_processes 1) speak
 enough of TF Serving's REST API: model status (version 1 AVAILABLE), minimal
-metadata and a fixed 10-float prediction. In front of them, one after the
-other: nginx `proxy_pass` least_conn with upstream keep-alive, a naive aiohttp
+metadata and a fixed 10-float prediction. In front of them, measured one after
+the other: nginx `proxy_pass` least_conn with upstream keep-alive, a naive aiohttp
 proxy (scripts/naive_proxy.py), tfserving-lb with cache none, with the memory
 cache answering every request from the cache (X-Cache: HIT), and
 `serve --workers 2` with cache none; hedging off (nginx does not hedge).
@@ -185,7 +185,9 @@ def wrk(exe: str, url: str, seconds: float, connections: int,
 def measure(exe: str, url: str, args: argparse.Namespace, lua: Path,
             get: bool) -> dict[str, Any]:
     row: dict[str, Any] = {}
-    runs = [("GET", f"{url}/v1/models/{MODEL}", None)] if get else []
+    runs: list[tuple[str, str, Path | None]] = []
+    if get:
+        runs.append(("GET", f"{url}/v1/models/{MODEL}", None))
     runs.append(("POST", f"{url}/v1/models/{MODEL}:predict", lua))
     for verb, target, script in runs:
         wrk(exe, target, args.warmup, args.connections, script)
@@ -260,7 +262,7 @@ def summary_line(row: dict[str, Any]) -> str:
 
 
 def flagged(r: dict[str, Any]) -> bool:
-    return r["non_2xx"] > 0 or r["socket_errors"] > 0
+    return bool(r["non_2xx"] > 0 or r["socket_errors"] > 0)
 
 
 def report(res: dict[str, Any]) -> None:
@@ -268,7 +270,8 @@ def report(res: dict[str, Any]) -> None:
     base = rows[NGINX_ROW]
     print(f"\nwrk -t1 -c{res['connections']} -d{res['seconds']:g}s, closed loop; POST body "
           f"{res['body_bytes']} B (one 784-float row); 3 nginx stubs behind each contender; "
-          f"{res['rounds']} interleaved round(s), the median shown (of two: the higher)")
+          f"{res['rounds']} interleaved round(s), "
+          f"{'the (upper) median shown' if res['rounds'] > 1 else 'one each'}")
     print(f"NOTE: {NOISE_NOTE}")
     loads = " ".join(f"{r['load1']:.1f}" for r in rows.values() if "load1" in r)
     print(f"1-min load average after each row's last round (2 cores): {loads}")
@@ -308,7 +311,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="2 s per run: a smoke test")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=None,
+    parser.add_argument("--rounds", type=int, default=None, choices=range(1, 10),
+                        metavar="N",
                         help="interleaved rounds, the table shows medians and ranges "
                              "(default 3; 1 with --quick)")
     args = parser.parse_args()
