@@ -1,27 +1,48 @@
-"""Policies side by side: tfserving-lb vs nginx in front of the same workers.
+"""Policies side by side: tfserving-lb vs nginx in front of the same nodes.
 
-    .venv/bin/python scripts/bench_policy.py [--rate 200] [--seconds 15]
+    .venv/bin/python scripts/bench_policy.py [--quick] [--seconds 20] [--rate 200]
+                                             [--scenarios real,slow331,slow111,stall,herding]
 
-Starts three half_plus_two workers (tests/data/models), two at 10 ms and one
-deliberately 4x slower (40 ms), then puts each balancer in front of them in
-turn and offers the same open-loop load (distinct inputs, no caching):
-nginx least_conn, nginx round robin (the Debian package, one worker process,
-upstream keep-alive), and tfserving-lb with least_load, least_conn and
-round_robin (one process, cache off). A second pass with three equal workers
-shows the proxies' own overhead. Prints p50/p99 and the slow node's share,
-with ratios against nginx least_conn from the same run. 127.0.0.1 only;
-bounded in requests and time. Needs nginx (`apt-get install nginx-light`).
+Scenarios (each runs its contenders one after the other against the SAME
+node processes, with the same seeded open-loop Poisson schedule):
+
+* `real`: three half_plus_two TensorFlow workers (tests/data/models), 10/10/40
+  ms, then 10/10/10 ms, at `--rate` req/s, evenly spaced: nginx least_conn and
+  round robin, tfserving-lb least_load / least_conn / round_robin. The slow
+  node's share of requests comes from X-Node.
+* `slow331`, `slow111`, `stall`, `herding`: simulated nodes (scripts/simnode.py:
+  2 service slots each, lognormal service times with sigma 0.5, queueing
+  inside the node) at 70 % of the pool's capacity (Σ slots / mean service
+  time): 20/20/60 ms with weights 3:3:1, the same with 1:1:1, three 20 ms
+  nodes one of which stalls 200 ms every 2 s, and three equal 20 ms nodes for
+  herding. Contenders: nginx round robin, weighted round robin, least_conn,
+  weighted least_conn (one worker process, upstream keep-alive), then
+  tfserving-lb least_load without and with hedging. `herding` instead runs
+  nginx round robin and least_conn, tfserving-lb with one process, and
+  `serve --workers 4` without and with hedging, over 64 client connections
+  (SO_REUSEPORT spreads connections, not requests), and reports each node's
+  share of the in-flight work (time-weighted concurrency from /_sim/stats)
+  and the largest share over the fair share (target ≤ 1.3×).
+
+Latency is measured from each request's scheduled start (scripts/loadgen.py);
+the table gives p50, p99, p99.9 with ratios to nginx least_conn (and to
+weighted least_conn for 3:3:1), backend requests per client request (what
+hedging costs), the proxy's hedge counters when /stats has them, and the
+generator's own rate and lag (it shares the cores; a late generator is
+flagged). Writes bench-out/bench_policy.json and one latency-CDF PNG per
+scenario. 127.0.0.1 only; bounded in requests and time. Installs nginx-light
+with apt-get when missing.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import shutil
+import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,55 +50,58 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.benchenv import OUT, Bench, _wait_http, free_port
-from scripts.loadgen import open_loop
+from scripts import simnode
+from scripts.benchenv import (
+    NOISE_NOTE,
+    OUT,
+    Bench,
+    _wait_http,
+    cdf_chart,
+    free_port,
+    http_get,
+    proxy_report,
+)
+from scripts.loadgen import Result, open_loop, run
 
 MODEL = "half_plus_two"
+SIM_MODEL = "mnist"
 TEST_MODELS = Path(__file__).resolve().parent.parent / "tests" / "data" / "models"
+LATE_MS = 10.0          # a sender lag p99 past this distorts 20 ms-scale latencies
+SIM_BODY = orjson.dumps({"instances": [[0.5] * 8]})
 
-NGINX_CONF = """
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fcgi; uwsgi_temp_path {prefix}/uwsgi; scgi_temp_path {prefix}/scgi;
+BALANCER = """
     upstream tf {{
         {method}
-        {servers}
+{servers}
         keepalive 64;
     }}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port} backlog=4096;
         location / {{
             proxy_pass http://tf;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_read_timeout 60s;
             add_header X-Node $upstream_addr always;
         }}
     }}
-}}
 """
 
 
-def start_nginx(bench: Bench, name: str, ports: list[int], method: str
-                ) -> tuple[str, subprocess.Popen[bytes]]:
-    exe = shutil.which("nginx") or "/usr/sbin/nginx"
-    prefix = OUT / f"nginx-{name}"
-    shutil.rmtree(prefix, ignore_errors=True)
-    prefix.mkdir(parents=True)
-    prefix.chmod(0o777)
+def start_nginx(bench: Bench, name: str, ports: list[int], method: str, *,
+                weights: list[float] | None = None, model: str = MODEL) -> str:
+    """nginx (one worker process) balancing over `ports`; returns its URL."""
     port = free_port()
-    servers = "\n        ".join(f"server 127.0.0.1:{p};" for p in ports)
-    conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=prefix, method=method, servers=servers, port=port))
-    proc = subprocess.Popen([exe, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    bench.others.append(proc)
-    _wait_http(f"http://127.0.0.1:{port}/v1/models/{MODEL}", 15.0)
-    return f"http://127.0.0.1:{port}", proc
+    ws = weights or [1] * len(ports)
+    servers = "\n".join(f"        server 127.0.0.1:{p} weight={round(w)};"
+                        for p, w in zip(ports, ws, strict=True))
+    bench.start_nginx(f"policy-{name.replace(' ', '_')}",
+                      BALANCER.format(method=method, servers=servers, port=port),
+                      f"http://127.0.0.1:{port}/v1/models/{model}")
+    return f"http://127.0.0.1:{port}"
+
+
+# -- the real-worker scenario ------------------------------------------------------
 
 
 def body(i: int) -> bytes:
@@ -85,10 +109,10 @@ def body(i: int) -> bytes:
 
 
 def measure(url: str, rate: float, seconds: float, slow: set[str]) -> dict[str, Any]:
-    asyncio.run(open_loop(f"{url}/v1/models/{MODEL}:predict", body, rate=rate,
-                          count=int(rate * 2)))                       # warm-up
-    res = asyncio.run(open_loop(f"{url}/v1/models/{MODEL}:predict", body, rate=rate,
-                                count=int(rate * seconds), max_duration_s=seconds + 5))
+    run(open_loop(f"{url}/v1/models/{MODEL}:predict", body, rate=rate,
+                  count=int(rate * 2)))                       # warm-up
+    res = run(open_loop(f"{url}/v1/models/{MODEL}:predict", body, rate=rate,
+                        count=int(rate * seconds), max_duration_s=seconds + 5))
     out = res.summary()
     total = sum(res.nodes.values()) or 1
     out["slow_share"] = round(sum(v for k, v in res.nodes.items() if k in slow) / total, 4)
@@ -109,14 +133,14 @@ def run_pass(bench: Bench, delays: list[float], rate: float, seconds: float) -> 
     nodes = [{"name": f"n{i}", "rest": f"http://127.0.0.1:{p}"} for i, p in enumerate(ports)]
     results: dict[str, Any] = {}
     for name, method in (("nginx least_conn", "least_conn;"), ("nginx round robin", "")):
-        url, proc = start_nginx(bench, name.split()[1], ports, method)
+        before = set(bench.others)
+        url = start_nginx(bench, name, ports, method)
         results[name] = measure(url, rate, seconds, slow)
-        bench.stop(proc)
+        stop_new(bench, before)
     for policy in ("least_load", "least_conn", "round_robin"):
         url, _admin, proc = bench.start_proxy(f"policy-{policy}", nodes,
                                               policy={"name": policy},
                                               cache={"backend": "none"})
-        time.sleep(1.0)
         results[f"tfserving-lb {policy}"] = measure(url, rate, seconds, slow)
         bench.stop(proc)
     for proc in procs:
@@ -124,7 +148,7 @@ def run_pass(bench: Bench, delays: list[float], rate: float, seconds: float) -> 
     return results
 
 
-def report(title: str, results: dict[str, Any]) -> None:
+def report_real(title: str, results: dict[str, Any]) -> None:
     base = results["nginx least_conn"]
     print(f"\n{title}")
     print(f"{'balancer':28} {'p50 ms':>8} {'p99 ms':>8} {'p99 vs nginx lc':>16} "
@@ -135,24 +159,288 @@ def report(title: str, results: dict[str, Any]) -> None:
               f"{r['slow_share']:10.3f} {r['failed']:6d}")
 
 
+def stop_new(bench: Bench, before: set[subprocess.Popen[bytes]]) -> None:
+    for proc in [p for p in bench.others if p not in before]:
+        bench.stop(proc)
+
+
+# -- simulated-node scenarios ------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    key: str
+    title: str
+    means_ms: list[float]
+    weights: list[float]
+    stalls: dict[int, tuple[float, float]] = field(default_factory=dict)  # i -> (ms, every s)
+    herding: bool = False
+    slots: int = 2
+
+    @property
+    def capacity_rps(self) -> float:
+        return sum(self.slots / (m / 1000.0) for m in self.means_ms)
+
+    @property
+    def weighted(self) -> bool:
+        return len(set(self.weights)) > 1
+
+
+SCENARIOS = {
+    "slow331": Scenario("slow331", "slow node, weights 3:3:1 (20/20/60 ms)",
+                        [20, 20, 60], [3, 3, 1]),
+    "slow111": Scenario("slow111", "slow node, equal weights (20/20/60 ms)",
+                        [20, 20, 60], [1, 1, 1]),
+    "stall": Scenario("stall", "stalling node (3 x 20 ms, n2 stalls 200 ms every 2 s)",
+                      [20, 20, 20], [1, 1, 1], stalls={2: (200.0, 2.0)}),
+    "herding": Scenario("herding", "herding (3 x 20 ms, equal weights)",
+                        [20, 20, 20], [1, 1, 1], herding=True),
+}
+
+
+def start_simnodes(bench: Bench, sc: Scenario) -> list[int]:
+    ports = [free_port() for _ in sc.means_ms]
+    for i, (port, mean) in enumerate(zip(ports, sc.means_ms, strict=True)):
+        stall_ms, every_s = sc.stalls.get(i, (0.0, 0.0))
+        cmd = simnode.command(port, mean, slots=sc.slots, seed=100 + i, model=SIM_MODEL,
+                              stall_ms=stall_ms, stall_every_s=every_s)
+        log = open(bench.logs / f"simnode-{sc.key}-{i}.log", "wb")  # noqa: SIM115
+        bench.others.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        log.close()
+    for port in ports:
+        _wait_http(f"http://127.0.0.1:{port}/v1/models/{SIM_MODEL}", 15.0)
+    return ports
+
+
+def sim_contenders(sc: Scenario) -> list[tuple[str, dict[str, Any]]]:
+    """(name, how to start it) in the order they run."""
+    lb = {"policy": {"name": "least_load", "stall_factor": 3}}
+    off, on = {"enabled": False}, {"enabled": True, "max_ratio": 0.05}
+    if sc.herding:
+        return [("nginx round robin", {"nginx": ""}),
+                ("nginx least_conn", {"nginx": "least_conn;"}),
+                ("tfserving-lb 1 process", {**lb, "hedge": off, "workers": 1}),
+                ("tfserving-lb --workers 4", {**lb, "hedge": off, "workers": 4}),
+                ("tfserving-lb --workers 4 +hedge", {**lb, "hedge": on, "workers": 4})]
+    return [("nginx round robin", {"nginx": ""}),
+            ("nginx weighted round robin", {"nginx": "", "weighted": True}),
+            ("nginx least_conn", {"nginx": "least_conn;"}),
+            ("nginx weighted least_conn", {"nginx": "least_conn;", "weighted": True}),
+            ("tfserving-lb no hedge", {**lb, "hedge": off}),
+            ("tfserving-lb hedge", {**lb, "hedge": on})]
+
+
+def start_contender(bench: Bench, sc: Scenario, ports: list[int], name: str,
+                    how: dict[str, Any]) -> tuple[str, str | None, int]:
+    """Start one contender; (url, admin url or None, processes)."""
+    if "nginx" in how:
+        weights = sc.weights if how.get("weighted") else None
+        return start_nginx(bench, name, ports, how["nginx"], weights=weights,
+                           model=SIM_MODEL), None, 1
+    nodes = [{"name": f"n{i}", "rest": f"http://127.0.0.1:{p}", "weight": w}
+             for i, (p, w) in enumerate(zip(ports, sc.weights, strict=True))]
+    workers = how.get("workers", 1)
+    url, admin, _proc = bench.start_proxy(
+        f"policy-{sc.key}-{name.replace(' ', '_')}", nodes, workers=workers,
+        cache={"backend": "none"}, policy=how["policy"], hedge=how["hedge"])
+    return url, admin, workers
+
+
+def run_contender(url: str, ports: list[int], rate: float, args: argparse.Namespace,
+                  connections: int) -> tuple[Result, dict[str, Any]]:
+    """Warm up, then the measured run; (client result, node deltas over that run)."""
+    target = f"{url}/v1/models/{SIM_MODEL}:predict"
+    run(open_loop(target, lambda _i: SIM_BODY, rate=rate, count=int(rate * args.warm),
+                  arrivals="poisson", seed=args.seed + 1, connections=connections))
+    for p in ports:
+        http_get(f"http://127.0.0.1:{p}/_sim/reset", method="POST", body=b"")
+    before = simnode.read_stats(ports)
+    res = run(open_loop(target, lambda _i: SIM_BODY, rate=rate, count=int(rate * args.seconds),
+                        max_duration_s=args.seconds * 1.5 + 5, arrivals="poisson",
+                        seed=args.seed, connections=connections))
+    time.sleep(0.3)      # hedge losers may still sit in a node's queue: count them too
+    return res, simnode.deltas(before, simnode.read_stats(ports))
+
+
+def run_scenario(bench: Bench, sc: Scenario, args: argparse.Namespace) -> dict[str, Any]:
+    rate = round(0.7 * sc.capacity_rps, 1)
+    connections = 64 if sc.herding else 1
+    out: dict[str, Any] = {"title": sc.title, "rate": rate, "capacity_rps": sc.capacity_rps,
+                           "connections": connections, "weighted": sc.weighted,
+                           "herding": sc.herding, "contenders": {}}
+    latencies: dict[str, list[float]] = {}
+    before_all = set(bench.others)
+    try:
+        ports = start_simnodes(bench, sc)
+        for name, how in sim_contenders(sc):
+            before = set(bench.others)
+            row: dict[str, Any]
+            try:
+                url, admin, procs = start_contender(bench, sc, ports, name, how)
+                res, nodes = run_contender(url, ports, rate, args, connections)
+                row = {**res.summary(), "backend": nodes, **proxy_report(admin, procs),
+                       "load1": os.getloadavg()[0]}
+                latencies[name] = res.latencies_ms
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                row = {"error": str(exc)}
+            finally:
+                stop_new(bench, before)
+            out["contenders"][name] = row
+            done = row.get("error") or f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms"
+            print(f"  {sc.key} / {name}: {done}", flush=True)
+    finally:
+        stop_new(bench, before_all)
+    out["chart"] = str(cdf_chart(OUT / f"bench_policy_{sc.key}.png",
+                                 f"{sc.title}, Poisson {rate:.0f} req/s (70 % of capacity)",
+                                 latencies))
+    return out
+
+
+def generator_late(r: dict[str, Any]) -> bool:
+    """The sender missed its schedule (it shares the cores with what it measures)."""
+    return bool(r["on_schedule"] < 0.98 or r["send_lag_p99_ms"] > LATE_MS)
+
+
+def generator_check(bench: Bench, rates: list[float], args: argparse.Namespace
+                    ) -> list[dict[str, Any]]:
+    """The generator alone at these rates against a node that answers at once
+    (0.2 ms, 64 slots): how closely it keeps its schedule with nothing in between."""
+    sc = Scenario("gencheck", "generator check", [0.2], [1], slots=64)
+    before = set(bench.others)
+    out = []
+    try:
+        port = start_simnodes(bench, sc)[0]
+        target = f"http://127.0.0.1:{port}/v1/models/{SIM_MODEL}:predict"
+        for rate in rates:
+            for conns in (1, 64):
+                run(open_loop(target, lambda _i: SIM_BODY, rate=rate, count=int(rate * args.warm),
+                              arrivals="poisson", seed=args.seed + 1, connections=conns))
+                res = run(open_loop(target, lambda _i: SIM_BODY, rate=rate,
+                                    count=int(rate * min(args.seconds, 5.0)),
+                                    arrivals="poisson", seed=args.seed, connections=conns))
+                out.append({"rate": rate, "connections": conns, **res.summary(),
+                            "load1": os.getloadavg()[0]})
+    finally:
+        stop_new(bench, before)
+    return out
+
+
+def report_generator(rows: list[dict[str, Any]]) -> None:
+    print("\ngenerator alone (a 0.2 ms node, no proxy): on-sched = scheduled / actual "
+          "sending time, lag99 = p99 of how late requests started")
+    for r in rows:
+        flag = "  LATE" if generator_late(r) else ""
+        print(f"  {r['rate']:6.0f} req/s, {r['connections']:2d} session(s): on-sched "
+              f"{r['on_schedule']:.3f}, lag99 {r['send_lag_p99_ms']:.1f} ms, "
+              f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, failed {r['failed']}, "
+              f"load {r['load1']:.1f}{flag}")
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b and b == b and a == a else "—"
+
+
+def report_sim(res: dict[str, Any]) -> None:
+    rows = res["contenders"]
+    base = rows.get("nginx least_conn", {})
+    wbase = rows.get("nginx weighted least_conn", {}) if res["weighted"] else {}
+    print(f"\n{res['title']}: open-loop Poisson {res['rate']:.0f} req/s = 70 % of capacity "
+          f"{res['capacity_rps']:.0f} req/s, {res['connections']} client session(s)")
+    head = (f"{'contender':32} {'p50':>6} {'p99':>7} {'p99.9':>7} {'p99/lc':>7} {'p99.9/lc':>8}"
+            + (f" {'p99/wlc':>7} {'p99.9/wlc':>9}" if wbase else "")
+            + f" {'be/req':>6} {'on-sched':>8} {'lag99':>6} {'fail':>4}  request shares")
+    print(head + "   (ms; lc = nginx least_conn, wlc = weighted least_conn)")
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"{name:32} FAILED: {r['error']}")
+            continue
+        be = r["backend"]
+        line = (f"{name:32} {r['p50_ms']:6.1f} {r['p99_ms']:7.1f} {r['p999_ms']:7.1f} "
+                f"{_ratio(r['p99_ms'], base.get('p99_ms', 0)):>7} "
+                f"{_ratio(r['p999_ms'], base.get('p999_ms', 0)):>8}")
+        if wbase:
+            line += (f" {_ratio(r['p99_ms'], wbase.get('p99_ms', 0)):>7} "
+                     f"{_ratio(r['p999_ms'], wbase.get('p999_ms', 0)):>9}")
+        total = sum(be["received"]) or 1
+        shares = "/".join(f"{n / total:.2f}" for n in be["received"])
+        line += (f" {sum(be['received']) / max(1, r['sent']):6.3f} "
+                 f"{r['on_schedule']:8.3f} {r['send_lag_p99_ms']:6.1f} "
+                 f"{r['failed']:4d}  {shares}")
+        print(line)
+    for name, r in rows.items():
+        if "error" not in r and r.get("hedge"):
+            print(f"  hedge counters, {name}: {r['hedge']}")
+        if "error" not in r and len(r.get("requests_per_process", [])) > 1:
+            print(f"  node requests per proxy process, {name}: {r['requests_per_process']}")
+    late = [n for n, r in rows.items() if "error" not in r and generator_late(r)]
+    if late:
+        print(f"  WARNING: the generator fell behind its schedule for {', '.join(late)}: "
+              "those latencies include the generator's own lag")
+    if not res["weighted"] and not res["herding"]:
+        print("  weights are equal: each weighted nginx row repeats its unweighted config, "
+              "so their difference is this run's noise")
+    if not any(r.get("hedge") for r in rows.values() if "error" not in r):
+        print("  hedge counters: none (/stats has no \"hedge\" key): if this proxy does not "
+              "hedge, its hedge / no-hedge rows run the same code and differ by noise only")
+    loads = [f"{r['load1']:.1f}" for r in rows.values() if "load1" in r]
+    print(f"  1-min load average of the machine after each contender: {' '.join(loads)} "
+          f"(2 cores)")
+    if res["herding"]:
+        print("  in-flight work per node (time-weighted concurrency share); max share / fair "
+              "share (target <= 1.3x):")
+        for name, r in rows.items():
+            if "error" not in r:
+                be = r["backend"]
+                print(f"    {name:32} shares {be['inflight_share']}  avg conc "
+                      f"{be['avg_concurrency']}  peak {be['max_concurrency']}  "
+                      f"max/fair {be['max_share_over_fair']:.2f}x")
+    print(f"  chart: {res['chart']}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=200.0)
-    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--rate", type=float, default=200.0, help="the real-worker scenario")
+    parser.add_argument("--seconds", type=float, default=20.0, help="per contender")
+    parser.add_argument("--quick", action="store_true", help="3 s per contender: a smoke run")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--scenarios", default="real," + ",".join(SCENARIOS))
     args = parser.parse_args()
-    if not shutil.which("nginx") and not Path("/usr/sbin/nginx").exists():
-        print("nginx is not installed: apt-get install nginx-light", file=sys.stderr)
-        return 2
+    args.warm = 2.0
+    if args.quick:
+        args.seconds, args.warm = 3.0, 1.0
+    chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = set(chosen) - {"real", *SCENARIOS}
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    t0 = time.monotonic()
     bench = Bench()
+    results: dict[str, Any] = {}
     try:
-        mixed = run_pass(bench, [10.0, 10.0, 40.0], args.rate, args.seconds)
-        equal = run_pass(bench, [10.0, 10.0, 10.0], args.rate, args.seconds)
+        if "real" in chosen:
+            results["mixed"] = run_pass(bench, [10.0, 10.0, 40.0], args.rate, args.seconds)
+            results["equal"] = run_pass(bench, [10.0, 10.0, 10.0], args.rate, args.seconds)
+        sims = [SCENARIOS[k] for k in chosen if k in SCENARIOS]
+        if sims:
+            top = max(0.7 * sc.capacity_rps for sc in sims)
+            results["generator"] = generator_check(bench, [round(top), round(2 * top)], args)
+        for sc in sims:
+            results[sc.key] = run_scenario(bench, sc, args)
     finally:
         bench.close()
-    (OUT / "bench_policy.json").write_text(json.dumps({"mixed": mixed, "equal": equal},
-                                                      indent=1))
-    report(f"one node 4x slower (10/10/40 ms), open loop {args.rate:.0f} req/s", mixed)
-    report(f"equal nodes (10 ms), open loop {args.rate:.0f} req/s", equal)
+    results["wall_s"] = round(time.monotonic() - t0, 1)
+    (OUT / "bench_policy.json").write_text(json.dumps(results, indent=1))
+    print(f"\nNOTE: {NOISE_NOTE}")
+    if "real" in chosen:
+        report_real(f"real workers, one node 4x slower (10/10/40 ms), open loop "
+                    f"{args.rate:.0f} req/s", results["mixed"])
+        report_real(f"real workers, equal (10 ms), open loop {args.rate:.0f} req/s",
+                    results["equal"])
+    if "generator" in results:
+        report_generator(results["generator"])
+    for key in chosen:
+        if key in SCENARIOS:
+            report_sim(results[key])
+    print(f"\n{results['wall_s']} s wall")
     return 0
 
 

@@ -1,22 +1,30 @@
-"""Processes for the benchmarks: MNIST workers, a private redis-server, proxies.
+"""Processes for the benchmarks: MNIST workers, a private redis-server, proxies, nginx.
 
 Used by scripts/bench_*.py. Every process is started on a free 127.0.0.1
 port, waited for with a deadline and stopped by `Bench.close()` (also on
-errors). Nothing here imports TensorFlow: workers are child processes.
+errors); a proxy started with `--workers N` runs in its own process group,
+so stopping it never leaves a child behind. Nothing here imports TensorFlow:
+workers are child processes. `ensure_tool` installs a missing nginx or wrk
+with apt-get (a setup step, before anything is measured).
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 
 from backends.pool import start_pool, stop_pool, wait_available
@@ -26,6 +34,20 @@ OUT = ROOT / "bench-out"
 
 
 _ISSUED: set[int] = set()
+
+NGINX_MAIN = """
+worker_processes {processes};
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fcgi; uwsgi_temp_path {prefix}/uwsgi; scgi_temp_path {prefix}/scgi;
+    keepalive_requests 1000000;
+{http}
+}}
+"""
 
 
 def free_port() -> int:
@@ -45,6 +67,90 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024.0
     return float("nan")
+
+
+def ensure_tool(exe: str, apt_pkg: str) -> str:
+    """The path of `exe`; when missing, installs `apt_pkg` with apt-get first."""
+    found = shutil.which(exe) or next((p for p in (f"/usr/sbin/{exe}", f"/usr/bin/{exe}")
+                                      if Path(p).exists()), None)
+    if found:
+        return found
+    print(f"bench: {exe} is missing, installing {apt_pkg} (apt-get)", file=sys.stderr)
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [*sudo, "apt-get", "install", "-y", "-qq", "-o", "DPkg::Lock::Timeout=120",
+               apt_pkg]
+    if subprocess.run(install, env=env, timeout=900).returncode != 0:
+        subprocess.run([*sudo, "apt-get", "update", "-qq"], env=env, timeout=900, check=True)
+        subprocess.run(install, env=env, timeout=900, check=True)
+    found = shutil.which(exe) or (f"/usr/sbin/{exe}" if Path(f"/usr/sbin/{exe}").exists()
+                                  else None)
+    if not found:
+        raise RuntimeError(f"{apt_pkg} installed but {exe} is not on PATH")
+    return found
+
+
+def http_get(url: str, timeout: float = 2.0, method: str = "GET", body: bytes | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection: (status, headers, body); any status is returned."""
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def proxy_stats(admin: str, processes: int = 1, timeout: float = 10.0) -> dict[int, Any]:
+    """`/stats` of every process behind `admin` ({pid: doc}): with `--workers N`
+    each connection lands on one process, so ask on fresh connections until N
+    pids answered (or the deadline passed: fewer entries)."""
+    host, _, port = admin.removeprefix("http://").partition(":")
+    found: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    while len(found) < processes and time.monotonic() < deadline:
+        conn = http.client.HTTPConnection(host, int(port), timeout=2.0)
+        try:
+            conn.request("GET", "/stats")
+            resp = conn.getresponse()
+            if resp.status == 200:
+                doc = orjson.loads(resp.read())
+                found[int(doc["pid"])] = doc
+        except OSError:
+            time.sleep(0.05)
+        finally:
+            conn.close()
+    return found
+
+
+def proxy_report(admin: str | None, processes: int) -> dict[str, Any]:
+    """From every process's /stats: the hedge counters summed (None: /stats has no
+    "hedge" key) and the node requests each process sent (the SO_REUSEPORT spread)."""
+    if admin is None:
+        return {"hedge": None}
+    docs = proxy_stats(admin, processes, timeout=10.0)
+    hedge: dict[str, Any] | None = None
+    for doc in docs.values():
+        if isinstance(doc.get("hedge"), dict):
+            hedge = hedge or {}
+            for k, v in doc["hedge"].items():
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    hedge[k] = hedge.get(k, 0) + v
+    spread = sorted(sum(int(n.get("requests", 0)) for n in d["nodes"]) for d in docs.values())
+    return {"hedge": hedge, "processes_seen": len(docs), "requests_per_process": spread}
+
+
+def wait_proxy_ready(admin: str, processes: int = 1, timeout: float = 30.0) -> None:
+    """Until every process behind `admin` answers /stats with all nodes healthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        docs = proxy_stats(admin, processes, timeout=min(5.0, deadline - time.monotonic()))
+        if len(docs) == processes and all(
+                n.get("healthy") for d in docs.values() for n in d["nodes"]):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{admin}: {processes} process(es) with healthy nodes not seen "
+                       f"within {timeout}s")
 
 
 def _wait_http(url: str, timeout: float) -> None:
@@ -69,6 +175,7 @@ class Bench:
         self.logs.mkdir(exist_ok=True)
         self.workers: list[subprocess.Popen[bytes]] = []
         self.others: list[subprocess.Popen[bytes]] = []
+        self._groups: set[int] = set()
 
     def mnist_model(self) -> Path:
         base = OUT / "models" / "mnist"
@@ -104,32 +211,137 @@ class Bench:
                 time.sleep(0.05)
         raise TimeoutError("redis-server did not start")
 
-    def start_proxy(self, name: str, nodes: list[dict[str, Any]],
+    def start_proxy(self, name: str, nodes: list[dict[str, Any]], *, workers: int = 1,
+                    ready: bool = True,
                     **sections: Any) -> tuple[str, str, subprocess.Popen[bytes]]:
-        """`tfserving-lb serve` with these nodes; returns (url, admin url, process)."""
+        """`tfserving-lb serve [--workers N]` with these nodes; returns (url, admin url,
+        process). With `ready`, returns once every process sees every node healthy."""
         rest, admin = free_port(), free_port()
         doc = {"listen": {"rest": f"127.0.0.1:{rest}", "grpc": None,
                           "admin": f"127.0.0.1:{admin}"}, "nodes": nodes, **sections}
         path = self.logs / f"{name}.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child owns it
-        proc = subprocess.Popen([sys.executable, "-m", "lb", "serve", "--config", str(path)],
+        cmd = [sys.executable, "-m", "lb", "serve", "--config", str(path)]
+        if workers > 1:
+            cmd += ["--workers", str(workers)]
+        # Its own session: the supervisor's children can be stopped as one group.
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        log.close()
+        self.others.append(proc)
+        self._groups.add(proc.pid)
+        admin_url = f"http://127.0.0.1:{admin}"
+        _wait_http(f"{admin_url}/stats", 30.0)
+        if ready:
+            wait_proxy_ready(admin_url, workers, 30.0)
+        return f"http://127.0.0.1:{rest}", admin_url, proc
+
+    def start_nginx(self, name: str, http_conf: str, wait_url: str, *,
+                    processes: int = 1) -> subprocess.Popen[bytes]:
+        """A non-daemon nginx with its own prefix, conf, pid and logs under
+        bench-out/nginx/NAME; `http_conf` is the inside of its `http {}` block."""
+        exe = ensure_tool("nginx", "nginx-light")
+        prefix = OUT / "nginx" / name
+        shutil.rmtree(prefix, ignore_errors=True)
+        prefix.mkdir(parents=True)
+        prefix.chmod(0o777)
+        conf = prefix / "nginx.conf"
+        conf.write_text(NGINX_MAIN.format(prefix=prefix, processes=processes, http=http_conf))
+        log = open(prefix / "stderr.log", "wb")  # noqa: SIM115 - the child owns it
+        proc = subprocess.Popen([exe, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
                                 stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.others.append(proc)
-        _wait_http(f"http://127.0.0.1:{admin}/stats", 30.0)
-        return f"http://127.0.0.1:{rest}", f"http://127.0.0.1:{admin}", proc
+        try:
+            _wait_http(wait_url, 15.0)
+        except TimeoutError:
+            raise RuntimeError(f"nginx {name} did not start: see {prefix}/error.log") from None
+        return proc
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         try:
-            proc.wait(15)
+            proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+        if proc.pid in self._groups:        # children of `--workers N` outliving it
+            self._groups.discard(proc.pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
     def close(self) -> None:
         for proc in reversed(self.others):
-            if proc.poll() is None:
+            if proc.poll() is None or proc.pid in self._groups:
                 self.stop(proc)
         stop_pool(self.workers, timeout=10.0)
+
+
+NOISE_NOTE = ("shared, noisy 2-core box: the load generator, the proxy and the backends "
+              "compete for the same cores; compare ratios from one run, not absolute figures")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def bar_chart(path: Path, title: str, labels: list[str], series: dict[str, list[float]],
+              ylabel: str) -> Path:
+    """Grouped bars: one group per label, one bar per series (NaN: no bar)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 5))
+    width = 0.8 / max(1, len(series))
+    for k, (name, values) in enumerate(series.items()):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(labels))]
+        bars = ax.bar(xs, values, width, label=name)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks(range(len(labels)), labels, rotation=12, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    fig.text(0.01, 0.01, NOISE_NOTE, fontsize=6)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def cdf_chart(path: Path, title: str, curves: dict[str, list[float]]) -> Path:
+    """Latency CDFs on a log-x axis, tail emphasised by a logit-like y (1 - q)."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, (ax, tail) = plt.subplots(1, 2, figsize=(12, 5))
+    for name, lat in curves.items():
+        if not lat:
+            continue
+        xs = np.sort(np.asarray(lat))
+        qs = np.arange(1, len(xs) + 1) / len(xs)
+        ax.plot(xs, qs, label=name, lw=1.2)
+        tail.plot(xs[:-1], 1.0 - qs[:-1], label=name, lw=1.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency ms (from scheduled start)")
+    ax.set_ylabel("fraction of requests")
+    tail.set_xscale("log")
+    tail.set_yscale("log")
+    tail.set_xlabel("latency ms")
+    tail.set_ylabel("fraction slower (1 - CDF)")
+    ax.set_title(title, fontsize=10)
+    tail.set_title("tail", fontsize=10)
+    ax.legend(fontsize=7)
+    for a in (ax, tail):
+        a.grid(True, which="both", alpha=0.3)
+    fig.text(0.01, 0.01, NOISE_NOTE, fontsize=6)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

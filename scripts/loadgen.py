@@ -3,7 +3,13 @@
 Used by the benchmarks in scripts/. Latency is measured from each request's
 *scheduled* start, so a stalled server shows up in the percentiles instead of
 silently slowing the sender (the coordinated-omission trap of closed-loop
-tools). Every run is bounded in count and in time, and targets 127.0.0.1 only.
+tools). Arrivals are evenly spaced or Poisson (`arrivals="poisson"`, seeded).
+`connections=K` spreads requests over K client sessions (at least K kept-alive
+connections: with `serve --workers N` the kernel spreads connections, not
+requests, over the processes). The sender checks itself: `send_lag_ms` is how
+late each request actually started against its schedule, and `sent_rps` the
+rate it managed, so a saturated generator shows instead of passing for a slow
+server. Every run is bounded in count and in time, and targets 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +39,9 @@ class Result:
     statuses: Counter[int] = field(default_factory=Counter)
     x_cache: Counter[str] = field(default_factory=Counter)
     nodes: Counter[str] = field(default_factory=Counter)
+    send_lag_ms: list[float] = field(default_factory=list)
+    send_span_s: float = 0.0            # first to last request start, wall clock
+    schedule_span_s: float = 0.0        # first to last request start, as scheduled
 
     def pct(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
@@ -41,12 +50,41 @@ class Result:
     def achieved_rps(self) -> float:
         return self.ok / self.elapsed_s if self.elapsed_s else 0.0
 
+    @property
+    def sent_rps(self) -> float:
+        """The rate requests really started at (vs `offered_rps`)."""
+        return (self.sent - 1) / self.send_span_s if self.send_span_s > 0 else float("nan")
+
+    @property
+    def on_schedule(self) -> float:
+        """Scheduled over actual sending time: 1.0 when the sender kept its schedule
+        (Poisson gaps make `sent_rps` differ from `offered_rps` by chance alone)."""
+        return self.schedule_span_s / self.send_span_s if self.send_span_s > 0 else float("nan")
+
+    def lag_pct(self, q: float) -> float:
+        return float(np.percentile(self.send_lag_ms, q)) if self.send_lag_ms else float("nan")
+
     def summary(self) -> dict[str, Any]:
         return {"offered_rps": self.offered_rps, "achieved_rps": round(self.achieved_rps, 1),
+                "sent_rps": round(self.sent_rps, 1), "on_schedule": round(self.on_schedule, 4),
                 "sent": self.sent, "ok": self.ok, "failed": self.failed,
                 "p50_ms": round(self.pct(50), 3), "p99_ms": round(self.pct(99), 3),
+                "p999_ms": round(self.pct(99.9), 3),
                 "max_ms": round(max(self.latencies_ms, default=float("nan")), 3),
+                "send_lag_p99_ms": round(self.lag_pct(99), 3),
+                "statuses": {str(k): v for k, v in self.statuses.items()},
                 "x_cache": dict(self.x_cache), "nodes": dict(self.nodes)}
+
+
+def run(coro: Coroutine[Any, Any, Result]) -> Result:
+    """`asyncio.run` on uvloop when it is installed: the generator shares the cores
+    with what it measures, so it should spend as little of them as it can."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
 
 
 def _check_target(url: str) -> None:
@@ -74,32 +112,53 @@ async def _post(session: aiohttp.ClientSession, url: str, data: bytes,
         res.statuses[0] += 1
 
 
+def schedule(rate: float, count: int, arrivals: str = "uniform", seed: int = 0) -> np.ndarray:
+    """Start offsets (s) of `count` requests at `rate`/s: evenly spaced or Poisson."""
+    if arrivals == "uniform":
+        return np.arange(count, dtype=float) / rate
+    if arrivals == "poisson":
+        gaps = np.random.default_rng(seed).exponential(1.0 / rate, count)
+        return np.concatenate(([0.0], np.cumsum(gaps[:-1])))
+    raise ValueError(f"arrivals: uniform or poisson, not {arrivals!r}")
+
+
 async def open_loop(url: str, body: Body, rate: float, count: int, *,
                     timeout_s: float = 10.0, max_duration_s: float = 120.0,
-                    headers: dict[str, str] | None = None) -> Result:
-    """Send `count` POSTs at `rate` per second (evenly spaced) and wait for all."""
+                    headers: dict[str, str] | None = None, arrivals: str = "uniform",
+                    seed: int = 0, connections: int = 1) -> Result:
+    """Send `count` POSTs at `rate` per second and wait for all; request i goes
+    over client session i % `connections`."""
     _check_target(url)
     res = Result(offered_rps=rate, sent=0, ok=0, failed=0, elapsed_s=0.0)
     hdrs = {"Content-Type": "application/json", **(headers or {})}
-    conn = aiohttp.TCPConnector(limit=0, force_close=False)
     tmo = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(connector=conn, timeout=tmo) as session:
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=tmo)
+                for _ in range(max(1, connections))]
+    offsets = schedule(rate, count, arrivals, seed)
+    try:
         async def one(i: int, scheduled: float) -> None:
-            await _post(session, url, body(i), hdrs, scheduled, res)
+            res.send_lag_ms.append((time.perf_counter() - scheduled) * 1000)
+            await _post(sessions[i % len(sessions)], url, body(i), hdrs, scheduled, res)
 
         start = time.perf_counter()
+        first = last = start
         tasks: list[asyncio.Task[None]] = []
         for i in range(count):
-            scheduled = start + i / rate
+            scheduled = start + float(offsets[i])
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if time.perf_counter() - start > max_duration_s:
+            last = time.perf_counter()
+            if last - start > max_duration_s:
                 break
             tasks.append(asyncio.create_task(one(i, scheduled), name=f"load-{i}"))
             res.sent += 1
+        res.send_span_s = last - first
+        res.schedule_span_s = float(offsets[res.sent - 1]) if res.sent else 0.0
         await asyncio.wait_for(asyncio.gather(*tasks), timeout_s + 5)
         res.elapsed_s = time.perf_counter() - start
+    finally:
+        await asyncio.gather(*(s.close() for s in sessions))
     return res
 
 

@@ -1,0 +1,334 @@
+"""The data path against real peers: nginx, a naive aiohttp proxy, tfserving-lb.
+
+    .venv/bin/python scripts/bench_raw.py [--quick] [--seconds 8] [--connections 32] [--rounds 3]
+
+Three nginx `return 200` stubs (one process each, worker_processes 1) speak
+enough of TF Serving's REST API: model status (version 1 AVAILABLE), minimal
+metadata and a fixed 10-float prediction. In front of them, measured one after
+the other: nginx `proxy_pass` least_conn with upstream keep-alive, a naive aiohttp
+proxy (scripts/naive_proxy.py), tfserving-lb with cache none, with the memory
+cache answering every request from the cache (X-Cache: HIT), and
+`serve --workers 2` with cache none; hedging off (nginx does not hedge).
+All contenders are started and checked first (200 and the right body); then,
+in interleaved rounds (3; a burst of someone else's load hits one round of
+each rather than one contender), each is warmed up 1 s and loaded by wrk,
+closed loop, `-t1 -c32 -d8s`, with GET model status and POST :predict of one
+784-float row (~6 KB); the median round is reported with the range. Prints
+requests/s and the ratio to nginx from the same run, the non-2xx and socket
+errors wrk saw (a contender with errors is flagged), and writes
+bench-out/bench_raw.{json,png}. Installs nginx-light and wrk with apt-get
+when missing. 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.benchenv import (
+    NOISE_NOTE,
+    OUT,
+    Bench,
+    _wait_http,
+    bar_chart,
+    ensure_tool,
+    free_port,
+    http_get,
+)
+
+MODEL = "mnist"
+PREDICTION = {"predictions": [[0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.55]]}
+STATUS = {"model_version_status": [{"version": "1", "state": "AVAILABLE",
+                                    "status": {"error_code": "OK", "error_message": ""}}]}
+METADATA = {"model_spec": {"name": MODEL, "signature_name": "", "version": "1"},
+            "metadata": {"signature_def": {"signature_def": {"serving_default": {
+                "inputs": {"x": {"dtype": "DT_FLOAT", "name": "x:0", "tensor_shape": {
+                    "dim": [{"size": "-1", "name": ""}, {"size": "784", "name": ""}],
+                    "unknown_rank": False}}},
+                "outputs": {"y": {"dtype": "DT_FLOAT", "name": "y:0", "tensor_shape": {
+                    "dim": [{"size": "-1", "name": ""}, {"size": "10", "name": ""}],
+                    "unknown_rank": False}}},
+                "method_name": "tensorflow/serving/predict"}}}}}
+
+# nginx `return` discards a request body by reading it off the socket, so the
+# connection stays usable for the next request (checked under wrk: no errors).
+STUB = """
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        default_type application/json;
+        location = /v1/models/{model} {{ return 200 '{status}'; }}
+        location = /v1/models/{model}/metadata {{ return 200 '{metadata}'; }}
+        location = /v1/models/{model}:predict {{ return 200 '{prediction}'; }}
+        location / {{ return 404 '{{"error": "not found"}}'; }}
+    }}
+"""
+
+FRONT = """
+    upstream tf {{
+        least_conn;
+{servers}
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        client_body_buffer_size 64k;
+        location / {{
+            proxy_pass http://tf;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+"""
+
+LUA_POST = """
+local f = assert(io.open("{body}", "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def predict_body() -> bytes:
+    rng = random.Random(784)
+    return orjson.dumps({"instances": [[round(rng.random(), 4) for _ in range(784)]]})
+
+
+def start_stubs(bench: Bench) -> list[int]:
+    ports = [free_port() for _ in range(3)]
+    for port in ports:
+        conf = STUB.format(port=port, model=MODEL, status=orjson.dumps(STATUS).decode(),
+                           metadata=orjson.dumps(METADATA).decode(),
+                           prediction=orjson.dumps(PREDICTION).decode())
+        bench.start_nginx(f"stub-{port}", conf, f"http://127.0.0.1:{port}/v1/models/{MODEL}")
+    return ports
+
+
+def start_nginx_front(bench: Bench, ports: list[int]) -> str:
+    port = free_port()
+    servers = "\n".join(f"        server 127.0.0.1:{p};" for p in ports)
+    bench.start_nginx("front", FRONT.format(servers=servers, port=port),
+                      f"http://127.0.0.1:{port}/v1/models/{MODEL}")
+    return f"http://127.0.0.1:{port}"
+
+
+def start_naive(bench: Bench, ports: list[int]) -> str:
+    port = free_port()
+    log = open(bench.logs / "naive_proxy.log", "wb")  # noqa: SIM115 - the child owns it
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("naive_proxy.py")),
+                             "--port", str(port), *(f"http://127.0.0.1:{p}" for p in ports)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    bench.others.append(proc)
+    _wait_http(f"http://127.0.0.1:{port}/v1/models/{MODEL}", 15.0)
+    return f"http://127.0.0.1:{port}"
+
+
+def start_lb(bench: Bench, ports: list[int], cache: str, workers: int = 1) -> str:
+    nodes = [{"name": f"n{i}", "rest": f"http://127.0.0.1:{p}"} for i, p in enumerate(ports)]
+    url, _admin, _proc = bench.start_proxy(
+        f"raw-{cache}-w{workers}", nodes, workers=workers, cache={"backend": cache},
+        hedge={"enabled": False}, policy={"name": "least_load"})
+    return url
+
+
+def verify(url: str, body: bytes, want_hit: bool) -> list[str]:
+    """What is wrong with this contender's answers (empty: nothing)."""
+    problems = []
+    status, _h, got = http_get(f"{url}/v1/models/{MODEL}")
+    if status != 200 or orjson.loads(got) != STATUS:
+        problems.append(f"GET status: {status} {got[:80]!r}")
+    predict = f"{url}/v1/models/{MODEL}:predict"
+    headers = {"Content-Type": "application/json"}
+    for _ in range(2 if want_hit else 1):
+        status, hdrs, got = http_get(predict, method="POST", body=body, headers=headers)
+    if status != 200 or orjson.loads(got) != PREDICTION:
+        problems.append(f"POST predict: {status} {got[:80]!r}")
+    if want_hit and hdrs.get("X-Cache") != "HIT":
+        problems.append(f"POST predict: X-Cache {hdrs.get('X-Cache')!r}, not HIT")
+    return problems
+
+
+def wrk(exe: str, url: str, seconds: float, connections: int,
+        lua: Path | None) -> dict[str, Any]:
+    cmd = [exe, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+    if lua is not None:
+        cmd += ["-s", str(lua)]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True,
+                         timeout=seconds + 30).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)", out, re.M)
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    return {"rps": float(rps.group(1)) if rps else float("nan"),
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": sum(int(g) for g in sock.groups()) if sock else 0,
+            "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan"),
+            "raw": out if not rps else ""}
+
+
+def measure(exe: str, url: str, args: argparse.Namespace, lua: Path,
+            get: bool) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    runs: list[tuple[str, str, Path | None]] = []
+    if get:
+        runs.append(("GET", f"{url}/v1/models/{MODEL}", None))
+    runs.append(("POST", f"{url}/v1/models/{MODEL}:predict", lua))
+    for verb, target, script in runs:
+        wrk(exe, target, args.warmup, args.connections, script)
+        row[verb] = wrk(exe, target, args.seconds, args.connections, script)
+    return row
+
+
+NGINX_ROW = "nginx proxy_pass least_conn, keep-alive"
+STUB_ROW = "(reference) one nginx stub, no proxy"
+Contender = tuple[str, Callable[[Bench, list[int]], str], bool, bool]   # name, start, GET?, HIT?
+
+CONTENDERS: list[Contender] = [
+    (NGINX_ROW, start_nginx_front, True, False),
+    ("naive aiohttp proxy (30 lines, uvloop)", start_naive, True, False),
+    ("tfserving-lb, cache none", lambda b, p: start_lb(b, p, "none"), True, False),
+    ("tfserving-lb, memory cache, all HIT", lambda b, p: start_lb(b, p, "memory"), False, True),
+    ("tfserving-lb --workers 2, cache none", lambda b, p: start_lb(b, p, "none", 2), True, False),
+    # Not a contender: the ceiling of one backend, to show the stubs are not the limit.
+    (STUB_ROW, lambda _b, p: f"http://127.0.0.1:{p[0]}", True, False),
+]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    exe = ensure_tool("wrk", "wrk")
+    ensure_tool("nginx", "nginx-light")
+    body = predict_body()
+    body_path = OUT / "raw_predict.json"
+    OUT.mkdir(exist_ok=True)
+    body_path.write_bytes(body)
+    lua = OUT / "raw_post.lua"
+    lua.write_text(LUA_POST.format(body=body_path))
+    results: dict[str, Any] = {"body_bytes": len(body), "seconds": args.seconds,
+                               "connections": args.connections, "rounds": args.rounds,
+                               "rows": {}}
+    rows: dict[str, dict[str, Any]] = results["rows"]
+    bench = Bench()
+    try:
+        ports = start_stubs(bench)
+        urls: dict[str, str] = {}
+        for name, start, _get, hit in CONTENDERS:       # all up at once, idle in turn
+            try:
+                urls[name] = start(bench, ports)
+                rows[name] = {"problems": verify(urls[name], body, want_hit=hit), "rounds": []}
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                rows[name] = {"problems": [f"did not start: {exc}"], "rounds": []}
+        # Rounds interleave the contenders, so a burst of someone else's load on
+        # this shared box lands on one round of each rather than on one contender.
+        for k in range(args.rounds):
+            for name, _start, get, _hit in CONTENDERS:
+                row = rows[name]
+                if row["problems"]:
+                    continue
+                row["rounds"].append(measure(exe, urls[name], args, lua, get))
+                row["load1"] = os.getloadavg()[0]
+                print(f"  round {k + 1}/{args.rounds} {name}: "
+                      f"{summary_line(row['rounds'][-1])}", flush=True)
+    finally:
+        bench.close()
+    for row in rows.values():
+        for verb in ("GET", "POST"):
+            runs = sorted((r[verb] for r in row["rounds"] if verb in r), key=lambda r: r["rps"])
+            if runs:
+                row[verb] = {**runs[len(runs) // 2], "min_rps": runs[0]["rps"],
+                             "max_rps": runs[-1]["rps"],
+                             "non_2xx": sum(r["non_2xx"] for r in runs),
+                             "socket_errors": sum(r["socket_errors"] for r in runs)}
+    return results
+
+
+def summary_line(row: dict[str, Any]) -> str:
+    return "  ".join(f"{v} {row[v]['rps']:.0f} rps" for v in ("GET", "POST") if v in row)
+
+
+def flagged(r: dict[str, Any]) -> bool:
+    return bool(r["non_2xx"] > 0 or r["socket_errors"] > 0)
+
+
+def report(res: dict[str, Any]) -> None:
+    rows = res["rows"]
+    base = rows[NGINX_ROW]
+    print(f"\nwrk -t1 -c{res['connections']} -d{res['seconds']:g}s, closed loop; POST body "
+          f"{res['body_bytes']} B (one 784-float row); 3 nginx stubs behind each contender; "
+          f"{res['rounds']} interleaved round(s), "
+          f"{'the (upper) median shown' if res['rounds'] > 1 else 'one each'}")
+    print(f"NOTE: {NOISE_NOTE}")
+    loads = " ".join(f"{r['load1']:.1f}" for r in rows.values() if "load1" in r)
+    print(f"1-min load average after each row's last round (2 cores): {loads}")
+    print(f"{'path, one process unless said':42} {'GET rps':>9} {'POST rps':>9} "
+          f"{'GET/nginx':>9} {'POST/nginx':>10}  errors")
+    for name, row in rows.items():
+        if row.get("problems"):
+            print(f"{name:42} FLAGGED: {'; '.join(row['problems'])}")
+            continue
+        cells, errs = [], []
+        for verb in ("GET", "POST"):
+            r = row.get(verb)
+            cells.append(f"{r['rps']:9.0f}" if r else f"{'—':>9}")
+            if r and flagged(r):
+                errs.append(f"{verb}: {r['non_2xx']} non-2xx, {r['socket_errors']} socket")
+        ratios = [f"{row[v]['rps'] / base[v]['rps']:.3f}" if v in row and v in base else "—"
+                  for v in ("GET", "POST")]
+        print(f"{name:42} {cells[0]} {cells[1]} {ratios[0]:>9} {ratios[1]:>10}  "
+              f"{'FLAGGED ' + '; '.join(errs) if errs else '0'}")
+        if res["rounds"] > 1:
+            spread = ", ".join(f"{v} {row[v]['min_rps']:.0f}-{row[v]['max_rps']:.0f}"
+                               for v in ("GET", "POST") if v in row)
+            print(f"{'':42} range over rounds: {spread}")
+
+
+def chart(res: dict[str, Any]) -> Path:
+    names = [n for n, r in res["rows"].items() if not r.get("problems")]
+    series = {v: [res["rows"][n].get(v, {}).get("rps", float("nan")) for n in names]
+              for v in ("GET", "POST")}
+    return bar_chart(OUT / "bench_raw.png",
+                     f"requests/s, wrk -t1 -c{res['connections']} closed loop, "
+                     "3 nginx stubs behind each", names, series, "requests/s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 s per run: a smoke test")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=None, choices=range(1, 10),
+                        metavar="N",
+                        help="interleaved rounds, the table shows medians and ranges "
+                             "(default 3; 1 with --quick)")
+    args = parser.parse_args()
+    args.warmup = 1.0
+    if args.quick:
+        args.seconds = 2.0
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    t0 = time.monotonic()
+    res = run(args)
+    res["wall_s"] = round(time.monotonic() - t0, 1)
+    (OUT / "bench_raw.json").write_text(json.dumps(res, indent=1))
+    report(res)
+    print(f"\nchart: {chart(res)}  ({res['wall_s']} s wall)")
+    return 1 if any(r.get("problems") for r in res["rows"].values()) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
