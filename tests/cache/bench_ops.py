@@ -1,0 +1,106 @@
+"""Micro benchmark of the cache's per-request operations (not a test; not collected).
+
+    .venv/bin/python -m tests.cache.bench_ops [--keys-only]
+
+Prints CPU µs per operation, best of 5 repeats:
+* memory tier: a hit (get), and a miss with its fill (get + set, evicting) in a
+  full store, for LRU and W-TinyLFU, each without and with the miss-ratio curve;
+* keys: `request_key` for one 784-float row (MNIST), in tensor mode (dtypes
+  known) and JSON mode, with the floats spelled as floats, as ints, and mixed;
+  `row_keys` for 32 such rows.
+Run it against another checkout's `cache` package with PYTHONPATH=<that>:. to
+compare. Absolute figures depend on the machine and its load: compare ratios
+from one run.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+import timeit
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from cache.keys import request_key, row_keys
+
+REPEAT = 5
+
+
+def best_us(fn: Callable[[], object], number: int) -> float:
+    """CPU time of this process per call (process_time: other load on the machine
+    slows it less than wall time), best of REPEAT."""
+    times = timeit.repeat(fn, number=number, repeat=REPEAT, timer=time.process_time)
+    return min(times) / number * 1e6
+
+
+def fresh(keys: list[str]) -> list[str]:
+    """Equal strings in new objects: their hash is not cached yet, as for a request's key."""
+    return [k[:-1] + k[-1] for k in keys]
+
+
+def bench_store(make: Callable[[], Any], n_keys: int = 5000,
+                ops: int = 20000) -> tuple[float, float]:
+    """(µs per hit, µs per miss + fill) in a store that holds about `n_keys` entries."""
+    value = b"v" * 200
+    store = make()
+    base = [f"tfslb:v1:m:1:{i:032x}" for i in range(n_keys)]
+    for k in base:
+        store.set_now(k, value, 1e9)
+    for k in base:                                 # everything hit once: a warm sketch
+        store.get_now(k)
+    rng = random.Random(1)
+    hits = fresh([base[rng.randrange(n_keys)] for _ in range(ops)])
+    it = iter(hits * (REPEAT + 1))
+    hit_us = best_us(lambda: store.get_now(next(it)), ops)
+    misses = iter([f"tfslb:v1:m:1:{n_keys + i:032x}" for i in range(ops * (REPEAT + 1))])
+
+    def miss() -> None:
+        k = next(misses)
+        if store.get_now(k) is None:
+            store.set_now(k, value, 1e9)
+
+    return hit_us, best_us(miss, ops)
+
+
+def bench_memory() -> None:
+    from cache.memory import MemoryStore
+    budget = 5000 * 250
+    makers: dict[str, Callable[[], Any]] = {"lru": lambda: MemoryStore(budget, 10**6)}
+    makers["lru+mrc"] = lambda: MemoryStore(budget, 10**6, mrc_keys=4096, mrc_rate=0.05)
+    try:
+        from cache.tinylfu import TinyLfuStore
+        makers["tinylfu"] = lambda: TinyLfuStore(budget, 10**6)
+        makers["tinylfu+mrc"] = lambda: TinyLfuStore(budget, 10**6, mrc_keys=4096,
+                                                     mrc_rate=0.05)
+    except ImportError:
+        pass
+    for name, make in makers.items():
+        hit, miss = bench_store(make)
+        print(f"memory {name:12s} hit {hit:6.2f} µs   miss+fill {miss:6.2f} µs")
+
+
+def bench_keys() -> None:
+    rng = random.Random(1)
+    floats = [rng.random() for _ in range(784)]
+    spellings = {
+        "floats": floats,
+        "ints": [rng.randrange(256) for _ in range(784)],
+        "mixed": [0 if v < 0.8 else v for v in floats],       # JSON.stringify's 0.0 -> 0
+    }
+    for name, row in spellings.items():
+        body = orjson.loads(orjson.dumps({"instances": [row]}))
+        for mode, dtypes in (("tensor", {"x": "DT_FLOAT"}), ("json", None)):
+            us = best_us(lambda b=body, d=dtypes: request_key("m", "1", "predict", b, d), 300)
+            print(f"key {mode:6s} 784 {name:6s} {us:8.1f} µs")
+    rows = orjson.loads(orjson.dumps({"instances": [floats] * 32}))
+    us = best_us(lambda: row_keys("m", "1", None, rows, {"x": "DT_FLOAT"}), 30)
+    print(f"row_keys 32×784 floats  {us:8.1f} µs ({us / 32:.1f} µs per row)")
+
+
+if __name__ == "__main__":
+    bench_keys()
+    if "--keys-only" not in sys.argv:
+        bench_memory()
