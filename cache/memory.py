@@ -32,7 +32,8 @@ class _Entry:
     value: bytes
     expires_at: float
     size: int
-    region: int = 0          # cache.tinylfu's segment; unused by the LRU
+    region: int = 0          # cache.tinylfu: its segment, and the sketch epoch in
+    saturated: int = -1      # which its counters were seen saturated; unused by the LRU
 
 
 @dataclass(slots=True)

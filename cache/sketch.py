@@ -7,7 +7,9 @@ Guarantees: `frequency(h)` is never below the key's own count (the
 `increment(h)` calls, halved at each aging, capped at 15); it may be above
 it through collisions, which the minimum over 4 rows keeps rare. Every
 `sample` increments all counters are halved, so old popularity fades
-(TinyLFU's "reset"); `grow` widens the rows without losing any estimate.
+(TinyLFU's "reset"); `grow` widens the rows without losing any estimate;
+`increment` says when a key's counters are all saturated, which stays true
+until the next aging (`epoch`).
 
 Hashing: the caller passes `hash(key)` (a str caches its hash, so this costs
 nothing after the dict lookup; SipHash is salted per process, so clients
@@ -36,7 +38,7 @@ class FrequencySketch:
     CPython 3.11, for 8× the memory); at most 16 MB at MAX_WIDTH.
     """
 
-    __slots__ = ("_mask", "_ops", "_r0", "_r1", "_r2", "_r3", "_sample", "width")
+    __slots__ = ("_mask", "_ops", "_r0", "_r1", "_r2", "_r3", "_sample", "epoch", "width")
 
     def __init__(self, width: int) -> None:
         self.width = min(_pow2(width), MAX_WIDTH)      # counters per row (read-only)
@@ -44,30 +46,43 @@ class FrequencySketch:
         self._r0, self._r1, self._r2, self._r3 = (bytearray(self.width) for _ in range(4))
         self._ops = 0
         self._sample = 10 * self.width       # TinyLFU's sample size W (Caffeine: 10 × size)
+        self.epoch = 0                       # agings so far (read-only)
 
-    def increment(self, h: int) -> None:
-        """Count one occurrence of the key whose hash is `h`."""
+    def increment(self, h: int) -> bool:
+        """Count one occurrence of the key whose hash is `h`. True when its 4
+        counters are all at the cap: until the next aging (`epoch` changes),
+        further increments of it would change nothing, so callers may skip them.
+        Only increments that change a counter count towards the sample, as in
+        Caffeine."""
         m = self._mask
         a = h & m
         b = (h >> 32) | 1
         row = self._r0
-        if row[a] < _CAP:
-            row[a] += 1
+        v0 = row[a]
+        if v0 < _CAP:
+            row[a] = v0 + 1
         a = (a + b) & m
         row = self._r1
-        if row[a] < _CAP:
-            row[a] += 1
+        v1 = row[a]
+        if v1 < _CAP:
+            row[a] = v1 + 1
         a = (a + b) & m
         row = self._r2
-        if row[a] < _CAP:
-            row[a] += 1
+        v2 = row[a]
+        if v2 < _CAP:
+            row[a] = v2 + 1
         a = (a + b) & m
         row = self._r3
-        if row[a] < _CAP:
-            row[a] += 1
-        self._ops += 1
-        if self._ops >= self._sample:
-            self.age()
+        v3 = row[a]
+        if v3 < _CAP:
+            row[a] = v3 + 1
+        low = min(v0, v1, v2, v3)
+        if low < _CAP:
+            self._ops += 1
+            if self._ops >= self._sample:
+                self.age()
+                return False
+        return low >= _CAP - 1
 
     def frequency(self, h: int) -> int:
         """Estimated occurrences of hash `h` (0–15), recent ones weighing more."""
@@ -87,6 +102,7 @@ class FrequencySketch:
         self._r0, self._r1, self._r2, self._r3 = (
             row.translate(_HALVE) for row in (self._r0, self._r1, self._r2, self._r3))
         self._ops //= 2
+        self.epoch += 1
 
     def grow(self, width: int) -> None:
         """Widen to at least `width` counters per row, keeping every estimate.

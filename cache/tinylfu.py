@@ -21,8 +21,9 @@ that becomes popular earns its way in.
 Differences from Caffeine: fixed window (no hill climbing), no doorkeeper, no
 random admission of warm candidates (Caffeine's guard against hash flooding:
 Python salts str hashes per process, so clients cannot aim collisions).
-Cost per operation: one cached str hash, 4 counter updates, one or two
-OrderedDict moves.
+Cost per operation: one cached str hash, 4 counter updates (skipped for an
+entry whose counters are known to be saturated until the next aging: the
+hot keys, most of the hits), one or two OrderedDict moves.
 """
 
 from __future__ import annotations
@@ -67,7 +68,11 @@ class TinyLfuStore(MemoryStore):
         and promotes an entry hit on probation to protected."""
         entry = self._entries.get(key)
         h = hash(key)
-        self._sketch.increment(h)
+        sketch = self._sketch
+        if entry is None:
+            sketch.increment(h)
+        elif entry.saturated != sketch.epoch and sketch.increment(h):
+            entry.saturated = sketch.epoch      # increments are no-ops until the next aging
         mrc = self._mrc
         if mrc is not None:
             mrc.refs += 1
@@ -153,8 +158,10 @@ class TinyLfuStore(MemoryStore):
                 self._drop(key, candidate)
                 self._counters.evictions += 1
                 return
-            if freq > self._sketch.frequency(hash(victim_key)):
-                self._drop(victim_key, self._entries[victim_key])
+            victim = self._entries[victim_key]
+            if (victim.saturated != self._sketch.epoch     # else its frequency is the cap
+                    and freq > self._sketch.frequency(hash(victim_key))):
+                self._drop(victim_key, victim)
                 self._counters.evictions += 1
             else:
                 self._drop(key, candidate)

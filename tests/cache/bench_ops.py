@@ -3,8 +3,9 @@
     .venv/bin/python -m tests.cache.bench_ops [--keys-only]
 
 Prints CPU µs per operation, best of 5 repeats:
-* memory tier: a hit (get), and a miss with its fill (get + set, evicting) in a
-  full store, for LRU and W-TinyLFU, each without and with the miss-ratio curve;
+* memory tier: a hit (get; keys drawn uniformly, and Zipf(0.9)), and a miss
+  with its fill (get + set, evicting) in a full store, for LRU and W-TinyLFU,
+  each without and with the miss-ratio curve (defaults: 8192 keys, rate 0.1);
 * keys: `request_key` for one 784-float row (MNIST), in tensor mode (dtypes
   known) and JSON mode, with the floats spelled as floats, as ints, and mixed;
   `row_keys` for 32 such rows.
@@ -42,8 +43,9 @@ def fresh(keys: list[str]) -> list[str]:
 
 
 def bench_store(make: Callable[[], Any], n_keys: int = 5000,
-                ops: int = 20000) -> tuple[float, float]:
-    """(µs per hit, µs per miss + fill) in a store that holds about `n_keys` entries."""
+                ops: int = 20000) -> tuple[float, float, float]:
+    """(µs per hit: uniform, Zipf(0.9); µs per miss + fill) in a store that holds
+    about `n_keys` entries."""
     value = b"v" * 200
     store = make()
     base = [f"tfslb:v1:m:1:{i:032x}" for i in range(n_keys)]
@@ -52,9 +54,12 @@ def bench_store(make: Callable[[], Any], n_keys: int = 5000,
     for k in base:                                 # everything hit once: a warm sketch
         store.get_now(k)
     rng = random.Random(1)
-    hits = fresh([base[rng.randrange(n_keys)] for _ in range(ops)])
-    it = iter(hits * (REPEAT + 1))
+    hits = fresh([base[rng.randrange(n_keys)] for _ in range(ops * (REPEAT + 1))])
+    it = iter(hits)
     hit_us = best_us(lambda: store.get_now(next(it)), ops)
+    weights = [1 / (i + 1) ** 0.9 for i in range(n_keys)]
+    zipf = iter(fresh(rng.choices(base, weights, k=ops * (REPEAT + 1))))
+    zipf_us = best_us(lambda: store.get_now(next(zipf)), ops)
     misses = iter([f"tfslb:v1:m:1:{n_keys + i:032x}" for i in range(ops * (REPEAT + 1))])
 
     def miss() -> None:
@@ -62,24 +67,25 @@ def bench_store(make: Callable[[], Any], n_keys: int = 5000,
         if store.get_now(k) is None:
             store.set_now(k, value, 1e9)
 
-    return hit_us, best_us(miss, ops)
+    return hit_us, zipf_us, best_us(miss, ops)
 
 
 def bench_memory() -> None:
     from cache.memory import MemoryStore
     budget = 5000 * 250
     makers: dict[str, Callable[[], Any]] = {"lru": lambda: MemoryStore(budget, 10**6)}
-    makers["lru+mrc"] = lambda: MemoryStore(budget, 10**6, mrc_keys=4096, mrc_rate=0.05)
+    makers["lru+mrc"] = lambda: MemoryStore(budget, 10**6, mrc_keys=8192, mrc_rate=0.1)
     try:
         from cache.tinylfu import TinyLfuStore
         makers["tinylfu"] = lambda: TinyLfuStore(budget, 10**6)
-        makers["tinylfu+mrc"] = lambda: TinyLfuStore(budget, 10**6, mrc_keys=4096,
-                                                     mrc_rate=0.05)
+        makers["tinylfu+mrc"] = lambda: TinyLfuStore(budget, 10**6, mrc_keys=8192,
+                                                     mrc_rate=0.1)
     except ImportError:
         pass
     for name, make in makers.items():
-        hit, miss = bench_store(make)
-        print(f"memory {name:12s} hit {hit:6.2f} µs   miss+fill {miss:6.2f} µs")
+        hit, zipf, miss = bench_store(make)
+        print(f"memory {name:12s} hit {hit:5.2f} µs  zipf hit {zipf:5.2f} µs  "
+              f"miss+fill {miss:5.2f} µs")
 
 
 def bench_keys() -> None:

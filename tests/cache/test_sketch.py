@@ -39,13 +39,28 @@ def test_aging_halves_every_sample() -> None:
     for _ in range(12):
         sketch.increment(hot)
     sketch.age()
-    assert sketch.frequency(hot) == 6
-    sketch = FrequencySketch(64)                # the sample is 10 × width increments
-    for _ in range(10 * 64 - 1):
+    assert sketch.frequency(hot) == 6 and sketch.epoch == 1
+    # the sample is 10 × width increments that change a counter (as in Caffeine)
+    sketch = FrequencySketch(64)
+    for _ in range(100):
         sketch.increment(hot)
-    assert sketch.frequency(hot) == 15
-    sketch.increment(hot)
-    assert sketch.frequency(hot) == 7
+    others = hashes(10 * 64, seed=3)
+    for h in others[:10 * 64 - 16]:
+        sketch.increment(h)
+    assert sketch.frequency(hot) == 15 and sketch.epoch == 0
+    for h in others[10 * 64 - 16:]:
+        sketch.increment(h)
+    assert sketch.frequency(hot) == 7 and sketch.epoch == 1
+
+
+def test_increment_says_when_the_counters_are_saturated() -> None:
+    sketch = FrequencySketch(1024)
+    h = hashes(1)[0]
+    said = [sketch.increment(h) for _ in range(16)]
+    assert said == [False] * 14 + [True, True]      # 15 is the cap
+    assert sketch.frequency(h) == 15
+    sketch.age()
+    assert not sketch.increment(h) and sketch.frequency(h) == 8
 
 
 def test_grow_keeps_every_estimate() -> None:
