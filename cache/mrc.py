@@ -10,9 +10,11 @@ Method (Waldspurger et al., "Efficient MRC Construction with SHARDS", FAST
 T, i.e. at rate R = T / 2**32, so every reference to a sampled key is seen.
 Each sampled reference's byte-weighted LRU stack distance, the bytes of the
 distinct sampled keys referenced since its previous reference, scaled by 1/R,
-plus its own size, is read from a Fenwick tree over access timestamps (one
-weight per tracked key, at its last access; compacted when the timestamps run
-out) and added to a histogram with weight 1/R. A cache of C bytes run as LRU
+plus its own size, goes to a histogram with weight 1/R. Each tracked key
+weighs its size at the timestamp of its last access; the bytes after a
+timestamp are the running sum of what was placed after it minus what left
+since (a Fenwick tree over timestamps: one O(log n) query and update per
+reference; timestamps are compacted when they run out). A cache of C bytes run as LRU
 would hit exactly the references with distance <= C. Fixed-size SHARDS: past
 `max_keys` tracked keys, T drops to the largest tracked hash and those keys
 are dropped; older samples keep their 1/R_old weight, which is the paper's
