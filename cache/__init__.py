@@ -2,21 +2,26 @@
 
 Imported by the proxy (lb/); never imports lb/ or TensorFlow. Entry points:
 `request_key` / `row_keys` (cache.keys), `make_store` (cache.store),
-`ResultCache` (cache.result_cache), `Coalescer` (cache.coalesce). Errors:
-cache.errors (one tree, rooted at CacheError).
+`ResultCache` (cache.result_cache) with its `AdaptiveController`
+(cache.adaptive: per-model bypass), `Coalescer` (cache.coalesce). The memory
+tier is W-TinyLFU (cache.tinylfu) or LRU (cache.memory), with a miss-ratio
+curve (cache.mrc). Errors: cache.errors (one tree, rooted at CacheError).
 """
 
+from cache.adaptive import AdaptiveController, AdaptiveParams, Decision
 from cache.coalesce import Coalescer
 from cache.errors import CacheError, CacheUnavailable, InvalidKeyInput, UnknownBackend
 from cache.keys import DTypes, key_mode, request_key, row_keys
 from cache.memory import MemoryStore
 from cache.redis_store import RedisStore
 from cache.result_cache import ResultCache
-from cache.store import Store, make_store
+from cache.store import Store, make_store, memory_store
 from cache.tiered import TieredStore
+from cache.tinylfu import TinyLfuStore
 
 __all__ = [
-    "CacheError", "CacheUnavailable", "Coalescer", "DTypes", "InvalidKeyInput",
-    "MemoryStore", "RedisStore", "ResultCache", "Store", "TieredStore", "UnknownBackend",
-    "key_mode", "make_store", "request_key", "row_keys",
+    "AdaptiveController", "AdaptiveParams", "CacheError", "CacheUnavailable", "Coalescer",
+    "DTypes", "Decision", "InvalidKeyInput", "MemoryStore", "RedisStore", "ResultCache", "Store",
+    "TieredStore", "TinyLfuStore", "UnknownBackend", "key_mode", "make_store", "memory_store",
+    "request_key", "row_keys",
 ]

@@ -7,7 +7,10 @@ Called by `cache.keys` only. Pure (no I/O). Two forms:
   whether an input is an integer, and TF Serving rejects 1.0 for one).
   Non-finite floats and integers beyond 64 bits (possible when the body was
   parsed by the stdlib json module) get tagged forms instead of orjson's lossy
-  `null`/error.
+  `null`/error. One orjson call (C) does the common case; only a body orjson
+  cannot serialise exactly (an error, or a `null` in its output, which may be
+  a NaN) is walked in Python (`_normalise`), which yields the same bytes
+  whenever orjson could, so keys do not depend on the path taken.
 - `canonical_examples(body)`: the tf.train.Examples TF Serving builds for
   :classify / :regress ("examples" + optional "context"), following
   json_tensor.cc: a JSON float goes to a float_list (rounded to float32), a
@@ -34,8 +37,28 @@ _F32 = struct.Struct("<f")
 _F32_BITS = struct.Struct("<I")
 
 
+# Types orjson would serialise but a JSON parser never produces go to the slow
+# path (which rejects them), as do subclasses of str/int/dict/list; only UUIDs
+# and Enum members, which orjson writes natively, are keyed as their JSON form.
+_FAST = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
+         | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS)
+
+
 def canonical_json(value: Any) -> bytes:
     """Sorted-key JSON bytes of `value`; raise InvalidKeyInput if it is not JSON data."""
+    try:
+        out = orjson.dumps(value, option=_FAST)
+    except (TypeError, orjson.JSONEncodeError):
+        pass           # an int beyond 64 bits, a non-str key, a non-JSON type: see below
+    else:
+        if b"null" not in out:       # orjson writes NaN and ±Infinity as null
+            return out
+    return canonical_json_slow(value)
+
+
+def canonical_json_slow(value: Any) -> bytes:
+    """canonical_json walking every value in Python (tags non-finite floats and
+    big ints, rejects non-JSON types)."""
     try:
         return orjson.dumps(_normalise(value), option=orjson.OPT_SORT_KEYS)
     except (TypeError, orjson.JSONEncodeError, RecursionError) as exc:

@@ -1,13 +1,18 @@
-"""ResultCache: the proxy's view of the cache — lookups, fills and counters.
+"""ResultCache: the proxy's view of the cache — decisions, lookups, fills and counters.
 
-Called by the proxy (lb/) on every cacheable request: `lookup` before
-forwarding, `fill` after an HTTP 200, `bypass` when Cache-Control skips the
-cache; `stats()` feeds GET /stats and /metrics.
+Called by the proxy (lb/) on every cacheable request: `decide` first (USE,
+BYPASS or SAMPLE, from the adaptive controller, cache.adaptive); for USE,
+`lookup` before forwarding and `fill` after an HTTP 200; for SAMPLE,
+`sampled` with the key (no lookup, no fill); `bypass` when Cache-Control
+skips the cache. `stats()` feeds GET /stats, `model_states()` /metrics.
 
 Guarantees: never raises for store trouble (a failing store is a miss and an
-error count); hits + misses == lookups, overall and per model; at most
-`MAX_MODELS` distinct model names are tracked (the rest are counted under
-"(other)"), so a client cannot grow the stats without bound.
+error count); hits + misses == lookups, overall and per model; every BYPASS
+or SAMPLE decision counts as a bypass (and as `adaptive`), so hits + misses +
+bypasses == cacheable requests when the caller makes one of decide→lookup,
+decide (not USE) or bypass() per request; at most `MAX_MODELS` distinct model
+names are tracked (the rest are counted under "(other)"), so a client cannot
+grow the stats without bound. `decide` and `sampled` are O(1), never await.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from cache.adaptive import USE, AdaptiveController, Decision
 from cache.store import Store
 
 log = logging.getLogger("cache")
@@ -32,6 +38,7 @@ class _Counts:
     hits: int = 0
     misses: int = 0
     bypasses: int = 0
+    adaptive: int = 0           # bypasses decided by the adaptive controller (with samples)
     coalesced: int = 0
     partial: int = 0
     rows_hit: int = 0
@@ -46,7 +53,8 @@ class _Counts:
         return {
             "hits": self.hits, "misses": self.misses,
             "hit_rate": self.hits / lookups if lookups else 0.0,
-            "bypasses": self.bypasses, "coalesced": self.coalesced, "partial": self.partial,
+            "bypasses": self.bypasses, "adaptive_bypasses": self.adaptive,
+            "coalesced": self.coalesced, "partial": self.partial,
             "rows_hit": self.rows_hit, "rows_missed": self.rows_missed, "stores": self.stores,
             "too_large": self.too_large,
             "errors": self.errors,
@@ -57,13 +65,38 @@ class _Counts:
 class ResultCache:
     """Counts and guards every use of a Store for the proxy; see module docstring."""
 
-    def __init__(self, store: Store, ttl_s: float, max_entry_bytes: int) -> None:
+    def __init__(self, store: Store, ttl_s: float, max_entry_bytes: int,
+                 adaptive: AdaptiveController | None = None) -> None:
         self.backend: str = store.name
         self._store = store
         self._ttl_s = ttl_s
         self._max_entry_bytes = max_entry_bytes
         self._total = _Counts()
         self._by_model: dict[str, _Counts] = {}
+        self.adaptive = adaptive
+
+    def decide(self, model: str) -> Decision:
+        """USE, BYPASS or SAMPLE for one cacheable request of `model`; BYPASS and
+        SAMPLE are counted as bypasses here (the caller must not call bypass())."""
+        if self.adaptive is None:
+            return USE
+        decision = self.adaptive.decide(model)
+        if decision:
+            for c in (self._total, self._model(model)):
+                c.bypasses += 1
+                c.adaptive += 1
+        return decision
+
+    def sampled(self, model: str, key: str) -> None:
+        """The key of a SAMPLE request: remembered by the controller, no store access."""
+        if self.adaptive is not None:
+            self.adaptive.sampled(model, key)
+
+    def sampled_rows(self, model: str, keys: Sequence[str]) -> None:
+        """The row keys of a SAMPLE request of a row-cached model."""
+        if self.adaptive is not None:
+            for key in keys:
+                self.adaptive.sampled(model, key)
 
     async def _read(self, model: str, op: str, call: Callable[[], Awaitable[T]],
                     on_error: T) -> T:
@@ -88,6 +121,8 @@ class ResultCache:
                 c.misses += 1
             else:
                 c.hits += 1
+        if self.adaptive is not None:
+            self.adaptive.observe(model, value is not None)
         return value
 
     async def lookup_rows(self, keys: Sequence[str], model: str) -> list[bytes | None]:
@@ -107,6 +142,8 @@ class ResultCache:
             else:
                 c.misses += 1
                 c.partial += found > 0
+        if self.adaptive is not None:
+            self.adaptive.observe(model, found, len(values))
         return values
 
     async def fill_many(self, items: Sequence[tuple[str, bytes]], model: str) -> None:
@@ -137,13 +174,25 @@ class ResultCache:
         self._count(model, "coalesced")
 
     def stats(self) -> dict[str, Any]:
-        """{"backend", "hits", "misses", "hit_rate", …, "by_model": {…}, "store": {…}}."""
+        """{"backend", "hits", "misses", "hit_rate", …, "by_model": {…}, "store": {…},
+        "mrc": {…} (memory tiers only)}; by_model[m] adds the adaptive state
+        ("state", "since", "pinned", "window_hit_rate", "window_estimated", …)."""
         store_stats = self._store.stats()
         out: dict[str, Any] = {"backend": self.backend, **self._total.as_dict()}
         out["errors"] += int(store_stats.get("errors", 0))
-        out["by_model"] = {m: c.as_dict() for m, c in self._by_model.items()}
+        by_model = {m: c.as_dict() for m, c in self._by_model.items()}
+        for m, state in self.model_states().items():
+            by_model.setdefault(m, _Counts().as_dict()).update(state)
+        out["by_model"] = by_model
         out["store"] = store_stats
+        mrc = store_stats.get("mrc") or store_stats.get("memory", {}).get("mrc")
+        if mrc:
+            out["mrc"] = mrc
         return out
+
+    def model_states(self) -> dict[str, dict[str, Any]]:
+        """Adaptive state per model seen by `decide` (cheap: no store call), for /metrics."""
+        return self.adaptive.states() if self.adaptive is not None else {}
 
     async def close(self) -> None:
         await self._store.close()

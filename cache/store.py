@@ -21,8 +21,10 @@ from cache.errors import UnknownBackend
 from cache.memory import MemoryStore
 from cache.redis_store import RedisStore
 from cache.tiered import TieredStore
+from cache.tinylfu import TinyLfuStore
 
 BACKENDS = ("memory", "redis", "tiered")
+ADMISSIONS = ("tinylfu", "lru")
 
 
 @runtime_checkable
@@ -43,17 +45,31 @@ class Store(Protocol):
 
 
 def make_store(backend: str, *, redis_url: str, memory_bytes: int, max_entry_bytes: int,
-               timeout_s: float, cluster: bool = False) -> Store:
+               timeout_s: float, cluster: bool = False, admission: str = "tinylfu",
+               mrc_keys: int = 8192, mrc_rate: float = 0.1) -> Store:
     """Build the configured store ("memory" | "redis" | "tiered"); raise UnknownBackend.
 
     Called once by the proxy at startup. Creating a RedisStore does not
     connect: the first command does, so startup never waits on Redis.
+    `admission` picks the memory tier's policy ("tinylfu" | "lru");
+    `mrc_keys` > 0 gives it a miss-ratio curve (cache.mrc).
     """
     if backend == "memory":
-        return MemoryStore(memory_bytes, max_entry_bytes)
+        return memory_store(admission, memory_bytes, max_entry_bytes, mrc_keys, mrc_rate)
     if backend == "redis":
         return RedisStore(redis_url, timeout_s=timeout_s, cluster=cluster)
     if backend == "tiered":
-        return TieredStore(MemoryStore(memory_bytes, max_entry_bytes),
+        return TieredStore(memory_store(admission, memory_bytes, max_entry_bytes, mrc_keys,
+                                        mrc_rate),
                            RedisStore(redis_url, timeout_s=timeout_s, cluster=cluster))
     raise UnknownBackend(f"unknown cache backend {backend!r}; expected one of {BACKENDS}")
+
+
+def memory_store(admission: str, max_bytes: int, max_entry_bytes: int, mrc_keys: int = 0,
+                 mrc_rate: float = 0.1) -> MemoryStore:
+    """The memory tier: W-TinyLFU ("tinylfu") or plain LRU ("lru"); raise UnknownBackend."""
+    if admission == "tinylfu":
+        return TinyLfuStore(max_bytes, max_entry_bytes, mrc_keys=mrc_keys, mrc_rate=mrc_rate)
+    if admission == "lru":
+        return MemoryStore(max_bytes, max_entry_bytes, mrc_keys=mrc_keys, mrc_rate=mrc_rate)
+    raise UnknownBackend(f"unknown admission {admission!r}; expected one of {ADMISSIONS}")

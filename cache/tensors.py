@@ -28,6 +28,7 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from cache.errors import TensorDecodeError
 
@@ -42,6 +43,7 @@ _FLOAT_MAX_INT = {"DT_FLOAT": (1 << 24) - 1, "DT_DOUBLE": (1 << 53) - 1}
 _FLOAT_MAX = {"DT_FLOAT": float(np.finfo(np.float32).max), "DT_DOUBLE": float("inf")}
 _LEN = struct.Struct("<Q")
 _LIST_TYPES = frozenset({list, tuple})
+_IS_INT = int.__instancecheck__      # C-level per element, for map(); bools are refused first
 
 SUPPORTED_DTYPES = frozenset({*_INT_DTYPES, *_FLOAT_DTYPES, "DT_BOOL", "DT_STRING"})
 
@@ -100,7 +102,10 @@ def _walk(value: Any) -> tuple[tuple[int, ...], list[Any], set[type]]:
         if len(sizes) != 1:
             raise TensorDecodeError("ragged nested list")
         shape.append(sizes.pop())
-        level = list(chain.from_iterable(level))
+        if len(level) == 1 and type(level[0]) is list:
+            level = level[0]                 # one row: no copy needed
+        else:
+            level = list(chain.from_iterable(level))
     # An empty dimension ends the walk: [[], []] has shape (2, 0).
     return tuple(shape), [], set()
 
@@ -109,13 +114,30 @@ def _floats(leaves: list[Any], kinds: set[type], dtype: str) -> bytes:
     if not kinds <= {int, float}:
         raise TensorDecodeError(f"{dtype} takes numbers only")
     if int in kinds:
-        limit = _FLOAT_MAX_INT[dtype]
-        if any(abs(v) > limit for v in leaves if type(v) is int):
-            raise TensorDecodeError(f"integer too large for {dtype} without loss")
-    wide = np.frombuffer(array("d", leaves), dtype=np.float64)  # faster than np.array
+        wide = _ints_as_floats(leaves, float in kinds, _FLOAT_MAX_INT[dtype], dtype)
+    else:
+        wide = np.frombuffer(array("d", leaves), dtype=np.float64)  # faster than np.array here
     if dtype == "DT_FLOAT" and wide.size and float(np.abs(wide).max()) > _FLOAT_MAX[dtype]:
         raise TensorDecodeError("value out of DT_FLOAT range")
     return wide.astype(_FLOAT_DTYPES[dtype]).tobytes()
+
+
+def _ints_as_floats(leaves: list[Any], mixed: bool, limit: int,
+                    dtype: str) -> npt.NDArray[np.float64]:
+    """float64 of numbers some of which are JSON ints, which must be at most `limit`
+    in magnitude (exact in the dtype). The check runs on the float64 values: with
+    limit = 2**k - 1 <= 2**53 - 1, float(v) > limit exactly when v > limit."""
+    try:
+        wide = np.array(leaves, dtype=np.float64)    # C-level, faster than array("d") for ints
+    except OverflowError as exc:                      # an int beyond float64: beyond any limit
+        raise TensorDecodeError(f"integer too large for {dtype} without loss") from exc
+    if not wide.size or float(np.abs(wide).max()) <= limit:
+        return wide                                   # the common case: no leaf is that large
+    if mixed:                                         # large floats are fine; large ints are not
+        ints = wide[np.fromiter(map(_IS_INT, leaves), dtype=bool, count=len(leaves))]
+        if not ints.size or float(np.abs(ints).max()) <= limit:
+            return wide
+    raise TensorDecodeError(f"integer too large for {dtype} without loss")
 
 
 def _ints(leaves: list[Any], kinds: set[type], dtype: str) -> bytes:

@@ -112,14 +112,17 @@ class PolicyConfig(_Strict):
 
 
 class AdaptiveConfig(_Strict):
-    """Per-model adaptive bypass: a model whose hit rate stays below `min_hit_rate`
-    stops paying for lookups and fills; 1 in `sample_every` of its requests keeps
-    feeding a frequency sketch so that the cache turns itself back on."""
+    """Per-model adaptive bypass (cache.adaptive): a model whose hit rate stays below
+    `min_hit_rate` for `patience` windows of `window` lookups stops paying for keys,
+    lookups and fills; 1 in `sample_every` of its requests keeps feeding a sketch of
+    keys, so that the cache turns itself back on when reuse appears. The fields are
+    cache.adaptive.AdaptiveParams' (`AdaptiveParams(**adaptive.model_dump())`)."""
 
     enabled: bool = True
     min_hit_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
-    window: Annotated[int, Field(ge=16)] = 1000          # lookups per verdict
-    sample_every: Annotated[int, Field(ge=1)] = 64
+    window: Annotated[int, Field(ge=16, le=1_000_000)] = 1000   # lookups per verdict
+    sample_every: Annotated[int, Field(ge=1, le=1_000_000)] = 64
+    patience: Annotated[int, Field(ge=1, le=100)] = 2           # low windows in a row
 
 
 class CacheConfig(_Strict):
@@ -131,6 +134,10 @@ class CacheConfig(_Strict):
     redis_timeout_ms: Positive = 50.0
     redis_cluster: bool = False       # redis_url names one node of a Redis Cluster
     admission: Literal["tinylfu", "lru"] = "tinylfu"   # the memory tier's admission/eviction
+    # The memory tier's miss-ratio curve (cache.mrc, SHARDS): keys tracked at most
+    # (0: no curve) and the initial sampling rate (lowered as more keys are seen).
+    mrc_keys: Annotated[int, Field(ge=0, le=1_000_000)] = 8192
+    mrc_rate: Annotated[float, Field(gt=0, le=1)] = 0.1
     adaptive: AdaptiveConfig = AdaptiveConfig()
 
     @field_validator("redis_url")

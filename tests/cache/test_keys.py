@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import re
 from typing import Any
 
@@ -11,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cache.errors import InvalidKeyInput
-from cache.keys import key_mode, request_key, row_keys
+from cache.canonical import canonical_json, canonical_json_slow
+from cache.errors import InvalidKeyInput, TensorDecodeError
+from cache.keys import _batched_rows, _row_tensors, _tensor_fields, key_mode, request_key, row_keys
 
 X = {"x": "DT_FLOAT"}
 XY = {"a": "DT_FLOAT", "b": "DT_INT64"}
@@ -202,3 +204,79 @@ def test_property_float_spelling_and_format_do_not_matter(t: Any) -> None:
     as_ints = key({"inputs": _nest(flat, shape)}, {"x": "DT_FLOAT"})
     as_floats = key({"instances": _nest([float(v) for v in flat], shape)}, {"x": "DT_FLOAT"})
     assert as_ints == as_floats
+
+
+# --- the fast paths give the very same keys -----------------------------------------
+
+def test_key_values_are_stable() -> None:
+    """Keys computed by the code before the fast paths: entries already in Redis
+    under tfslb:v1 stay valid (a change of value needs a new prefix)."""
+    assert key({"instances": [[0.5, 1, 0, 2.25]]}) == (
+        "tfslb:v1:mnist:3:b5d8828373c7d442ce3a8b2fc8787fa5")
+    assert key({"instances": [[0.5, 1, 0, 2.25]]}, None) == (
+        "tfslb:v1:mnist:3:dbb2c9301d0bcabd501f629b51cce1c6")
+    assert key({"inputs": {"b": [1, None, "null"], "a": [float("nan"), 2**70]}}, None) == (
+        "tfslb:v1:mnist:3:fad2c7ab16aaf965e90d4973969aa084")
+    assert key({"instances": [[1, 2], [3, 4]], "signature_name": "s"}, {"x": "DT_INT64"}) == (
+        "tfslb:v1:mnist:3:b6f8983d348d79cdfc2012690f2a858e")
+    assert key({"examples": [{"f": 1.0, "g": "a"}]}, None, verb="classify") == (
+        "tfslb:v1:mnist:3:82882128977bf1da3a7c107265d41217")
+    assert row_keys("mnist", "3", None, {"instances": [[1, 2.5], [3, 4]]}, X) == [
+        "tfslb:v1:mnist:3:e32e8b0bf13f02188fb61e1904f498a8",
+        "tfslb:v1:mnist:3:8636ec02b9c777f7d1c0523844b420b1"]
+    assert row_keys("mnist", "3", None, {"instances": [7, 8.5]}, X) == [
+        "tfslb:v1:mnist:3:0d18d2609384d415122a3e72ebc2dbe4",
+        "tfslb:v1:mnist:3:6e9259f0818ab0fe86c73a91e3e8d5a9"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.sampled_from(["null", "a", ""])
+    | st.integers(-(2**70), 2**70) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
+                                                                max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_property_canonical_json_fast_equals_slow(value: Any) -> None:
+    assert canonical_json(value) == canonical_json_slow(value)
+
+
+def test_canonical_json_rejects_non_json_either_way() -> None:
+    for bad in ({1: "int key"}, {"s": {1, 2}}, [b"bytes"], {"d": datetime.date(2020, 1, 1)}):
+        with pytest.raises(InvalidKeyInput):
+            canonical_json(bad)
+
+
+rows_strategy = st.integers(1, 4).flatmap(lambda width: st.lists(
+    st.lists(st.integers(-300, 300) | st.floats(-1e6, 1e6, width=32), min_size=width,
+             max_size=width), min_size=1, max_size=5))
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows_strategy, st.sampled_from(["DT_FLOAT", "DT_DOUBLE", "DT_INT32", "DT_UINT8"]))
+def test_property_batched_row_keys_equal_row_by_row(rows: list[Any], dtype: str) -> None:
+    dtypes = {"x": dtype}
+    try:
+        one_by_one = [_tensor_fields(_row_tensors(row, dtypes)) for row in rows]
+    except TensorDecodeError:
+        one_by_one = None
+    try:
+        batched = _batched_rows(rows, dtypes)
+    except TensorDecodeError:
+        batched = None
+    assert batched == one_by_one
+
+
+def test_float_inputs_with_large_ints() -> None:
+    # ints must be exact in the dtype; large floats are fine (TF Serving's rules)
+    assert key({"inputs": [16777215, 0.5]}) != key({"inputs": [16777215, 0.5]}, None)
+    assert key({"inputs": [16777216, 0.5]}) == key({"inputs": [16777216, 0.5]}, None)
+    assert key({"inputs": [1e30, 3]}) != key({"inputs": [1e30, 3]}, None)
+    assert key({"inputs": [2**64, 0.5]}, {"x": "DT_DOUBLE"}) == key(
+        {"inputs": [2**64, 0.5]}, None)
+    assert key({"inputs": [10**400]}, {"x": "DT_DOUBLE"}) == key({"inputs": [10**400]}, None)
+    assert key({"inputs": [-(2**53 - 1)]}, {"x": "DT_DOUBLE"}) != key(
+        {"inputs": [-(2**53 - 1)]}, None)
+    assert key({"inputs": [-(2**53)]}, {"x": "DT_DOUBLE"}) == key({"inputs": [-(2**53)]}, None)
