@@ -7,7 +7,9 @@ Starts nginx (`worker_processes 1`, a `return 200` location) and `lb.http.server
 process on a free 127.0.0.1 port, and drives each in turn with
 `wrk -t1 -c32 -d<duration>s` posting the same 6 KB JSON body. By default the server
 under test is pinned to CPU 1 and wrk to CPU 0, so both servers get one core each.
-Prints each rate and the ratio lean/nginx; writes bench-out/bench_http_server.json.
+Prints each rate and the ratio lean/nginx, and each server's CPU time per request
+(user + system, from /proc: less disturbed than the rate when other work shares the
+machine); writes bench-out/bench_http_server.json.
 Needs `nginx` and `wrk` (apt-get install nginx-light wrk). Figures are only
 comparable within one run on one machine.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -98,7 +101,22 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -
     raise TimeoutError(f"nothing listens on {port} after {timeout}s")
 
 
-def wrk(port: int, lua: Path, duration: int, pin: bool) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children (nginx's worker)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for p in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def wrk(port: int, lua: Path, duration: int, pin: bool) -> tuple[float, int]:
+    """Requests/s and the number of requests of one wrk run."""
     cmd = ["wrk", "-t1", "-c32", f"-d{duration}s", "-s", str(lua), f"http://127.0.0.1:{port}/"]
     if pin:
         cmd = ["taskset", "-c", "0", *cmd]
@@ -107,13 +125,15 @@ def wrk(port: int, lua: Path, duration: int, pin: bool) -> float:
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     if errors:
         print(out, file=sys.stderr)
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not match:
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    count = re.search(r"(\d+) requests in", out)
+    if not rate or not count:
         raise RuntimeError(f"no Requests/sec in wrk output:\n{out}")
-    return float(match.group(1))
+    return float(rate.group(1)), int(count.group(1))
 
 
-def run_one(kind: str, tmp: Path, lua: Path, duration: int, pin: bool) -> float:
+def run_one(kind: str, tmp: Path, lua: Path, duration: int, pin: bool) -> tuple[float, float]:
+    """Requests/s and CPU microseconds per request of one server."""
     port = free_port()
     if kind == "nginx":
         conf = tmp / "nginx.conf"
@@ -127,7 +147,9 @@ def run_one(kind: str, tmp: Path, lua: Path, duration: int, pin: bool) -> float:
     try:
         wait_port(port, proc)
         wrk(port, lua, 1, pin)          # warm-up: connections, caches, page faults
-        return wrk(port, lua, duration, pin)
+        cpu0 = cpu_seconds(proc.pid)
+        rate, count = wrk(port, lua, duration, pin)
+        return rate, (cpu_seconds(proc.pid) - cpu0) / count * 1e6
     finally:
         proc.send_signal(signal.SIGTERM if kind == "lean" else signal.SIGQUIT)
         try:
@@ -153,23 +175,28 @@ def main() -> None:
     duration, rounds = min(args.duration, 30), min(args.rounds, 5)
     pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2 and bool(shutil.which("taskset"))
     rates: dict[str, list[float]] = {"nginx": [], "lean": []}
+    cpu_us: dict[str, list[float]] = {"nginx": [], "lean": []}
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmpdir:
         tmp = Path(tmpdir)
         lua = tmp / "post.lua"
         lua.write_text(WRK_LUA.format(body=body_6kb()))
         for _ in range(rounds):
             for kind in ("nginx", "lean"):
-                rate = run_one(kind, tmp, lua, duration, pin)
+                rate, cpu = run_one(kind, tmp, lua, duration, pin)
                 rates[kind].append(rate)
-                print(f"{kind:6s} {rate:10.0f} req/s", flush=True)
+                cpu_us[kind].append(cpu)
+                print(f"{kind:6s} {rate:10.0f} req/s  {cpu:6.2f} us CPU/request", flush=True)
     nginx, lean = max(rates["nginx"]), max(rates["lean"])
     ratio = lean / nginx
+    cpu_ratio = min(cpu_us["nginx"]) / min(cpu_us["lean"])
     load = os.getloadavg()[0]
-    print(f"lean/nginx = {ratio:.2f}  (best of {rounds}; wrk -t1 -c32 -d{duration}s, "
-          f"6 KB POST, pinned={pin}, load average before the end {load:.2f})")
+    print(f"lean/nginx = {ratio:.2f} by rate, {cpu_ratio:.2f} by CPU per request  (best of "
+          f"{rounds}; wrk -t1 -c32 -d{duration}s, 6 KB POST, pinned={pin}, 1-min load "
+          f"average at the end {load:.2f})")
     OUT.mkdir(exist_ok=True)
     (OUT / "bench_http_server.json").write_text(json.dumps(
-        {"rates": rates, "ratio": ratio, "duration_s": duration, "pinned": pin,
+        {"rates": rates, "cpu_us_per_request": cpu_us, "ratio": ratio,
+         "cpu_ratio": cpu_ratio, "duration_s": duration, "pinned": pin,
          "loadavg_1m": load}, indent=2))
 
 

@@ -42,12 +42,12 @@ def _status_line(status: int) -> bytes:
 
 
 # "HTTP/1.1 200 OK\r\nContent-Type: ": what precedes the content type in every reply.
-_HEADS: dict[int, bytes] = {s: _status_line(s) + b"Content-Type: " for s in range(100, 600)}
+HEADS: dict[int, bytes] = {s: _status_line(s) + b"Content-Type: " for s in range(100, 600)}
 
 
 def reply_head(status: int) -> bytes:
     """Status line and the name of the Content-Type header, cached per status code."""
-    head = _HEADS.get(status)
+    head = HEADS.get(status)
     if head is None:
         head = _status_line(status) + b"Content-Type: "
     return head

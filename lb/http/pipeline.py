@@ -28,6 +28,7 @@ from lb.http.limits import (
     CONNECTION_CLOSE,
     CONNECTION_KEEP_ALIVE,
     CONTINUE,
+    HEADS,
     MESSAGES,
     error_body,
     reply_head,
@@ -54,10 +55,10 @@ PAUSE_QUEUE = 2
 class Pipeline(asyncio.Protocol):
     """Requests in, replies out, in order; see the module docstring."""
 
-    __slots__ = ("_active", "_closed", "_deadline", "_dispatching", "_ex", "_input_done",
-                 "_lim", "_loop", "_lost", "_now", "_paused", "_phase", "_queue",
-                 "_queued_bytes", "_remote", "_send_timer", "_server", "_shutting", "_timer",
-                 "_timer_at", "_transport", "_write_paused")
+    __slots__ = ("_active", "_closed", "_deadline", "_dispatching", "_input_done", "_lim",
+                 "_loop", "_lost", "_now", "_paused", "_phase", "_queue", "_queued_bytes",
+                 "_remote", "_req", "_send_timer", "_server", "_shutting", "_timer", "_timer_at",
+                 "_transport", "_write_paused")
     _transport: asyncio.Transport
 
     def __init__(self, server: HttpServer, loop: asyncio.AbstractEventLoop) -> None:
@@ -66,7 +67,7 @@ class Pipeline(asyncio.Protocol):
         self._loop = loop
         self._remote = ""
         self._now = 0.0
-        self._ex = Exchange(self, Request("", 0.0))   # the one being parsed (HEAD..WAIT100)
+        self._req = Request("", 0.0)                   # the one being parsed (HEAD..WAIT100)
         self._active: Exchange | None = None           # the one the app holds
         self._queue: deque[Exchange] = deque()         # complete, waiting for the app
         self._queued_bytes = 0
@@ -127,9 +128,8 @@ class Pipeline(asyncio.Protocol):
         if self._closed:
             return
         self._input_done = True
-        ex = self._ex if self._phase in (HEAD, BODY, WAIT100) else None
-        if ex is None:
-            ex = Exchange(self, Request(self._remote, self._now))
+        parsing = self._phase in (HEAD, BODY, WAIT100)
+        ex = Exchange(self, self._req if parsing else Request(self._remote, self._now))
         ex.request.keep_alive = False
         ex.request.body = b""
         ex._error = status
@@ -146,6 +146,7 @@ class Pipeline(asyncio.Protocol):
             return          # a synchronous reply inside the loop below
         self._dispatching = True
         queue = self._queue
+        server = self._server
         try:
             while self._active is None and queue and not self._write_paused:
                 ex = queue.popleft()
@@ -153,22 +154,23 @@ class Pipeline(asyncio.Protocol):
                 self._active = ex
                 if ex._error:
                     ex.respond(ex._error, ex._error_body)
-                else:
-                    self._call_app(ex)
+                    continue
+                server.requests += 1
+                try:
+                    server.app.handle(ex)
+                except Exception as exc:
+                    self._app_failed(ex, exc)
         finally:
             self._dispatching = False
         if self._active is None and not queue and not self._closed:
             self._idle()
 
-    def _call_app(self, ex: Exchange) -> None:
-        self._server.requests += 1
-        try:
-            self._server.app.handle(ex)
-        except Exception:
-            req = ex.request
-            log.exception("app failed on %s %s from %s", req.method, req.path, req.remote)
-            self._server.errors[500] += 1
-            ex.respond(500, error_body(MESSAGES[500]))
+    def _app_failed(self, ex: Exchange, exc: Exception) -> None:
+        req = ex.request
+        log.error("app failed on %s %s from %s", req.method, req.path, req.remote,
+                  exc_info=exc)
+        self._server.errors[500] += 1
+        ex.respond(500, error_body(MESSAGES[500]))
 
     def _idle(self) -> None:
         """Nothing queued or in flight: resume reading, start the keep-alive clock, or
@@ -177,7 +179,9 @@ class Pipeline(asyncio.Protocol):
             self._unpause(PAUSE_QUEUE)
         if self._phase == IDLE:
             if not self._input_done:
-                self._arm(IDLE, self._loop.time() + self._lim.keepalive_s)
+                self._deadline = deadline = self._loop.time() + self._lim.keepalive_s
+                if deadline < self._timer_at:
+                    self._rearm(deadline)
         elif self._phase == WAIT100:
             self._transport.write(CONTINUE)
             self._arm(BODY, self._loop.time() + self._lim.body_timeout_s)
@@ -191,12 +195,15 @@ class Pipeline(asyncio.Protocol):
         close = not req.keep_alive or self._shutting or (self._input_done and not self._queue)
         conn = CONNECTION_CLOSE if close else (
             CONNECTION_KEEP_ALIVE if req.version == "1.0" else b"")
-        data = b"".join((reply_head(status), content_type, b"\r\nContent-Length: ",
-                         b"%d" % len(body), b"\r\n", headers, conn, b"\r\n",
-                         b"" if req.method == "HEAD" else body))
+        data = b"".join((HEADS.get(status) or reply_head(status), content_type,
+                         b"\r\nContent-Length: ", b"%d" % len(body), b"\r\n", headers, conn,
+                         b"\r\n", b"" if req.method == "HEAD" else body))
         ex.written = len(data)
-        self._transport.write(data)
         self._active = None
+        try:
+            self._transport.write(data)
+        except (RuntimeError, OSError):
+            return          # uvloop closed the handle; connection_lost is on its way
         if close:
             self._close(linger=ex._error != 0)
         elif not self._dispatching:
@@ -207,14 +214,18 @@ class Pipeline(asyncio.Protocol):
     def _arm(self, phase: int, deadline: float) -> None:
         """Enter `phase` with `deadline`. The timer is only moved when it would fire too
         late; firing early, it re-arms itself (see _on_timer), so a steady stream of
-        requests costs a float store per phase, not a timer per request."""
+        requests costs a float store per phase, not a timer per request. (The hot
+        paths inline this.)"""
         self._phase = phase
         self._deadline = deadline
         if deadline < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self._loop.call_at(deadline, self._on_timer)
-            self._timer_at = deadline
+            self._rearm(deadline)
+
+    def _rearm(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer_at = deadline
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -40,19 +40,21 @@ class _Reject(Exception):
 class ServerConnection(Pipeline):
     """One client connection; see the module docstrings of this module and Pipeline."""
 
-    __slots__ = ("_body", "_body_len", "_content_length", "_expect", "_fresh", "_head_bytes",
-                 "_head_size", "_parser", "_parts", "_reject", "_reject_msg", "_req", "_url")
+    __slots__ = ("_body", "_body_len", "_conn_header", "_content_length", "_expect", "_fresh",
+                 "_head_bytes", "_head_size", "_headers", "_parser", "_parts", "_reject",
+                 "_reject_msg", "_url")
 
     def __init__(self, server: HttpServer, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(server, loop)
         self._parser = httptools.HttpRequestParser(self)
-        self._req = self._ex.request
+        self._headers = self._req.headers
         self._url = b""
         self._head_size = 0         # bytes of header names + values so far
         self._head_bytes = 0        # wire bytes of chunks that held only this head
         self._fresh = False         # the head began in the chunk being fed
         self._content_length = -1
         self._expect = False
+        self._conn_header = False
         self._body = b""
         self._parts: list[bytes] | None = None
         self._body_len = 0
@@ -83,14 +85,18 @@ class ServerConnection(Pipeline):
     # --- llhttp callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._req = req = Request(self._remote, self._now)
-        self._ex = Exchange(self, req)
+        now = self._now
+        self._req = req = Request(self._remote, now)
+        self._headers = req.headers
         self._url = b""
         self._head_size = self._head_bytes = self._body_len = 0
         self._fresh = True
         self._content_length = -1
-        self._expect = False
-        self._arm(HEAD, self._now + self._lim.header_timeout_s)
+        self._expect = self._conn_header = False
+        self._phase = HEAD
+        self._deadline = deadline = now + self._lim.header_timeout_s
+        if deadline < self._timer_at:
+            self._rearm(deadline)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -98,12 +104,11 @@ class ServerConnection(Pipeline):
             self._stop(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Count and size are checked once the head is complete: until then memory is
+        # bounded by the wire count in _count_head.
         name = name.lower()
-        headers = self._req.headers
-        headers.append((name, value))
+        self._headers.append((name, value))
         self._head_size += len(name) + len(value)
-        if self._head_size > self._lim.max_header_bytes or len(headers) > self._lim.max_headers:
-            self._stop(431)
         if name == b"content-length":
             try:
                 self._content_length = int(value)
@@ -111,24 +116,39 @@ class ServerConnection(Pipeline):
                 self._stop(400, "Malformed HTTP request: invalid Content-Length")
         elif name == b"expect":
             self._expect = value.lower() == b"100-continue"
+        elif name == b"connection":
+            self._conn_header = True
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         req = self._req
         method = parser.get_method()
         req.method = _METHODS.get(method) or method.decode("latin-1")
-        req.version = parser.get_http_version()
-        req.keep_alive = parser.should_keep_alive()
-        self._split_url(req)
-        if self._content_length > self._lim.max_body_bytes:
+        req.keep_alive = keep_alive = parser.should_keep_alive()
+        # llhttp takes 0.9, 1.0, 1.1 and 2.0; of these only 1.1 keeps alive by default,
+        # so the (slow) version string is needed only when that default did not apply.
+        if not keep_alive or self._conn_header:
+            req.version = parser.get_http_version()
+        url = self._url
+        if url[:1] == b"/" and b"#" not in url:     # origin-form: what clients send
+            path, _, req.query = url.partition(b"?")
+            req.path = path.decode("latin-1")
+        else:
+            self._split_url(req, url)
+        lim = self._lim
+        if self._head_size > lim.max_header_bytes or len(self._headers) > lim.max_headers:
+            self._stop(431)
+        if self._content_length > lim.max_body_bytes:
             self._stop(413)             # at once: no 100 Continue, no body read
-        if (self._expect and self._content_length != 0 and req.version == "1.1"
-                and not parser.should_upgrade()):
+        if self._expect and self._content_length != 0 and req.version == "1.1":
             if self._active is not None or self._queue:
                 self._arm(WAIT100, INF)     # sent when this request is next in line
                 return
             self._transport.write(CONTINUE)
-        self._arm(BODY, self._now + self._lim.body_timeout_s)
+        self._phase = BODY
+        self._deadline = deadline = self._now + lim.body_timeout_s
+        if deadline < self._timer_at:
+            self._rearm(deadline)
 
     def on_body(self, body: bytes) -> None:
         size = self._body_len + len(body)
@@ -150,19 +170,18 @@ class ServerConnection(Pipeline):
         else:
             req.body = self._body
         self._body = b""
-        self._queue.append(self._ex)
+        self._queue.append(Exchange(self, req))
         self._queued_bytes += len(req.body)
         if not req.keep_alive:
             self._input_done = True
-        self._arm(IDLE, INF)            # busy: no keep-alive clock until the reply
+        self._phase = IDLE              # busy: no keep-alive clock until the reply
+        self._deadline = INF
 
     # --- helpers ------------------------------------------------------------------------
 
-    def _split_url(self, req: Request) -> None:
-        url = self._url
-        if b"#" in url:
-            url = url.partition(b"#")[0]
-        if url[:1] == b"/":             # origin-form, what clients send
+    def _split_url(self, req: Request, url: bytes) -> None:
+        url = url.partition(b"#")[0]
+        if url[:1] == b"/":
             path, _, req.query = url.partition(b"?")
             req.path = path.decode("latin-1")
         elif url == b"*":
