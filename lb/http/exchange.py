@@ -21,15 +21,18 @@ class Request:
     __slots__ = ("body", "headers", "keep_alive", "method", "path", "query", "remote",
                  "start", "version")
 
-    def __init__(self, remote: str, start: float) -> None:
-        self.method = ""
-        self.path = ""                  # raw target path, latin-1 decoded, no query
-        self.query = b""
-        self.headers: list[tuple[bytes, bytes]] = []    # lower-case names, arrival order
-        self.body = b""
-        self.version = "1.1"
-        self.keep_alive = True
-        self.remote = remote
+    def __init__(self, method: str = "GET", path: str = "/", query: bytes = b"",
+                 headers: list[tuple[bytes, bytes]] | None = None, body: bytes = b"",
+                 version: str = "1.1", keep_alive: bool = True, remote: str = "",
+                 start: float = 0.0) -> None:
+        self.method = method
+        self.path = path                # raw target path, latin-1 decoded, no query
+        self.query = query              # b"" when none
+        self.headers = [] if headers is None else headers  # lower-case names, in order
+        self.body = body                # complete, de-chunked
+        self.version = version          # "1.0" | "1.1"
+        self.keep_alive = keep_alive    # llhttp's verdict
+        self.remote = remote            # peer IP
         self.start = start              # loop.time() of the request's first byte
 
     def header(self, name: bytes) -> bytes | None:
@@ -43,14 +46,12 @@ class Request:
 class Exchange:
     """One request and its one reply; the app answers through `respond`."""
 
-    __slots__ = ("_conn", "_done", "_error", "_error_body", "on_abort", "request", "status",
-                 "written")
+    __slots__ = ("_conn", "_done", "_error", "on_abort", "request", "status", "written")
 
     def __init__(self, conn: Pipeline, request: Request) -> None:
         self._conn = conn
         self._done = False
-        self._error = 0                 # a status the server answers itself, 0 if none
-        self._error_body = b""
+        self._error: tuple[int, bytes] | None = None    # a reply the server makes itself
         self.request = request
         self.on_abort: Callable[[], None] | None = None
         self.status = 0                 # of the reply, for the access log

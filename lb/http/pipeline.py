@@ -55,22 +55,22 @@ PAUSE_QUEUE = 2
 class Pipeline(asyncio.Protocol):
     """Requests in, replies out, in order; see the module docstring."""
 
-    __slots__ = ("_active", "_closed", "_deadline", "_dispatching", "_input_done", "_lim",
-                 "_loop", "_lost", "_now", "_paused", "_phase", "_queue", "_queued_bytes",
-                 "_remote", "_req", "_send_timer", "_server", "_shutting", "_timer", "_timer_at",
+    __slots__ = ("_active", "_app", "_closed", "_deadline", "_dispatching", "_input_done",
+                 "_lim", "_loop", "_lost", "_now", "_paused", "_phase", "_queue", "_remote",
+                 "_req", "_send_timer", "_server", "_shutting", "_timer", "_timer_at",
                  "_transport", "_write_paused")
     _transport: asyncio.Transport
 
     def __init__(self, server: HttpServer, loop: asyncio.AbstractEventLoop) -> None:
         self._server = server
+        self._app = server.app
         self._lim = server.limits
         self._loop = loop
         self._remote = ""
         self._now = 0.0
-        self._req = Request("", 0.0)                   # the one being parsed (HEAD..WAIT100)
+        self._req = Request()           # the one being parsed, once its head is (BODY, WAIT100)
         self._active: Exchange | None = None           # the one the app holds
         self._queue: deque[Exchange] = deque()         # complete, waiting for the app
-        self._queued_bytes = 0
         self._dispatching = False
         self._input_done = False    # no further request will be parsed
         self._shutting = False
@@ -128,12 +128,13 @@ class Pipeline(asyncio.Protocol):
         if self._closed:
             return
         self._input_done = True
-        parsing = self._phase in (HEAD, BODY, WAIT100)
-        ex = Exchange(self, self._req if parsing else Request(self._remote, self._now))
-        ex.request.keep_alive = False
-        ex.request.body = b""
-        ex._error = status
-        ex._error_body = error_body(message)
+        if self._phase in (BODY, WAIT100):
+            req = self._req
+            req.keep_alive = False
+        else:
+            req = Request("", "", keep_alive=False, remote=self._remote, start=self._now)
+        ex = Exchange(self, req)
+        ex._error = (status, error_body(message))
         self._server.errors[status] = self._server.errors.get(status, 0) + 1
         self._arm(IDLE, INF)
         self._queue.append(ex)
@@ -149,15 +150,13 @@ class Pipeline(asyncio.Protocol):
         server = self._server
         try:
             while self._active is None and queue and not self._write_paused:
-                ex = queue.popleft()
-                self._queued_bytes -= len(ex.request.body)
-                self._active = ex
-                if ex._error:
-                    ex.respond(ex._error, ex._error_body)
+                self._active = ex = queue.popleft()
+                if ex._error is not None:
+                    ex.respond(*ex._error)
                     continue
                 server.requests += 1
                 try:
-                    server.app.handle(ex)
+                    self._app.handle(ex)
                 except Exception as exc:
                     self._app_failed(ex, exc)
         finally:
@@ -189,8 +188,8 @@ class Pipeline(asyncio.Protocol):
     def send_reply(self, ex: Exchange, status: int, body: bytes, content_type: bytes,
                    headers: bytes) -> None:
         """Called by `Exchange.respond` (once per exchange)."""
-        if self._closed or ex is not self._active:
-            return
+        if ex is not self._active:
+            return          # the connection was lost or aborted: nobody to answer
         req = ex.request
         close = not req.keep_alive or self._shutting or (self._input_done and not self._queue)
         conn = CONNECTION_CLOSE if close else (
@@ -205,7 +204,7 @@ class Pipeline(asyncio.Protocol):
         except (RuntimeError, OSError):
             return          # uvloop closed the handle; connection_lost is on its way
         if close:
-            self._close(linger=ex._error != 0)
+            self._close(linger=ex._error is not None)
         elif not self._dispatching:
             self._dispatch()
 

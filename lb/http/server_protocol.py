@@ -40,18 +40,20 @@ class _Reject(Exception):
 class ServerConnection(Pipeline):
     """One client connection; see the module docstrings of this module and Pipeline."""
 
-    __slots__ = ("_body", "_body_len", "_conn_header", "_content_length", "_expect", "_fresh",
-                 "_head_bytes", "_head_size", "_headers", "_parser", "_parts", "_reject",
-                 "_reject_msg", "_url")
+    __slots__ = ("_body", "_body_len", "_chunk_len", "_conn_header", "_content_length",
+                 "_expect", "_head_bytes", "_head_wire", "_headers", "_parser", "_parts",
+                 "_reject", "_reject_msg", "_start", "_url")
 
     def __init__(self, server: HttpServer, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(server, loop)
         self._parser = httptools.HttpRequestParser(self)
-        self._headers = self._req.headers
+        self._start = 0.0
+        self._headers: list[tuple[bytes, bytes]] = []
         self._url = b""
-        self._head_size = 0         # bytes of header names + values so far
-        self._head_bytes = 0        # wire bytes of chunks that held only this head
-        self._fresh = False         # the head began in the chunk being fed
+        self._chunk_len = 0         # bytes of the chunk being fed
+        self._head_wire = 0         # bytes of the chunk the head began in
+        self._head_bytes = 0        # bytes of later chunks that held only this head; -1:
+                                    # the head began in the chunk being fed
         self._content_length = -1
         self._expect = False
         self._conn_header = False
@@ -65,6 +67,7 @@ class ServerConnection(Pipeline):
         if self._input_done:
             return          # after an error, an upgrade or a last request: discarded
         self._now = self._loop.time()
+        self._chunk_len = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -76,21 +79,24 @@ class ServerConnection(Pipeline):
             if self._phase == HEAD:
                 self._count_head(len(data))
         queue = self._queue
-        if queue and self._active is None:
-            self._dispatch()
-        if queue and (len(queue) >= self._lim.max_pipeline
-                      or self._queued_bytes >= self._lim.max_pipeline_bytes):
-            self._pause(PAUSE_QUEUE)
+        if queue:
+            if self._active is None:
+                self._dispatch()
+            if queue:               # pipelined requests wait: bound them
+                lim = self._lim
+                if (len(queue) >= lim.max_pipeline or sum(len(ex.request.body) for ex in queue)
+                        >= lim.max_pipeline_bytes):
+                    self._pause(PAUSE_QUEUE)
 
     # --- llhttp callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        now = self._now
-        self._req = req = Request(self._remote, now)
-        self._headers = req.headers
+        self._start = now = self._now
+        self._headers = []
         self._url = b""
-        self._head_size = self._head_bytes = self._body_len = 0
-        self._fresh = True
+        self._body_len = 0
+        self._head_wire = self._chunk_len
+        self._head_bytes = -1
         self._content_length = -1
         self._expect = self._conn_header = False
         self._phase = HEAD
@@ -108,7 +114,6 @@ class ServerConnection(Pipeline):
         # bounded by the wire count in _count_head.
         name = name.lower()
         self._headers.append((name, value))
-        self._head_size += len(name) + len(value)
         if name == b"content-length":
             try:
                 self._content_length = int(value)
@@ -121,23 +126,31 @@ class ServerConnection(Pipeline):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        req = self._req
+        headers = self._headers
+        lim = self._lim
+        if len(headers) > lim.max_headers:
+            self._stop(431)
+        wire = self._head_wire          # at least the head's bytes on the wire: the exact
+        if self._head_bytes >= 0:       # sum is only needed when this could pass the limit
+            wire += self._head_bytes + self._chunk_len
+        if wire > lim.max_header_bytes and (
+                sum(len(n) + len(v) for n, v in headers) > lim.max_header_bytes):
+            self._stop(431)
         method = parser.get_method()
-        req.method = _METHODS.get(method) or method.decode("latin-1")
-        req.keep_alive = keep_alive = parser.should_keep_alive()
+        keep_alive = parser.should_keep_alive()
         # llhttp takes 0.9, 1.0, 1.1 and 2.0; of these only 1.1 keeps alive by default,
         # so the (slow) version string is needed only when that default did not apply.
+        version = "1.1"
         if not keep_alive or self._conn_header:
-            req.version = parser.get_http_version()
+            version = parser.get_http_version()
         url = self._url
         if url[:1] == b"/" and b"#" not in url:     # origin-form: what clients send
-            path, _, req.query = url.partition(b"?")
-            req.path = path.decode("latin-1")
+            path, _, query = url.partition(b"?")
         else:
-            self._split_url(req, url)
-        lim = self._lim
-        if self._head_size > lim.max_header_bytes or len(self._headers) > lim.max_headers:
-            self._stop(431)
+            path, query = self._split_url(url)
+        self._req = req = Request(_METHODS.get(method) or method.decode("latin-1"),
+                                  path.decode("latin-1"), query, headers, b"", version,
+                                  keep_alive, self._remote, self._start)
         if self._content_length > lim.max_body_bytes:
             self._stop(413)             # at once: no 100 Continue, no body read
         if self._expect and self._content_length != 0 and req.version == "1.1":
@@ -171,7 +184,6 @@ class ServerConnection(Pipeline):
             req.body = self._body
         self._body = b""
         self._queue.append(Exchange(self, req))
-        self._queued_bytes += len(req.body)
         if not req.keep_alive:
             self._input_done = True
         self._phase = IDLE              # busy: no keep-alive clock until the reply
@@ -179,20 +191,19 @@ class ServerConnection(Pipeline):
 
     # --- helpers ------------------------------------------------------------------------
 
-    def _split_url(self, req: Request, url: bytes) -> None:
+    def _split_url(self, url: bytes) -> tuple[bytes, bytes]:
+        """Path and query of a target that is not a plain origin-form one."""
         url = url.partition(b"#")[0]
         if url[:1] == b"/":
-            path, _, req.query = url.partition(b"?")
-            req.path = path.decode("latin-1")
-        elif url == b"*":
-            req.path = "*"
-        else:                           # absolute-form
-            try:
-                parsed = httptools.parse_url(url)
-            except httptools.HttpParserInvalidURLError:
-                self._stop(400, "Malformed HTTP request: invalid URL")
-            req.path = (parsed.path or b"/").decode("latin-1")
-            req.query = parsed.query or b""
+            path, _, query = url.partition(b"?")
+            return path, query
+        if url == b"*":
+            return url, b""
+        try:                            # absolute-form
+            parsed = httptools.parse_url(url)
+        except httptools.HttpParserInvalidURLError:
+            self._stop(400, "Malformed HTTP request: invalid URL")
+        return parsed.path or b"/", parsed.query or b""
 
     def _stop(self, status: int, message: str = "") -> NoReturn:
         """Stop llhttp from a callback; data_received answers `status`."""
@@ -202,8 +213,8 @@ class ServerConnection(Pipeline):
 
     def _count_head(self, size: int) -> None:
         """Bound the head on the wire: llhttp holds a header's parts before on_header."""
-        if self._fresh:                 # the head began inside this chunk
-            self._fresh = False
+        if self._head_bytes < 0:        # the head began inside this chunk
+            self._head_bytes = 0
         else:
             self._head_bytes += size
             if self._head_bytes > self._lim.head_cap():

@@ -175,6 +175,24 @@ def test_request_fields_and_reply_shape(run: Run) -> None:
     run(body())
 
 
+def test_request_target_forms(run: Run) -> None:
+    async def body() -> None:
+        async with serving() as (server, _app):
+            c = await Client.connect(server)
+            cases = [(b"GET http://h:1/p/q?x=y HTTP/1.1\r\n\r\n", "/p/q", "x=y"),
+                     (b"GET http://h HTTP/1.1\r\n\r\n", "/", ""),
+                     (b"OPTIONS * HTTP/1.1\r\n\r\n", "*", ""),
+                     (b"GET /a%20b?c#frag HTTP/1.1\r\n\r\n", "/a%20b", "c")]
+            for raw, path, query in cases:
+                c.send(raw)
+                got = (await c.reply()).json()
+                assert (got["path"], got["query"]) == (path, query)
+            c.send(get("/h", "X-Echo: first\r\nX-Echo: second\r\n"))
+            assert (await c.reply()).json()["x_echo"] == "first"
+            c.close()
+    run(body())
+
+
 def test_keep_alive_many_requests_one_connection(run: Run) -> None:
     async def body() -> None:
         async with serving() as (server, _app):
