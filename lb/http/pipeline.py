@@ -162,7 +162,13 @@ class Pipeline(asyncio.Protocol):
         finally:
             self._dispatching = False
         if self._active is None and not queue and not self._closed:
-            self._idle()
+            if self._phase == IDLE and not (self._paused or self._input_done):
+                # the common case of _idle, inline: start the keep-alive clock
+                self._deadline = deadline = self._loop.time() + self._lim.keepalive_s
+                if deadline < self._timer_at:
+                    self._rearm(deadline)
+            else:
+                self._idle()
 
     def _app_failed(self, ex: Exchange, exc: Exception) -> None:
         req = ex.request

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lb.http")
 
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
+_WATCHED = frozenset((b"content-length", b"expect", b"connection"))
 
 
 class _Reject(Exception):
@@ -114,6 +115,10 @@ class ServerConnection(Pipeline):
         # bounded by the wire count in _count_head.
         name = name.lower()
         self._headers.append((name, value))
+        if name in _WATCHED:
+            self._watch(name, value)
+
+    def _watch(self, name: bytes, value: bytes) -> None:
         if name == b"content-length":
             try:
                 self._content_length = int(value)
@@ -121,7 +126,7 @@ class ServerConnection(Pipeline):
                 self._stop(400, "Malformed HTTP request: invalid Content-Length")
         elif name == b"expect":
             self._expect = value.lower() == b"100-continue"
-        elif name == b"connection":
+        else:
             self._conn_header = True
 
     def on_headers_complete(self) -> None:
