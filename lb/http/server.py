@@ -1,0 +1,82 @@
+"""The client-facing HTTP/1.1 server of the REST front (httptools/llhttp on uvloop).
+
+Called by the REST front, which wraps its request core (an `App`) in an `HttpServer`:
+`await HttpServer(app, limits).start(host, port)`, later `await server.shutdown(grace_s)`.
+It knows nothing of TF Serving or of proxying; per-connection behaviour (ordering,
+pipelining, limits, timeouts, aborts) is guaranteed by `lb.http.server_protocol`.
+Guarantees here: shutdown in uvicorn's order (stop accepting, close idle connections,
+close busy ones after their reply, abort what is left after the grace period) and
+returns within `grace_s` plus about a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from lb.http.exchange import App, Exchange, Request
+from lb.http.limits import ServerLimits
+from lb.http.pipeline import Pipeline
+from lb.http.server_protocol import ServerConnection
+
+__all__ = ["App", "Exchange", "HttpServer", "Request", "ServerLimits"]
+
+
+class HttpServer:
+    """Listens, owns the connections, counts what happened, shuts down gracefully."""
+
+    def __init__(self, app: App, limits: ServerLimits) -> None:
+        self.app = app
+        self.limits = limits
+        self.conns: set[Pipeline] = set()
+        self.requests = 0
+        self.errors: dict[int, int] = {400: 0, 408: 0, 413: 0, 414: 0, 431: 0, 500: 0}
+        self.closing = False
+        self._server: asyncio.Server | None = None
+        self._drained: asyncio.Event | None = None
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = True,
+                    backlog: int = 1024) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ServerConnection(self, loop), host, port, reuse_port=reuse_port,
+            backlog=backlog)
+
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("HttpServer is not listening")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop accepting; close idle connections now and busy ones after their reply;
+        after `grace_s`, abort the rest (their current exchanges get on_abort)."""
+        self.closing = True
+        self._drained = asyncio.Event()
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.conns):
+            conn.shutdown()
+        await self._wait_drained(grace_s)
+        for conn in list(self.conns):
+            conn.abort()
+        await self._wait_drained(1.0)
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+
+    async def _wait_drained(self, within_s: float) -> None:
+        if self.conns and self._drained is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), within_s)
+
+    def forget(self, conn: Pipeline) -> None:
+        self.conns.discard(conn)
+        if not self.conns and self._drained is not None:
+            self._drained.set()
+
+    def stats(self) -> dict[str, int]:
+        out = {"connections": len(self.conns), "requests": self.requests}
+        for status, count in self.errors.items():
+            out[f"errors_{status}"] = count
+        return out

@@ -1,0 +1,204 @@
+"""The lean HTTP server against nginx: requests/s of a trivial reply to a ~6 KB POST.
+
+    .venv/bin/python scripts/bench_http_server.py [--duration 5] [--rounds 1] [--no-pin]
+
+Starts nginx (`worker_processes 1`, a `return 200` location) and `lb.http.server`
+(`HttpServer` on uvloop with an app that answers synchronously), each a single
+process on a free 127.0.0.1 port, and drives each in turn with
+`wrk -t1 -c32 -d<duration>s` posting the same 6 KB JSON body. By default the server
+under test is pinned to CPU 1 and wrk to CPU 0, so both servers get one core each.
+Prints each rate and the ratio lean/nginx, and each server's CPU time per request
+(user + system, from /proc: less disturbed than the rate when other work shares the
+machine); writes bench-out/bench_http_server.json.
+Needs `nginx` and `wrk` (apt-get install nginx-light wrk). Figures are only
+comparable within one run on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.benchenv import OUT, free_port
+
+REPLY = b'{"predictions": [2.5]}'
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        location / {{
+            default_type application/json;
+            return 200 '{reply}';
+        }}
+    }}
+}}
+"""
+WRK_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [[{body}]]
+"""
+
+
+def body_6kb() -> str:
+    row = ", ".join(f"{0.001 * i:.3f}" for i in range(1300))
+    return '{"instances": [[' + row + "]]}"
+
+
+def serve(port: int) -> None:
+    """The lean server with an app that answers at once (run in a child process)."""
+    import uvloop
+
+    from lb.http.server import Exchange, HttpServer, ServerLimits
+
+    class Trivial:
+        def handle(self, exchange: Exchange) -> None:
+            exchange.respond(200, REPLY)
+
+    async def main() -> None:
+        server = HttpServer(Trivial(), ServerLimits())
+        await server.start("127.0.0.1", port)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await server.shutdown(1.0)
+
+    uvloop.run(main())
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port} after {timeout}s")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children (nginx's worker)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for p in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def wrk(port: int, lua: Path, duration: int, pin: bool) -> tuple[float, int]:
+    """Requests/s and the number of requests of one wrk run."""
+    cmd = ["wrk", "-t1", "-c32", f"-d{duration}s", "-s", str(lua), f"http://127.0.0.1:{port}/"]
+    if pin:
+        cmd = ["taskset", "-c", "0", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30,
+                         check=True).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    if errors:
+        print(out, file=sys.stderr)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    count = re.search(r"(\d+) requests in", out)
+    if not rate or not count:
+        raise RuntimeError(f"no Requests/sec in wrk output:\n{out}")
+    return float(rate.group(1)), int(count.group(1))
+
+
+def run_one(kind: str, tmp: Path, lua: Path, duration: int, pin: bool) -> tuple[float, float]:
+    """Requests/s and CPU microseconds per request of one server."""
+    port = free_port()
+    if kind == "nginx":
+        conf = tmp / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, reply=REPLY.decode()))
+        cmd = [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p", str(tmp)]
+    else:
+        cmd = [sys.executable, __file__, "--serve", str(port)]
+    if pin:
+        cmd = ["taskset", "-c", "1", *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, proc)
+        wrk(port, lua, 1, pin)          # warm-up: connections, caches, page faults
+        cpu0 = cpu_seconds(proc.pid)
+        rate, count = wrk(port, lua, duration, pin)
+        return rate, (cpu_seconds(proc.pid) - cpu0) / count * 1e6
+    finally:
+        proc.send_signal(signal.SIGTERM if kind == "lean" else signal.SIGQUIT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run (max 30)")
+    ap.add_argument("--rounds", type=int, default=1, help="nginx/lean pairs (max 5)")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin to CPUs 0 and 1")
+    ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
+    for tool in ("wrk", "nginx"):
+        if not (shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists()):
+            sys.exit(f"{tool} is not installed: apt-get install nginx-light wrk")
+    duration, rounds = min(args.duration, 30), min(args.rounds, 5)
+    pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2 and bool(shutil.which("taskset"))
+    rates: dict[str, list[float]] = {"nginx": [], "lean": []}
+    cpu_us: dict[str, list[float]] = {"nginx": [], "lean": []}
+    with tempfile.TemporaryDirectory(prefix="bench-http-") as tmpdir:
+        tmp = Path(tmpdir)
+        lua = tmp / "post.lua"
+        lua.write_text(WRK_LUA.format(body=body_6kb()))
+        for _ in range(rounds):
+            for kind in ("nginx", "lean"):
+                rate, cpu = run_one(kind, tmp, lua, duration, pin)
+                rates[kind].append(rate)
+                cpu_us[kind].append(cpu)
+                print(f"{kind:6s} {rate:10.0f} req/s  {cpu:6.2f} us CPU/request", flush=True)
+    nginx, lean = max(rates["nginx"]), max(rates["lean"])
+    ratio = lean / nginx
+    cpu_ratio = min(cpu_us["nginx"]) / min(cpu_us["lean"])
+    load = os.getloadavg()[0]
+    print(f"lean/nginx = {ratio:.2f} by rate, {cpu_ratio:.2f} by CPU per request  (best of "
+          f"{rounds}; wrk -t1 -c32 -d{duration}s, 6 KB POST, pinned={pin}, 1-min load "
+          f"average at the end {load:.2f})")
+    OUT.mkdir(exist_ok=True)
+    (OUT / "bench_http_server.json").write_text(json.dumps(
+        {"rates": rates, "cpu_us_per_request": cpu_us, "ratio": ratio,
+         "cpu_ratio": cpu_ratio, "duration_s": duration, "pinned": pin,
+         "loadavg_1m": load}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
