@@ -392,7 +392,8 @@ def cdf_chart(path: Path, title: str, curves: dict[str, list[float]]) -> Path:
 
 
 def latency_chart(path: Path, title: str, curves: dict[str, list[tuple[float, float, float]]],
-                  p99_limit_ms: float | None = None) -> Path:
+                  p99_limit_ms: float | None = None,
+                  xlabel: str = "requests/s achieved (open loop)") -> Path:
     """p99 and p50 against throughput, one line per contender: `curves` maps a name
     to (achieved rate, p50 ms, p99 ms) points; a dashed line marks `p99_limit_ms`."""
     plt = _pyplot()
@@ -407,7 +408,7 @@ def latency_chart(path: Path, title: str, curves: dict[str, list[tuple[float, fl
                         label=f"p99 limit {p99_limit_ms:g} ms")
     for ax, what in zip(axes, ("p99", "p50"), strict=True):
         ax.set_yscale("log")
-        ax.set_xlabel("requests/s achieved (open loop)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{what} latency ms (from scheduled start)")
         ax.set_title(f"{what}: {title}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
