@@ -5,7 +5,9 @@ port, waited for with a deadline and stopped by `Bench.close()` (also on
 errors); a proxy started with `--workers N` runs in its own process group,
 so stopping it never leaves a child behind. Nothing here imports TensorFlow:
 workers are child processes. `ensure_tool` installs a missing nginx or wrk
-with apt-get (a setup step, before anything is measured).
+with apt-get (a setup step, before anything is measured). `worker_counts` and
+`settle_workers` read the MNIST workers' own counters (batch rows per call, and
+when a backlog has drained).
 """
 
 from __future__ import annotations
@@ -153,6 +155,34 @@ def wait_proxy_ready(admin: str, processes: int = 1, timeout: float = 30.0) -> N
                        f"within {timeout}s")
 
 
+def worker_counts(workers: list[str]) -> tuple[int, int]:
+    """(inference requests, batch rows) the workers at these URLs served so far,
+    summed from their `/_worker/stats`: rows / requests is the batch size they saw."""
+    reqs = rows = 0
+    for url in workers:
+        status, _h, body = http_get(f"{url}/_worker/stats", timeout=5.0)
+        if status != 200:
+            raise RuntimeError(f"{url}/_worker/stats answered {status}")
+        doc = orjson.loads(body)
+        reqs, rows = reqs + int(doc["requests"]), rows + int(doc["rows"])
+    return reqs, rows
+
+
+def settle_workers(workers: list[str], timeout: float = 20.0,
+                   poll_s: float = 0.3) -> tuple[int, int]:
+    """`worker_counts` once they stop moving for `poll_s` (or at the deadline), so
+    the backlog of one overloaded run does not spill into the next run."""
+    deadline = time.monotonic() + timeout
+    last = worker_counts(workers)
+    while time.monotonic() < deadline:
+        time.sleep(poll_s)
+        now = worker_counts(workers)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def _wait_http(url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -210,6 +240,20 @@ class Bench:
             except OSError:
                 time.sleep(0.05)
         raise TimeoutError("redis-server did not start")
+
+    def start_simnode(self, name: str, mean_ms: float, *, slots: int = 2,
+                      model: str = "mnist") -> str:
+        """A simulated node (scripts/simnode.py, sigma 0.5) on a free port; its URL."""
+        from scripts import simnode
+
+        port = free_port()
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child owns it
+        self.others.append(subprocess.Popen(simnode.command(port, mean_ms, slots=slots,
+                                                            model=model),
+                                            stdout=log, stderr=subprocess.STDOUT))
+        log.close()
+        _wait_http(f"http://127.0.0.1:{port}/v1/models/{model}", 15.0)
+        return f"http://127.0.0.1:{port}"
 
     def start_proxy(self, name: str, nodes: list[dict[str, Any]], *, workers: int = 1,
                     ready: bool = True,
@@ -339,6 +383,36 @@ def cdf_chart(path: Path, title: str, curves: dict[str, list[float]]) -> Path:
     ax.legend(fontsize=7)
     for a in (ax, tail):
         a.grid(True, which="both", alpha=0.3)
+    fig.text(0.01, 0.01, NOISE_NOTE, fontsize=6)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def latency_chart(path: Path, title: str, curves: dict[str, list[tuple[float, float, float]]],
+                  p99_limit_ms: float | None = None,
+                  xlabel: str = "requests/s achieved (open loop)") -> Path:
+    """p99 and p50 against throughput, one line per contender: `curves` maps a name
+    to (achieved rate, p50 ms, p99 ms) points; a dashed line marks `p99_limit_ms`."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharex=True)
+    for name, points in curves.items():
+        pts = sorted(points)
+        for ax, k in zip(axes, (2, 1), strict=True):
+            ax.plot([p[0] for p in pts], [p[k] for p in pts], marker="o", ms=4, lw=1.2,
+                    label=name)
+    if p99_limit_ms is not None:
+        axes[0].axhline(p99_limit_ms, ls="--", color="grey", lw=0.8,
+                        label=f"p99 limit {p99_limit_ms:g} ms")
+    for ax, what in zip(axes, ("p99", "p50"), strict=True):
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{what} latency ms (from scheduled start)")
+        ax.set_title(f"{what}: {title}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
     fig.text(0.01, 0.01, NOISE_NOTE, fontsize=6)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)

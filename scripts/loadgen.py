@@ -9,7 +9,9 @@ connections: with `serve --workers N` the kernel spreads connections, not
 requests, over the processes). The sender checks itself: `send_lag_ms` is how
 late each request actually started against its schedule, and `sent_rps` the
 rate it managed, so a saturated generator shows instead of passing for a slow
-server. Every run is bounded in count and in time, and targets 127.0.0.1 only.
+server. `burst` sends a list of bodies all at once (a correctness check that
+needs concurrency, not a rate). Every run is bounded in count and in time, and
+targets 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -160,6 +162,25 @@ async def open_loop(url: str, body: Body, rate: float, count: int, *,
     finally:
         await asyncio.gather(*(s.close() for s in sessions))
     return res
+
+
+async def burst(url: str, bodies: list[bytes], *, limit: int,
+                timeout_s: float = 30.0) -> list[tuple[int, bytes]]:
+    """POST every body at once over at most `limit` connections (so a proxy sees
+    them concurrently); (status, reply body) in the order of `bodies`, status 0
+    when no reply came. Bounded by `timeout_s` per request and overall."""
+    _check_target(url)
+    hdrs = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit),
+                                     timeout=aiohttp.ClientTimeout(total=timeout_s)) as s:
+        async def one(data: bytes) -> tuple[int, bytes]:
+            try:
+                async with s.post(url, data=data, headers=hdrs) as resp:
+                    return resp.status, await resp.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return 0, repr(exc).encode()
+        done = asyncio.gather(*(one(b) for b in bodies))
+        return list(await asyncio.wait_for(done, timeout_s * 2))
 
 
 async def closed_loop(url: str, body: Body, concurrency: int, count: int, *,
