@@ -1,5 +1,4 @@
-"""The admin port (loopback by default): `/stats`, `/healthz`, `/metrics`, `POST /reload`,
-`/dashboard` and `/history` (`lb.dashboard`).
+"""The admin port (loopback by default): `/stats`, `/healthz`, `/metrics`, `POST /reload`.
 
 Called by operators and tools. `/stats` is a contract (docs/ARCHITECTURE.md): the keys
 of each node entry and of `cache` are always present, whatever the backend.
@@ -21,10 +20,9 @@ from aiohttp import web
 
 from lb.config import split_hostport
 from lb.dashboard import handle_dashboard, history_handler
-from lb.history import history_for
-from lb.metrics import CONTENT_TYPE, metrics_for
-from lb.proxy import Proxy
+from lb.metrics import CONTENT_TYPE
 from lb.reload import Reloader
+from lb.server import Proxy
 
 log = logging.getLogger("lb.admin")
 
@@ -41,12 +39,20 @@ def stats_doc(proxy: Proxy) -> dict[str, Any]:
     else:
         cache = {"backend": "none", "hits": 0, "misses": 0, "hit_rate": 0.0}
     cache["signatures"] = proxy.signatures.stats()
-    retries = {"retries": proxy.retries, "budget_rejections": proxy.retry_budget_rejections}
     # "json": no signature metadata, keys fall back to canonical JSON (1 != 1.0)
-    cache["key_modes"] = dict(proxy.key_modes)
+    cache["key_modes"] = dict(proxy.keys.key_modes)
+    cache["coalescing"] = proxy.core.flights.stats()
+    flow = proxy.dispatcher.stats()
     return {"nodes": proxy.pool.stats(), "cache": cache, "policy": proxy.pool.policy_name,
-            "pid": os.getpid(), "config": metrics_for(proxy).config.as_dict(),
-            "retries": retries}
+            "pid": os.getpid(), "config": proxy.status.as_dict(),
+            "retries": {"retries": flow["retries"],
+                        "budget_rejections": flow["budget_rejections"]},
+            "hedge": flow["hedge"], "waits": proxy.core.waits.as_dict(),
+            "inflight": proxy.core.inflight, "shed": proxy.core.shed,
+            "batching": proxy.core.batcher.as_dict(),
+            "upstream": {"rest": proxy.rest_upstream.stats(),
+                         "grpc_channels": proxy.grpc_upstream.channels},
+            "discovery": proxy.discovery.status.as_dict() if proxy.discovery else None}
 
 
 async def handle_stats(request: web.Request) -> web.Response:
@@ -60,7 +66,7 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
-    body = metrics_for(request.app[ADMIN_PROXY]).exposition()
+    body = request.app[ADMIN_PROXY].metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -107,7 +113,7 @@ def make_admin_app(proxy: Proxy, reloader: Reloader | None = None) -> web.Applic
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/dashboard", handle_dashboard)
-    app.router.add_get("/history", history_handler(history_for(proxy)))
+    app.router.add_get("/history", history_handler(proxy.history))
     if reloader is not None:
         app[ADMIN_RELOADER] = reloader
         app.router.add_post("/reload", handle_reload)

@@ -1,8 +1,9 @@
 """The `tfserving-lb` console script: serve, worker, export-mnist, demo, check-config.
 
-Called by the console script and by `python -m lb`. Subcommands that need
-TensorFlow (`worker`, `export-mnist`) import `backends` only when chosen, so
-`serve`, `demo` and `check-config` never load TensorFlow.
+Called by the console script and by `python -m lb`. Subcommands of the
+`backends` package (`worker`, `export-mnist`, `demo`) are imported only when
+chosen, so `serve` and `check-config` never load them (nor TensorFlow); `lb/`
+itself never imports `backends/`.
 """
 
 from __future__ import annotations
@@ -44,12 +45,6 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from lb.demo import demo_main
-
-    return demo_main(args)
-
-
 def _passthrough(module: str, argv: list[str]) -> int:
     import importlib
 
@@ -71,13 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.set_defaults(func=_check_config)
 
-    p = sub.add_parser("demo", help="local workers + proxy with the memory cache")
-    p.add_argument("--workers", type=int, default=3)
-    p.add_argument("--port", type=int, default=8501, help="proxy REST port")
-    p.add_argument("--admin-port", type=int, default=9901)
-    p.add_argument("--dir", default="demo-models", help="where the MNIST model is exported")
-    p.set_defaults(func=_demo)
-
+    sub.add_parser("demo", help="local MNIST workers + proxy with the memory cache (tf extra)",
+                   add_help=False)
     sub.add_parser("worker", help="TensorFlow model worker (needs the tf extra)", add_help=False)
     sub.add_parser("export-mnist", help="train and export the MNIST model (tf extra)",
                    add_help=False)
@@ -91,5 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _passthrough("backends.worker", args_list[1:])
     if args_list and args_list[0] == "export-mnist":
         return _passthrough("backends.export_mnist", args_list[1:])
+    if args_list and args_list[0] == "demo":
+        return _passthrough("backends.demo", args_list[1:])
     args = build_parser().parse_args(args_list)
     return int(args.func(args))

@@ -109,6 +109,7 @@ class PolicyConfig(_Strict):
     window_s: Positive = 10.0
     slow_start_s: Annotated[float, Field(ge=0)] = 5.0   # ramp of a readmitted/added node
     stall_factor: Annotated[float, Field(gt=1)] = 3.0   # oldest in flight > k·τ·units: slow now
+    tie_band: Annotated[float, Field(ge=0, le=1)] = 0.2  # scores within 20 % of the least tie
 
 
 class AdaptiveConfig(_Strict):

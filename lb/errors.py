@@ -7,14 +7,19 @@
     ├── RequestTimeout         408: the client sent its body too slowly
     ├── PayloadTooLarge        413
     ├── Unavailable            503: no node could take the request
+    │   ├── NotReady           503 + Retry-After: no node has the model AVAILABLE yet
+    │   └── Overloaded         503 + Retry-After: past limits.max_inflight
     ├── DeadlineExceeded       504: the request's deadline passed
+    │   └── NotCached          504: only-if-cached and the cache has no answer
     └── UpstreamError          a node failed before sending a response
         ├── UpstreamConnectError   connect refused / reset (safe to retry)
         └── UpstreamTimeout        a per-try timeout (connect or read)
 
-Handlers raise these; `lb.rest.error_middleware` turns them into
-`{"error": "..."}` replies. Library errors (aiohttp, OSError) are translated
-into this tree at one boundary: `lb.upstream`.
+The core raises these; each front maps them at one boundary: `lb.rest_front`
+to `{"error": "..."}` replies with `status` (and `Retry-After` when
+`retry_after` is set), `lb.grpc_front` to gRPC status codes. Library errors
+are translated into this tree at one boundary per node protocol:
+`lb.http.client` (OSError, httptools) and `lb.grpc_upstream` (AioRpcError).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ class LbError(Exception):
     """Base of everything the proxy raises on purpose."""
 
     status = 500
+    retry_after: int | None = None      # seconds, for a Retry-After header
 
 
 class ConfigError(LbError):
@@ -50,8 +56,27 @@ class Unavailable(LbError):
     status = 503
 
 
+class NotReady(Unavailable):
+    """No node has the model AVAILABLE within limits.queue_timeout_s."""
+
+    retry_after = 1
+
+
+class Overloaded(Unavailable):
+    """Past limits.max_inflight: shed at once rather than queue inside the proxy."""
+
+    retry_after = 1
+
+
 class DeadlineExceeded(LbError):
     status = 504
+
+
+class NotCached(DeadlineExceeded):
+    """Cache-Control: only-if-cached, and the cache has no answer."""
+
+    def __init__(self) -> None:
+        super().__init__("not in cache (only-if-cached)")
 
 
 class UpstreamError(LbError):

@@ -19,7 +19,7 @@ import orjson
 _TOP = re.compile(rb'^\s*\{\s*"(predictions|outputs)"')
 
 
-def _rows_to_columns(predictions: list[Any]) -> Any:
+def rows_to_columns(predictions: list[Any]) -> Any:
     if predictions and all(isinstance(p, dict) for p in predictions):
         names = list(predictions[0])
         if any(list(p) != names for p in predictions):
@@ -52,7 +52,7 @@ def adapt(body: bytes, columnar: bool) -> bytes | None:
     try:
         doc = orjson.loads(body)
         if columnar and "predictions" in doc:
-            return orjson.dumps({"outputs": _rows_to_columns(doc["predictions"])})
+            return orjson.dumps({"outputs": rows_to_columns(doc["predictions"])})
         if not columnar and "outputs" in doc:
             return orjson.dumps({"predictions": _columns_to_rows(doc["outputs"])})
         return body if want.decode() in doc else None

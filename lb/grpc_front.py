@@ -1,8 +1,10 @@
 """The gRPC front: TF Serving's gRPC services on `listen.grpc`, balanced per call.
 
 Started and stopped by `lb.server` (`GrpcFront.start` inside `start()`,
-`GrpcFront.stop` first in `Running.stop()`). Serves, with generic handlers
-whose requests and replies stay bytes:
+`GrpcFront.stop` first in `Running.stop()`). A thin adapter: it reads what
+routing needs from the wire (`lb.grpc_messages`), builds a `Call` and hands
+it to the same core as the REST front (`lb.core`). Serves, with generic
+handlers whose requests and replies stay bytes:
 
     tensorflow.serving.PredictionService   Predict (cached), Classify, Regress,
                                            MultiInference, GetModelMetadata
@@ -31,7 +33,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 import grpc.aio
 
-from lb.config import split_hostport
+from lb.call import Call, Deadline, Outcome
+from lb.config import Config, split_hostport
+from lb.core import Core, Plan
 from lb.errors import LbError
 from lb.grpc_messages import (
     NOT_SERVING,
@@ -39,14 +43,12 @@ from lb.grpc_messages import (
     Request,
     health_reply,
     health_service,
+    predict_key,
     read_request,
 )
-from lb.grpc_proxy import GrpcOutcome, GrpcProxy
-from lb.grpc_upstream import OK, GrpcUpstream, channel_options
-from lb.history import history_for
-from lb.metrics import metrics_for
-from lb.observe import Observer
-from lb.proxy import Proxy
+from lb.grpc_upstream import OK, GrpcPayload, GrpcReply, GrpcTransport, channel_options
+from lb.nodes import NodePool
+from lb.observe import Recorder
 from lb.routes import parse_cache_control
 
 log = logging.getLogger("lb.grpc")
@@ -92,16 +94,18 @@ def _cache_control(context: grpc.aio.ServicerContext) -> str | None:
 class GrpcFront:
     """The grpc.aio server and its handlers; one per proxy process."""
 
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
-        self.upstream = GrpcUpstream(proxy.cfg.grpc)
-        self.flow = GrpcProxy(proxy, self.upstream)
+    def __init__(self, core: Core, transport: GrpcTransport, recorder: Recorder,
+                 cfg: Callable[[], Config], pool: NodePool) -> None:
+        self.core = core
+        self.transport = transport
+        self.recorder = recorder
+        self._cfg = cfg
+        self.pool = pool
         self.server: grpc.aio.Server | None = None
-        self._observer = Observer(proxy, metrics_for(proxy), history_for(proxy))
 
     async def start(self, address: str) -> None:
         """Listen on `address` (host:port); raises OSError when the port cannot be bound."""
-        server = grpc.aio.server(options=channel_options(self.proxy.cfg.grpc))
+        server = grpc.aio.server(options=channel_options(self._cfg().grpc))
         server.add_generic_rpc_handlers(self._handlers())
         host, port = split_hostport(address)
         bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else address)
@@ -111,14 +115,13 @@ class GrpcFront:
         self.server = server
 
     async def stop(self, grace_s: float) -> None:
-        """Stop accepting, let calls finish within `grace_s`, then close the channels."""
+        """Stop accepting and let calls finish within `grace_s`."""
         if self.server is not None:
             try:
                 await asyncio.wait_for(self.server.stop(grace_s), grace_s + 1.0)
             except TimeoutError:
                 log.warning("gRPC front did not stop within %.1f s", grace_s)
             self.server = None
-        await self.upstream.close()
 
     def _handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
         predict = {m: grpc.unary_unary_rpc_method_handler(self._unary(PREDICTION, m))
@@ -141,13 +144,17 @@ class GrpcFront:
     async def _serve(self, path: str, method: str, raw: bytes,
                      context: grpc.aio.ServicerContext) -> bytes:
         """One proxied call: outcome or error, then the reply to the client; counted
-        in the same request metrics as the REST front."""
+        in the same request metrics as the REST front. The one place where proxy
+        errors become gRPC status codes."""
         start = time.perf_counter()
         model, node, code = "", "", grpc.StatusCode.CANCELLED
+        admitted = False
         try:
             try:
                 req = read_request(method, raw)
                 model = req.spec.name
+                self.core.admit()
+                admitted = True
                 out = await self._outcome(path, method, req, raw, context)
             except LbError as exc:
                 code = status_code(exc)
@@ -158,33 +165,41 @@ class GrpcFront:
                 log.exception("unexpected error on %s", path)
                 code = grpc.StatusCode.INTERNAL
                 await context.abort(code, f"proxy error: {type(exc).__name__}")
-            node, code = out.node or "", out.reply.code
-            meta = [("x-cache", out.x_cache)]
+            node, code = out.node or "", out.answer.code
+            meta = [("x-cache", out.x_cache.value)]
             if out.node is not None:
                 meta.append(("x-node", out.node))
             await context.send_initial_metadata(meta)
-            if out.reply.code != OK:
-                await context.abort(out.reply.code, out.reply.details)
-            return out.reply.body
+            if out.answer.code != OK:
+                await context.abort(out.answer.code, out.answer.details)
+            return out.answer.body
         finally:
-            self._observer.record(model, node, _HTTP.get(code, 500), time.perf_counter() - start)
+            if admitted:
+                self.core.release()
+            self.recorder.record(model, node, _HTTP.get(code, 500), time.perf_counter() - start)
 
     async def _outcome(self, path: str, method: str, req: Request, raw: bytes,
-                       context: grpc.aio.ServicerContext) -> GrpcOutcome:
+                       context: grpc.aio.ServicerContext) -> Outcome[GrpcReply]:
         remaining = context.time_remaining()
-        cap = self.proxy.cfg.grpc.timeout_s
-        deadline = time.monotonic() + (cap if remaining is None else min(remaining, cap))
+        cap = self._cfg().grpc.timeout_s
+        deadline = Deadline.after(cap if remaining is None else min(remaining, cap))
+        spec = req.spec
+        call = Call(spec.name, spec.version, spec.label, spec.version is not None,
+                    req.rows * self._cfg().model(spec.name).cost, deadline,
+                    GrpcPayload(path, raw, req), rows=req.rows)
         if method == "Predict":
-            directives = parse_cache_control(_cache_control(context))
-            return await self.flow.predict(path, raw, req, directives, deadline)
-        return await self.flow.call(path, raw, req, deadline)
+            call.directives = parse_cache_control(_cache_control(context))
+            return await self.core.serve(call, self.transport, _predict_plan)
+        if method in ("Classify", "Regress", "MultiInference"):
+            await self.core.resolve(call)          # waits for AVAILABLE like Predict
+        return await self.core.passthrough(call, self.transport)
 
     # -- grpc.health.v1 ---------------------------------------------------------
 
     def _health(self, service: str) -> int:
         if service not in ("", PREDICTION, MODEL):
             return SERVICE_UNKNOWN
-        return SERVING if self.proxy.pool.any_healthy() else NOT_SERVING
+        return SERVING if self.pool.any_healthy() else NOT_SERVING
 
     async def _check(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Health/Check: SERVING while some node is healthy; NOT_FOUND for other services."""
@@ -210,3 +225,10 @@ class GrpcFront:
                 yield health_reply(status)
                 last = status
             await asyncio.sleep(WATCH_POLL_S)
+
+
+async def _predict_plan(call: Call) -> Plan | None:
+    """The cache plan of a Predict: its wire-format key (lb.grpc_messages.predict_key)."""
+    assert call.version is not None
+    payload: GrpcPayload = call.payload
+    return Plan(key=predict_key(payload.request, call.version))

@@ -1,6 +1,10 @@
-"""Forwarding raw gRPC calls to nodes: one `grpc.aio` channel per node.
+"""Forwarding raw gRPC calls to nodes: one `grpc.aio` channel per node, and the
+gRPC `Transport` of the core.
 
-Called by `lb.grpc_proxy` for every attempt. Requests and replies are bytes
+Called by `lb.dispatch` (through `GrpcTransport.send`) for every gRPC attempt,
+and by the composition root (`lb.server`) when nodes leave (`reconfigure`:
+their channels close once the calls in flight on them are done, so a reload
+or a DNS change leaks no channel). Requests and replies are bytes
 (no serializers): the proxy never decodes a reply. This module is the one
 boundary where `grpc.aio.AioRpcError` becomes either a `GrpcReply` carrying
 the node's status code and details (to be passed through to the client) or,
@@ -16,13 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import grpc.aio
 
+from lb.call import BUSY, CLIENT_ERROR, GOOD, NODE_ERROR, UNAVAILABLE, Call, Verdict
 from lb.config import GrpcConfig
 from lb.errors import UpstreamConnectError
+from lb.grpc_messages import Request
+from lb.nodes import Node
 
 log = logging.getLogger("lb.grpc")
 
@@ -57,17 +67,42 @@ class GrpcUpstream:
     def __init__(self, cfg: GrpcConfig) -> None:
         self._options = channel_options(cfg)
         self._channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
-        self._retired: list[grpc.aio.Channel] = []
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def _channel(self, node: str, address: str) -> grpc.aio.Channel:
         known = self._channels.get(node)
         if known is not None and known[0] == address:
             return known[1]
         if known is not None:                      # the address changed on reload
-            self._retired.append(known[1])
+            self._retire(known[1], lambda: False, grace_s=5.0)
         channel = grpc.aio.insecure_channel(address, options=self._options)
         self._channels[node] = (address, channel)
         return channel
+
+    def reconfigure(self, leaving: list[Node]) -> None:
+        """Close the channels of nodes that left, once their calls are done."""
+        for node in leaving:
+            known = self._channels.pop(node.name, None)
+            if known is not None:
+                self._retire(known[1], lambda n=node: n.inflight == 0)  # type: ignore[misc]
+
+    def _retire(self, channel: grpc.aio.Channel, drained: Callable[[], bool],
+                grace_s: float = 60.0) -> None:
+        async def close_when_drained() -> None:
+            deadline = time.monotonic() + grace_s
+            # In-flight is a plain counter (no event to wait on); bounded by the deadline.
+            while not drained() and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+            await channel.close(1.0)
+
+        task = asyncio.create_task(close_when_drained(), name="retire-grpc-channel")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    @property
+    def channels(self) -> int:
+        """Open channels (tests check that removed nodes' channels close)."""
+        return len(self._channels) + len(self._retiring)
 
     async def call(self, node: str, address: str, path: str, request: bytes,
                    timeout_s: float) -> GrpcReply:
@@ -88,10 +123,55 @@ class GrpcUpstream:
 
     async def close(self, grace_s: float = 1.0) -> None:
         """Close every channel (calls still running are cancelled after `grace_s`)."""
-        channels = [c for _, c in self._channels.values()] + self._retired
-        self._channels, self._retired = {}, []
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        channels = [c for _, c in self._channels.values()]
+        self._channels = {}
         results = await asyncio.gather(*(asyncio.wait_for(c.close(grace_s), grace_s + 1.0)
                                          for c in channels), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 log.debug("closing a channel: %r", result)
+
+
+@dataclass(slots=True, frozen=True)
+class GrpcPayload:
+    """What a gRPC attempt sends: the method path and the client's raw bytes."""
+
+    path: str
+    raw: bytes
+    request: Request
+
+
+class GrpcTransport:
+    """The core's `Transport` for gRPC calls (payload: `GrpcPayload`)."""
+
+    def __init__(self, upstream: GrpcUpstream) -> None:
+        self.upstream = upstream
+        self.codec: Any = None
+
+    def usable(self, node: Node) -> bool:
+        return node.grpc is not None
+
+    def send(self, node: Node, call: Call, timeout_s: float) -> asyncio.Future[GrpcReply]:
+        p: GrpcPayload = call.payload
+        assert node.grpc is not None
+        return asyncio.ensure_future(
+            self.upstream.call(node.name, node.grpc, p.path, p.raw, timeout_s))
+
+    def verdict(self, answer: GrpcReply, cut_by_try_timeout: bool) -> Verdict:
+        code = answer.code
+        if code == OK:
+            return GOOD
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:      # a full batch queue
+            return BUSY
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and cut_by_try_timeout:
+            return UNAVAILABLE
+        return NODE_ERROR if code in NODE_FAILURES else CLIENT_ERROR
+
+    def body(self, answer: GrpcReply) -> bytes:
+        return answer.body
+
+    def from_cache(self, call: Call, body: bytes) -> GrpcReply | None:
+        return GrpcReply(OK, body)

@@ -1,11 +1,14 @@
 """Active health checks: each node's model status, probed concurrently.
 
 Started by `lb.server` as one named task; `kick()` asks for a probe round
-now (the proxy calls it through `model_seen` when traffic names a model the
-checks did not know). A node is healthy when its probes answer and, for the
-models known, at least one version is `AVAILABLE` (TF Serving answers 200
-even while LOADING, so a 200 alone is not healthy). Each probe runs under its
-own timeout; one failing node never delays the others' verdicts.
+now (the composition root calls it when nodes are added; `learn` probes a
+model that traffic names and the checks did not know). A node is healthy when
+its probes answer and, for the models known, at least one version is
+`AVAILABLE` (TF Serving answers 200 even while LOADING, so a 200 alone is not
+healthy). What each node reports — versions AVAILABLE, and versions still
+START or LOADING — goes to `NodePool.set_versions`, which wakes requests
+waiting for a model to become available (`lb.core`). Each probe runs under
+its own timeout; one failing node never delays the others' verdicts.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import orjson
 from lb.config import HealthConfig
 from lb.errors import LbError
 from lb.nodes import Node, NodePool
-from lb.upstream import Upstream
+from lb.rest_upstream import RestUpstream
 
 log = logging.getLogger("lb.health")
 
@@ -31,21 +34,30 @@ _UNKNOWN_RETRY_S = 5.0
 _NO_MODEL_PROBE = "/v1/models/__tfslb_probe__"
 
 
+_COMING = ("START", "LOADING")
+
+
 @dataclass(slots=True)
 class _Verdict:
     answered: bool
     versions: dict[str, frozenset[int]]
+    loading: dict[str, frozenset[int]]
+
+
+def versions_in(raw: bytes, states: tuple[str, ...]) -> frozenset[int]:
+    """Versions whose state is one of `states` in a TF Serving model status reply."""
+    doc = orjson.loads(raw)
+    return frozenset(int(v["version"]) for v in doc.get("model_version_status", [])
+                     if v.get("state") in states)
 
 
 def available_versions(raw: bytes) -> frozenset[int]:
     """Versions whose state is AVAILABLE in a TF Serving model status reply."""
-    doc = orjson.loads(raw)
-    return frozenset(int(v["version"]) for v in doc.get("model_version_status", [])
-                     if v.get("state") == "AVAILABLE")
+    return versions_in(raw, ("AVAILABLE",))
 
 
 class HealthChecker:
-    def __init__(self, cfg: HealthConfig, pool: NodePool, upstream: Upstream,
+    def __init__(self, cfg: HealthConfig, pool: NodePool, upstream: RestUpstream,
                  models: list[str]) -> None:
         self.cfg = cfg
         self.pool = pool
@@ -65,6 +77,13 @@ class HealthChecker:
             self._kick.set()
 
     def kick(self) -> None:
+        self._kick.set()
+
+    def reconfigure(self, cfg: HealthConfig, models: list[str]) -> None:
+        """A reload: new timings, the configured models probed from now on, a round now."""
+        self.cfg = cfg
+        for model in models:
+            self.model_seen(model)
         self._kick.set()
 
     async def learn(self, model: str) -> None:
@@ -87,8 +106,11 @@ class HealthChecker:
         for node, result in zip(nodes, results, strict=True):
             if result is not None and result[0] == 200:
                 with contextlib.suppress(ValueError, KeyError, TypeError):
-                    if versions := available_versions(result[1]):
-                        node.versions[model] = versions
+                    versions = available_versions(result[1])
+                    loading = versions_in(result[1], _COMING)
+                    if versions or loading:
+                        self.pool.set_versions(node, {**node.versions, model: versions},
+                                               {**node.loading, model: loading})
                         found = True
         if found:
             self.model_seen(model)
@@ -118,27 +140,31 @@ class HealthChecker:
         paths = [f"/v1/models/{m}" for m in models] or [_NO_MODEL_PROBE]
         results = await asyncio.gather(*(self._get(node, p) for p in paths))
         if any(r is None for r in results):
-            return _Verdict(False, {})
+            return _Verdict(False, {}, {})
         if not models:
-            return _Verdict(True, {})
+            return _Verdict(True, {}, {})
         versions: dict[str, frozenset[int]] = {}
+        loading: dict[str, frozenset[int]] = {}
         for model, (status, raw) in zip(models, results, strict=True):  # type: ignore[misc]
             if status == 200:
                 with contextlib.suppress(ValueError, KeyError, TypeError):
                     versions[model] = available_versions(raw)
-        return _Verdict(True, versions)
+                    loading[model] = versions_in(raw, _COMING)
+        return _Verdict(True, versions, loading)
 
     async def _get(self, node: Node, path: str) -> tuple[int, bytes] | None:
         try:
-            reply = await self.upstream.request(node.name, node.rest, "GET", path,
-                                                timeout_s=self.cfg.timeout_s)
+            reply = await self.upstream.get(node, path, self.cfg.timeout_s)
         except LbError as exc:
             log.debug("probe %s%s failed: %s", node.name, path, exc)
             return None
         return reply.status, reply.body
 
     def _apply(self, node: Node, verdict: _Verdict) -> None:
-        node.versions = verdict.versions
+        if verdict.answered:
+            self.pool.set_versions(node, verdict.versions, verdict.loading)
+        else:
+            node.versions, node.loading = {}, {}
         serving = verdict.answered and (not self.models or any(verdict.versions.values()))
         if serving:
             self._fails[node.name] = 0

@@ -1,10 +1,10 @@
 """The last five minutes of the proxy, one point per second: `GET /history`, the dashboard.
 
-Called by the fronts through `lb.observe.Observer.record` (`History.observe`, once
-per finished client request, REST and gRPC), by the task `History.run` that
-`lb.server.start` starts and `Running.stop` cancels (`tick`, once a second, with
-the /stats document), and by `lb.admin` (`doc`, for `GET /history`). Each reaches
-the proxy's one `History` through `history_for(proxy)`, as `lb.metrics.metrics_for`.
+Owned by the composition root (`lb.server.Proxy.history`) and handed to its
+users: the fronts' `lb.observe.Recorder.record` (`History.observe`, once per
+finished client request, REST and gRPC), the task `History.run` that
+`lb.server.start` starts and `Proxy.stop` cancels (`tick`, once a second, with
+the /stats document), and `lb.admin` (`doc`, for `GET /history`).
 
 Guarantees:
 
@@ -42,7 +42,6 @@ import math
 import os
 import random
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -231,14 +230,3 @@ class History:
                 if not failing:
                     log.exception("history tick failed; retrying every %.1f s", interval_s)
                 failing = True
-
-
-_BY_PROXY: weakref.WeakKeyDictionary[object, History] = weakref.WeakKeyDictionary()
-
-
-def history_for(proxy: object) -> History:
-    """The proxy's `History`, created on first use (keyed by identity, held weakly)."""
-    history = _BY_PROXY.get(proxy)
-    if history is None:
-        history = _BY_PROXY[proxy] = History()
-    return history

@@ -1,48 +1,49 @@
 """Prometheus metrics (`GET /metrics` on the admin port), prefix `tfslb_`.
 
-Two kinds, one private `CollectorRegistry` per proxy (never the global one,
-so several proxies in one process, as in tests, do not collide):
+Built by the composition root (`lb.server.Proxy`) with one private
+`CollectorRegistry` per proxy (never the global one, so several proxies in
+one process, as in tests, do not collide). Everything is read at scrape time
+from the live objects, so it costs nothing per request beyond what
+`lb.observe.Recorder` counts:
 
-* hot-path counters and histograms, incremented by `lb.observe` once per
-  client request: `tfslb_requests_total{model,node,code}` and
-  `tfslb_request_duration_seconds{model,node}`;
-* everything else is read at scrape time by `StateCollector` from the live
-  objects, so it costs nothing per request: per-node in-flight, τ (EWMA),
-  load (the seed's formula over the window), configured and effective
-  weight, health, requests, errors and ejections; the proxy's retries and
-  retry-budget rejections; cache hits, misses and hit ratio by model; config
-  reloads and failures (`ConfigStatus`, written by `lb.reload`).
+* `tfslb_requests_total{model,node,code}` and
+  `tfslb_request_duration_seconds{model,node}` from the Recorder's counts;
+* per-node in-flight, τ (EWMA), load (the seed's formula over the window),
+  configured and effective weight, health, requests, errors and ejections;
+* retries and retry-budget rejections, hedges (sent, won, budget), requests
+  that waited for a model to become available, load shed at the in-flight cap;
+* cache hits, misses, bypasses and hit ratio by model; config reloads and
+  failures (`ConfigStatus`, written by `lb.reload`).
 
-Ejections come from `Node.outlier.ejections`, the effective weight from
-`Node.effective_weight`; retries and budget rejections from `Proxy.retries`
-and `Proxy.retry_budget_rejections` (read with a default of 0).
-
-`metrics_for(proxy)` is the one way to reach a proxy's `Metrics`; it is called
-by the REST middleware, the admin app and the reloader, and creates the
-object on first use. Everything here runs on the event loop thread.
+Everything here runs on the event loop thread.
 """
 
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
+from lb.batcher import ROW_BUCKETS
 from lb.nodes import Node
+from lb.observe import LATENCY_BUCKETS, Recorder
 from lb.outlier import OutlierPolicy
-from lb.proxy import Proxy
+
+if TYPE_CHECKING:
+    from lb.server import Proxy
 
 PREFIX = "tfslb_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# Client-observed latency: cache hits take ~0.1 ms, slow models tens of seconds.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                   1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 @dataclass(slots=True)
@@ -140,54 +141,108 @@ def _config_metrics(status: ConfigStatus) -> Iterator[Metric]:
     yield from (reloads, failures, ok, loaded)
 
 
+def _request_metrics(recorder: Recorder) -> Iterator[Metric]:
+    requests = CounterMetricFamily(
+        PREFIX + "requests", "Client requests by model, answering node and status code",
+        labels=["model", "node", "code"])
+    for (model, node, code), count in list(recorder.requests.items()):
+        requests.add_metric([model, node, str(code)], count)
+    latency = HistogramMetricFamily(
+        PREFIX + "request_duration_seconds",
+        "Client-observed request time by model and answering node ('' for cache hits)",
+        labels=["model", "node"])
+    bounds = [*(str(b) for b in LATENCY_BUCKETS), "+Inf"]
+    for (model, node), hist in list(recorder.latency.items()):
+        cumulative, buckets = 0, []
+        for bound, count in zip(bounds, hist.buckets, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        latency.add_metric([model, node], buckets, hist.sum)
+    yield from (requests, latency)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    family = CounterMetricFamily(PREFIX + name, doc)
+    family.add_metric([], value)
+    return family
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(PREFIX + name, doc)
+    family.add_metric([], value)
+    return family
+
+
+def _flow_metrics(proxy: Proxy) -> Iterator[Metric]:
+    d = proxy.dispatcher
+    yield _counter("retries", "Requests retried on another node", d.budget.retries)
+    yield _counter("retry_budget_rejections",
+                   "Retries refused because the retry budget was spent", d.budget.rejected)
+    h = d.hedging
+    yield _counter("hedges", "Hedged copies sent to a second node", h.sent)
+    yield _counter("hedges_won", "Hedged copies whose answer was returned", h.won)
+    yield _counter("hedge_budget_rejections", "Hedges refused by the hedge budget",
+                   h.budget.rejected)
+    yield _gauge("hedge_budget_available", "Hedges the budget would grant now",
+                 max(h.budget.available(time.monotonic()), 0.0))
+    w = proxy.core.waits
+    yield _counter("model_waits", "Requests that waited for a model to become AVAILABLE",
+                   w.waits)
+    yield _counter("model_wait_seconds", "Time requests spent waiting for a model", w.seconds)
+    yield _counter("model_wait_timeouts",
+                   "Requests answered 503 after waiting limits.queue_timeout_s", w.timeouts)
+    yield _counter("shed", "Requests answered 503 at limits.max_inflight", proxy.core.shed)
+    yield _gauge("inflight", "Client requests in progress", proxy.core.inflight)
+
+
+def _batch_metrics(proxy: Proxy) -> Iterator[Metric]:
+    def fam(name: str, doc: str) -> CounterMetricFamily:
+        return CounterMetricFamily(PREFIX + name, doc, labels=["model"])
+
+    batches = fam("batches", "Batches sent by the proxy's micro-batcher")
+    waited = fam("batch_wait_seconds", "Time requests waited in the batcher")
+    resends = fam("batch_resends", "Requests resent alone after their batch got a 4xx")
+    rows = HistogramMetricFamily(PREFIX + "batch_rows", "Rows per batch", labels=["model"])
+    for model, st in list(proxy.core.batcher.stats.items()):
+        batches.add_metric([model], st.batches)
+        waited.add_metric([model], st.wait_s)
+        resends.add_metric([model], st.resends)
+        cumulative, buckets = 0, []
+        for bound, count in zip([*map(str, ROW_BUCKETS), "+Inf"], st.row_buckets,
+                                strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        rows.add_metric([model], buckets, float(st.rows))
+    yield from (batches, waited, resends, rows)
+
+
 class StateCollector(Collector):
     """Reads the proxy's live state at scrape time (called by `generate_latest`)."""
 
-    def __init__(self, proxy: Proxy, status: ConfigStatus) -> None:
-        self._proxy = weakref.proxy(proxy)     # the registry must not keep a proxy alive
-        self._status = status
+    def __init__(self, proxy: Proxy) -> None:
+        self._proxy = proxy
 
     def collect(self) -> Iterator[Metric]:
         proxy = self._proxy
         nodes = list(proxy.pool)
+        yield from _request_metrics(proxy.recorder)
         yield from _node_gauges(nodes, proxy.pool.now(), proxy.pool.outlier)
         yield from _node_counters(nodes)
-        retries = CounterMetricFamily(PREFIX + "retries", "Requests retried on another node")
-        retries.add_metric([], getattr(proxy, "retries", 0))
-        rejected = CounterMetricFamily(PREFIX + "retry_budget_rejections",
-                                       "Retries refused because the retry budget was spent")
-        rejected.add_metric([], getattr(proxy, "retry_budget_rejections", 0))
-        yield from (retries, rejected)
+        yield from _flow_metrics(proxy)
+        yield from _batch_metrics(proxy)
         yield from _cache_metrics(proxy.cache.stats() if proxy.cache is not None else None)
-        yield from _config_metrics(self._status)
+        yield from _config_metrics(proxy.status)
+        if proxy.discovery is not None:
+            yield from proxy.discovery.status.metrics(PREFIX)
 
 
 class Metrics:
-    """One proxy's registry: hot-path families plus the scrape-time collector."""
+    """One proxy's registry, read at scrape time."""
 
     def __init__(self, proxy: Proxy) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.config = ConfigStatus()
-        self.requests = Counter(
-            PREFIX + "requests", "Client requests by model, answering node and status code",
-            ["model", "node", "code"], registry=self.registry)
-        self.latency = Histogram(
-            PREFIX + "request_duration_seconds",
-            "Client-observed request time by model and answering node ('' for cache hits)",
-            ["model", "node"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.registry.register(StateCollector(proxy, self.config))
+        self.registry.register(StateCollector(proxy))
 
     def exposition(self) -> bytes:
         """The text format for GET /metrics."""
         return generate_latest(self.registry)
-
-
-_BY_PROXY: weakref.WeakKeyDictionary[Proxy, Metrics] = weakref.WeakKeyDictionary()
-
-
-def metrics_for(proxy: Proxy) -> Metrics:
-    """The proxy's `Metrics`, created on first use."""
-    metrics = _BY_PROXY.get(proxy)
-    if metrics is None:
-        metrics = _BY_PROXY[proxy] = Metrics(proxy)
-    return metrics

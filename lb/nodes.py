@@ -1,16 +1,20 @@
 """Runtime state of the node pool: counters, in-flight work, τ, load window, health.
 
-Called by the fronts (`lb.rest`) around every forwarded request
-(`pick` → `Node.begin` → `Node.end`), by `lb.health` to set health and known
-model versions, and by `lb.admin` for `/stats`. Everything here runs on the
-event loop thread: no locks, no awaits, no I/O. The choice itself is delegated
-to the pure functions of `lb.policy`.
+Called by `lb.dispatch` around every attempt (`pick` → `Node.begin` →
+`Node.end`), by `lb.health` to set health and the model versions each node
+reports (`set_versions`), by `lb.core` to wait for a model to become
+AVAILABLE (`readiness`, `wait_available`), and by `lb.admin` for `/stats`.
+Everything here runs on the event loop thread: no locks, no I/O; the only
+awaitable is the bounded wait. The choice itself is delegated to the pure
+functions of `lb.policy`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,36 +41,61 @@ class Node:
     errors: int = 0
     # model -> versions the health checks saw AVAILABLE on this node
     versions: dict[str, frozenset[int]] = field(default_factory=dict)
+    # model -> versions reported START or LOADING (they will be AVAILABLE soon)
+    loading: dict[str, frozenset[int]] = field(default_factory=dict)
+    seen: bool = False              # a health probe has been answered since it joined
+    fresh: bool = False             # added by a reload or DNS: slow start when it serves
     outlier: OutlierState = field(default_factory=OutlierState)
+    # start times of attempts in flight, oldest first (stall detection); an entry is
+    # [start, units, open] and is dropped lazily once closed
+    flights: deque[list[float]] = field(default_factory=deque)
 
     @classmethod
     def from_config(cls, cfg: NodeConfig, pcfg: PolicyConfig) -> Node:
         return cls(name=cfg.name, rest=cfg.rest, grpc=cfg.grpc, weight=cfg.weight,
                    tau=policy.PeakEwma(pcfg.ewma_decay_s), window=policy.LoadWindow(pcfg.window_s))
 
-    def begin(self, units: float) -> None:
-        """A request of `units` was sent to this node."""
+    def begin(self, units: float, now: float) -> list[float]:
+        """A request of `units` was sent to this node at `now`; returns its flight
+        entry, which the caller hands back to `end`."""
         self.inflight += 1
         self.inflight_units += units
+        flight = [now, units, 1.0]
+        self.flights.append(flight)
+        return flight
 
-    def end(self, units: float, elapsed_s: float, ok: bool, now: float,
-            sample: bool = True) -> None:
+    def end(self, flight: list[float], elapsed_s: float, ok: bool, now: float,
+            sample: bool = True, lower_bound: bool = False) -> None:
         """The request that `begin` counted has finished.
 
         `ok` is False for failures (no response, or a 5xx): they count as
         errors. `sample` says whether `elapsed_s` measured real work (a 200):
         only those feed τ and the load window, so a node that fails fast or
         answers 404 quickly does not look fast and attract traffic.
+        `lower_bound`: the attempt was cancelled (a hedge lost, the client
+        left); the node took at least `elapsed_s`, which may raise τ, never lower it.
         """
+        units = flight[1]
+        flight[2] = 0.0
         self.inflight -= 1
         self.inflight_units = max(self.inflight_units - units, 0.0)
         self.requests += 1
         if not ok:
             self.errors += 1
-        if not (ok and sample) or units <= 0:
+        if units <= 0:
             return
-        self.window.add(now, units, elapsed_s)
-        self.tau.update(elapsed_s / units, now)
+        if lower_bound:
+            self.tau.raise_to(elapsed_s / units, now)
+        elif ok and sample:
+            self.window.add(now, units, elapsed_s)
+            self.tau.update(elapsed_s / units, now)
+
+    def oldest(self) -> list[float] | None:
+        """The flight entry of the oldest attempt still open, or None."""
+        flights = self.flights
+        while flights and not flights[0][2]:
+            flights.popleft()
+        return flights[0] if flights else None
 
     def reconfigure(self, cfg: NodeConfig, pcfg: PolicyConfig) -> None:
         """Take a reloaded config for this name: weight, URLs and the policy's time
@@ -99,11 +128,18 @@ class Node:
             return "ejected"
         return "healthy" if self.healthy else "unhealthy"
 
+    def serves(self, model: str, version: int) -> bool:
+        known = self.versions.get(model)
+        return known is not None and version in known
+
     def candidate(self, now: float, opolicy: OutlierPolicy) -> policy.Candidate:
+        oldest = self.oldest()
         return policy.Candidate(weight=self.effective_weight(now, opolicy),
                                 inflight_units=self.inflight_units,
                                 inflight=self.inflight, tau=self.tau.value,
-                                tau_age=now - self.tau.stamp)
+                                tau_age=now - self.tau.stamp,
+                                oldest_age=now - oldest[0] if oldest else 0.0,
+                                oldest_units=oldest[1] if oldest else 0.0)
 
 
 class NodePool:
@@ -119,6 +155,7 @@ class NodePool:
         self._rr = policy.SmoothRoundRobin()
         self.outlier = outlier or OutlierPolicy(slow_start_s=pcfg.slow_start_s)
         self.nodes: dict[str, Node] = {n.name: Node.from_config(n, pcfg) for n in nodes}
+        self._waiters: set[asyncio.Future[None]] = set()
 
     def __iter__(self) -> Any:
         return iter(self.nodes.values())
@@ -141,6 +178,7 @@ class NodePool:
             if node is None:
                 node = Node.from_config(cfg, pcfg)
                 node.outlier.admitted(now)
+                node.fresh = True
             else:
                 node.reconfigure(cfg, pcfg)
             fresh[cfg.name] = node
@@ -149,34 +187,91 @@ class NodePool:
         self.outlier = outlier or OutlierPolicy(slow_start_s=pcfg.slow_start_s)
         self.nodes = fresh
 
-    def pick(self, units: float, exclude: Sequence[Node] = (),
-             model: str | None = None, version: int | None = None) -> Node | None:
+    def pick(self, units: float, exclude: Sequence[Node] = (), model: str | None = None,
+             version: int | None = None, *, explicit: bool = False,
+             usable: Callable[[Node], bool] | None = None,
+             spare: int | None = None) -> Node | None:
         """The node the policy chooses for a request of `units`, or None if none is left.
 
-        Prefers healthy nodes; when every node is unhealthy, tries them all
-        rather than fail everything. With `model` and `version`, prefers nodes
-        known to serve that version (so a cached unversioned answer belongs to
-        the version its key names).
+        Only nodes `usable` says can take the call (e.g. those with a gRPC
+        address). Prefers healthy nodes; when every node is unhealthy, tries
+        them all rather than fail everything — except with `spare` (a hedge):
+        then only available nodes with fewer than `spare` requests in flight.
+        With `model` and `version`, prefers nodes serving that version: having
+        it (`explicit`, the request names it) or having it as their latest (the
+        version an unversioned request resolved to, so that a cached answer
+        belongs to the version its key names).
         """
-        pool = [n for n in self.nodes.values() if n not in exclude]
+        now = self._clock()
+        pool = [n for n in self.nodes.values()
+                if n not in exclude and (usable is None or usable(n))]
+        healthy = [n for n in pool if n.available(now)]
+        if spare is not None:
+            pool = [n for n in healthy if n.inflight < spare]
+        elif healthy:
+            pool = healthy
         if not pool:
             return None
-        now = self._clock()
-        healthy = [n for n in pool if n.available(now)]
-        pool = healthy or pool
         if model is not None and version is not None:
-            serving = [n for n in pool if n.latest_version(model) == version]
+            serving = [n for n in pool if (n.serves(model, version) if explicit
+                                           else n.latest_version(model) == version)]
             pool = serving or pool
         return pool[self._choose(pool, units, now)]
 
     def _choose(self, pool: Sequence[Node], units: float, now: float) -> int:
+        if len(pool) == 1:
+            return 0
         if self.policy_name == "round_robin":
             return self._rr.pick([n.name for n in pool],
                                  [n.effective_weight(now, self.outlier) for n in pool])
         cands = [n.candidate(now, self.outlier) for n in pool]
         if self.policy_name == "least_conn":
             return policy.least_conn(cands, units, self._rng)
-        return policy.least_load(cands, units, self._rng, self._pcfg.ewma_decay_s)
+        return policy.least_load(cands, units, self._rng, self._pcfg.ewma_decay_s,
+                                 self._pcfg.stall_factor, self._pcfg.tie_band)
+
+    # -- versions: what the health checks report, and waiting for AVAILABLE -----
+
+    def set_versions(self, node: Node, available: dict[str, frozenset[int]],
+                     loading: dict[str, frozenset[int]]) -> None:
+        """A probe answered: record what `node` serves and wake waiting requests."""
+        node.versions, node.loading, node.seen = available, loading, True
+        serving = any(available.values())
+        if node.fresh and serving:           # its slow start begins when it can serve
+            node.fresh = False
+            node.outlier.admitted(self._clock())
+        if self._waiters and serving:
+            waiters, self._waiters = self._waiters, set()
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def readiness(self, model: str, version: int | None) -> str:
+        """"ready": a healthy node has the model (that version) AVAILABLE; "wait": none
+        has, but one is loading it or has not answered a probe yet; "absent": no node
+        knows it (the request goes to a node, which answers 404)."""
+        now = self._clock()
+        nodes = self.nodes.values()
+        for n in nodes:
+            if n.available(now) and (n.serves(model, version) if version is not None
+                                     else model in n.versions and bool(n.versions[model])):
+                return "ready"
+        for n in nodes:
+            loading = n.loading.get(model)
+            if loading and (version is None or version in loading):
+                return "wait"
+        return "wait" if any(not n.seen for n in nodes) else "absent"
+
+    async def wait_available(self, timeout_s: float) -> None:
+        """Return when a probe reports a newly available model (or after `timeout_s`)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(fut)
+        try:
+            await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.discard(fut)
 
     def latest_version(self, model: str) -> int | None:
         """Latest version AVAILABLE on any healthy node (health checks fill this)."""

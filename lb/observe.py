@@ -1,65 +1,59 @@
-"""Per-request observation on the REST front: metrics and the access log.
+"""Per-request observation for both fronts: request counts, latency, the access log.
 
-`middleware(proxy)` is registered first (outermost) by `lb.rest.make_app`, so
-it sees the final status of every client request, including the error
-replies `error_middleware` builds. For each request it increments
-`tfslb_requests_total{model,node,code}`, observes
-`tfslb_request_duration_seconds{model,node}` (`lb.metrics`) and, when
-`log.access` is on, writes one line to the `lb.access` logger: plain text or
-one JSON object per line (`log.format`), both read from the live config, so
-a reload switches them. A client that goes away before the reply is counted
-with code 499. Other fronts (gRPC) call `Observer.record` directly.
+Called by the fronts (`lb.rest_front`, `lb.grpc_front`) once per finished
+client request: `Recorder.record(...)`. It counts the request by (model,
+node, code), adds its latency to the (model, node) histogram, hands it to the
+operator's history (`lb.history`, when attached) and, when `log.access` is on,
+writes one line on logger `lb.access`: plain text or one JSON object per line
+(`log.format`). `lb.metrics` reads the counts at scrape time.
 
-The model label comes from the path, the node from the reply's `X-Node`
-header and the cache outcome from `X-Cache`, so nothing in the request flow
-has to know about metrics. Model labels are bounded: at most `MAX_MODELS`
-names, and a name is only admitted by a reply below 400 (a scan of made-up
-model names cannot grow the label set); the rest are counted as "(other)".
+Guarantees: `record` is cheap (a few dict lookups and integer increments, no
+lock, no allocation for label sets already seen), so it can run on every
+request; model labels are bounded (at most `MAX_MODELS` names, admitted only
+by a reply below 400, so a scan of made-up names cannot grow them; the rest
+count as "(other)"); a client that went away is counted with code 499.
+`configure_access_log` routes `lb.access` for the chosen format, at start-up
+and on reload.
 """
 
 from __future__ import annotations
 
-import asyncio
+import bisect
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import orjson
-from aiohttp import web
-from aiohttp.typedefs import Middleware
-from prometheus_client.metrics import Counter, Histogram
 
 from lb.config import LogConfig
-from lb.history import History, history_for
-from lb.metrics import Metrics, metrics_for
-from lb.proxy import Proxy
 
 access = logging.getLogger("lb.access")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_MODELS = 256
 OTHER = "(other)"
 CLIENT_CLOSED = 499          # nginx's code for a client that left before the reply
+# Client-observed latency: cache hits take ~0.1 ms, slow models tens of seconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                   1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _MODELS_PREFIX = "/v1/models/"
-_json_handler: logging.Handler | None = None
+
+
+class _JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Bare JSON lines on stderr for `lb.access` (marked so reload can find it)."""
 
 
 def configure_access_log(cfg: LogConfig) -> None:
-    """Route `lb.access` for the chosen format; called at start-up and on reload.
-
-    JSON lines go to stderr bare (one object per line, no logging prefix) and
-    do not propagate; text lines propagate to the root handler.
-    """
-    global _json_handler
-    if _json_handler is not None:
-        access.removeHandler(_json_handler)
-        _json_handler = None
+    """JSON lines go to stderr bare (one object per line, no logging prefix) and do
+    not propagate; text lines propagate to the root handler."""
+    for handler in [h for h in access.handlers if isinstance(h, _JsonHandler)]:
+        access.removeHandler(handler)
     access.propagate = cfg.format != "json"
     if cfg.format == "json":
-        _json_handler = logging.StreamHandler(sys.stderr)
-        _json_handler.setFormatter(logging.Formatter("%(message)s"))
-        access.addHandler(_json_handler)
+        handler = _JsonHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
     access.setLevel(logging.INFO)
 
 
@@ -71,17 +65,35 @@ def model_of(path: str) -> str:
     return tail.split("/", 1)[0].split(":", 1)[0]
 
 
-class Observer:
-    """Records one client request at a time; holds label children so that the hot
-    path is two dict lookups and two increments."""
+class History(Protocol):
+    def observe(self, node: str, seconds: float, status: int) -> None: ...
 
-    def __init__(self, proxy: Proxy, metrics: Metrics, history: History) -> None:
-        self._proxy = proxy
-        self._metrics = metrics
-        self._history = history
+
+class Histogram:
+    """Cumulative-at-scrape latency histogram: bucket counts, sum and count."""
+
+    __slots__ = ("buckets", "count", "sum")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+
+class Recorder:
+    """Counts and logs finished client requests; one per proxy process."""
+
+    def __init__(self, log_cfg: Callable[[], LogConfig], history: History | None = None) -> None:
+        self._log_cfg = log_cfg
+        self.history = history
         self._models: set[str] = set()
-        self._counters: dict[tuple[str, str, int], Counter] = {}
-        self._histograms: dict[tuple[str, str], Histogram] = {}
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.latency: dict[tuple[str, str], Histogram] = {}
 
     def _model_label(self, model: str, status: int) -> str:
         if model in self._models or not model:
@@ -94,69 +106,28 @@ class Observer:
     def record(self, model: str, node: str, status: int, seconds: float) -> None:
         """Count one finished client request (any front)."""
         model = self._model_label(model, status)
-        counter = self._counters.get((model, node, status))
-        if counter is None:
-            counter = self._metrics.requests.labels(model, node, str(status))
-            self._counters[(model, node, status)] = counter
-        counter.inc()
-        hist = self._histograms.get((model, node))
+        key = (model, node, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        hist = self.latency.get((model, node))
         if hist is None:
-            hist = self._histograms[(model, node)] = self._metrics.latency.labels(model, node)
+            hist = self.latency[(model, node)] = Histogram()
         hist.observe(seconds)
-        self._history.observe(node, seconds, status)
+        if self.history is not None:
+            self.history.observe(node, seconds, status)
 
-    def _log(self, request: web.Request, status: int, node: str, cache: str, size: int,
-             seconds: float) -> None:
-        cfg = self._proxy.cfg.log
+    def log(self, remote: str, method: str, path: str, status: int, node: str, cache: str,
+            size: int, seconds: float) -> None:
+        """One access log line when `log.access` is on (read live: reload switches it)."""
+        cfg = self._log_cfg()
         if not cfg.access or not access.isEnabledFor(logging.INFO):
             return
         if cfg.format == "json":
-            line = orjson.dumps({
-                "ts": round(time.time(), 3), "remote": request.remote, "method": request.method,
-                "path": request.path, "status": status, "bytes": size,
-                "ms": round(seconds * 1000.0, 3), "model": model_of(request.path) or None,
-                "node": node or None, "cache": cache or None}).decode()
-            access.info("%s", line)
+            doc: dict[str, Any] = {
+                "ts": round(time.time(), 3), "remote": remote, "method": method,
+                "path": path, "status": status, "bytes": size,
+                "ms": round(seconds * 1000.0, 3), "model": model_of(path) or None,
+                "node": node or None, "cache": cache or None}
+            access.info("%s", orjson.dumps(doc).decode())
             return
-        access.info('%s "%s %s" %d %dB %.1fms node=%s cache=%s', request.remote,
-                    request.method, request.path, status, size, seconds * 1000.0,
-                    node or "-", cache or "-")
-
-    def finish(self, request: web.Request, resp: web.StreamResponse | None, status: int,
-               start: float) -> None:
-        seconds = time.perf_counter() - start
-        node = cache = ""
-        size = 0
-        if resp is not None:
-            node = resp.headers.get("X-Node", "")
-            cache = resp.headers.get("X-Cache", "")
-            size = resp.content_length or 0
-        self.record(model_of(request.path), node, status, seconds)
-        self._log(request, status, node, cache, size, seconds)
-
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        start = time.perf_counter()
-        try:
-            resp = await handler(request)
-        except asyncio.CancelledError:
-            self.finish(request, None, CLIENT_CLOSED, start)
-            raise
-        except web.HTTPException as exc:
-            self.finish(request, None, exc.status, start)
-            raise
-        except Exception:
-            self.finish(request, None, 500, start)
-            raise
-        self.finish(request, resp, resp.status, start)
-        return resp
-
-
-def middleware(proxy: Proxy) -> Middleware:
-    """The aiohttp middleware observing `proxy`'s REST front (see module docstring)."""
-    observer = Observer(proxy, metrics_for(proxy), history_for(proxy))
-
-    @web.middleware
-    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-        return await observer.middleware(request, handler)
-
-    return observe
+        access.info('%s "%s %s" %d %dB %.1fms node=%s cache=%s', remote, method, path,
+                    status, size, seconds * 1000.0, node or "-", cache or "-")

@@ -43,6 +43,8 @@ class Candidate:
     inflight: int            # number of requests in flight
     tau: float | None        # seconds per unit, None before the first sample
     tau_age: float = 0.0     # seconds since τ last took a sample
+    oldest_age: float = 0.0  # seconds the oldest request in flight has been running
+    oldest_units: float = 0.0   # its units
 
 
 def seed_load(samples: Sequence[tuple[float, float]], weight: float) -> float:
@@ -64,31 +66,47 @@ def _weighted_choice(indices: Sequence[int], weights: Sequence[float], rng: rand
     return indices[-1]
 
 
-def _ties(scores: Sequence[float]) -> list[int]:
+def _ties(scores: Sequence[float], band: float = 0.0) -> list[int]:
+    """Indices whose score is within `band` (relative) of the best one."""
     best = min(scores)
-    tol = abs(best) * _REL_TIE + 1e-15
+    tol = abs(best) * max(band, _REL_TIE) + 1e-15
     return [i for i, s in enumerate(scores) if s <= best + tol]
 
 
-def effective_tau(c: Candidate, pool_median: float, decay_s: float) -> float:
-    """τ as scored: the median without samples; a stale τ above it relaxes towards it."""
+def effective_tau(c: Candidate, pool_median: float, decay_s: float,
+                  stall_factor: float = math.inf) -> float:
+    """τ as scored: the median without samples; a stale τ above it relaxes towards it;
+    a node whose oldest request in flight has run longer than `stall_factor` × its
+    expected time (τ × units) is stalled now, and scored with what that request has
+    shown: at least age / units seconds per unit."""
     if c.tau is None:
-        return pool_median
-    if c.tau <= pool_median or c.tau_age <= 0:
-        return c.tau
-    return pool_median + (c.tau - pool_median) * math.exp(-c.tau_age / decay_s)
+        tau = pool_median
+    elif c.tau <= pool_median or c.tau_age <= 0:
+        tau = c.tau
+    else:
+        tau = pool_median + (c.tau - pool_median) * math.exp(-c.tau_age / decay_s)
+    if c.oldest_units > 0 and c.oldest_age > stall_factor * tau * c.oldest_units:
+        return c.oldest_age / c.oldest_units
+    return tau
 
 
 def least_load(cands: Sequence[Candidate], units: float, rng: random.Random,
-               decay_s: float = math.inf) -> int:
-    """Index of the candidate with the least (inflight_units + units) · τ / W."""
+               decay_s: float = math.inf, stall_factor: float = math.inf,
+               band: float = 0.0) -> int:
+    """Index of the candidate with the least (inflight_units + units) · τ / W.
+
+    With `band` > 0, every candidate whose score is within that fraction of the
+    least one ties with it, and ties are broken at random in proportion to
+    weight. Proxy processes that share nodes but not their in-flight counts
+    (`serve --workers N`, replicas) would otherwise all send their next request
+    to the same node whenever τ differs a little (herding)."""
     if not cands:
         raise ValueError("no candidates")
     known = [c.tau for c in cands if c.tau is not None]
     med = median(known) if known else 1.0
-    scores = [(c.inflight_units + units) * effective_tau(c, med, decay_s) / c.weight
-              for c in cands]
-    return _weighted_choice(_ties(scores), [c.weight for c in cands], rng)
+    scores = [(c.inflight_units + units) * effective_tau(c, med, decay_s, stall_factor)
+              / c.weight for c in cands]
+    return _weighted_choice(_ties(scores, band), [c.weight for c in cands], rng)
 
 
 def least_conn(cands: Sequence[Candidate], units: float, rng: random.Random) -> int:
@@ -132,6 +150,12 @@ class PeakEwma:
     decay_s: float
     value: float | None = None
     stamp: float = 0.0
+
+    def raise_to(self, bound: float, now: float) -> None:
+        """A lower bound of a sample (a cancelled attempt ran this long): raise only."""
+        if self.value is not None and bound > self.value:
+            self.value = bound
+            self.stamp = now
 
     def update(self, sample: float, now: float) -> float:
         if self.value is None or sample >= self.value:

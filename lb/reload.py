@@ -11,10 +11,11 @@ Guarantees:
   the failure is logged (logger `lb.reload`), counted and kept as the last
   error in `ConfigStatus` (`/stats` "config", `tfslb_config_reload_failures_total`).
 * Apply atomically: a valid config is applied in one synchronous step on the
-  event loop (`NodePool.reconfigure`, then `proxy.cfg`), so no request sees a
-  half-applied config and none is dropped: requests in flight on a removed
-  node finish on the `Node` they hold. Nodes whose name stays keep their
-  counters, in-flight work, τ and health.
+  event loop (`lb.server.Proxy.reconfigure`, which hands it to each
+  component's own `reconfigure`), so no request sees a half-applied config and
+  none is dropped: requests in flight on a removed node finish on the `Node`
+  they hold. Nodes whose name stays keep their counters, in-flight work, τ and
+  health.
 * Live: nodes, weights, URLs, policy, models (cost, row_cache), health, admin
   token, log, reload. Sections in `RESTART_ONLY` (sockets, the cache store,
   connection pools, body limit, gRPC message limits) keep their running
@@ -30,20 +31,16 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from lb.config import Config, load_config
 from lb.errors import ConfigError
-from lb.health import HealthChecker
-from lb.metrics import metrics_for
-from lb.nodes import Node
-from lb.observe import configure_access_log
-from lb.outlier import outlier_policy
-from lb.proxy import Proxy
+
+if TYPE_CHECKING:
+    from lb.server import Proxy
 
 log = logging.getLogger("lb.reload")
 
-RESTART_ONLY = ("listen", "cache", "upstream", "limits", "grpc")
 READ_TIMEOUT_S = 5.0         # reading and validating the file
 LOCK_TIMEOUT_S = 10.0        # waiting for a reload already running
 
@@ -81,12 +78,11 @@ def describe_changes(old: Config, new: Config) -> str:
 class Reloader:
     """Owns reloading one proxy's config; see the module docstring."""
 
-    def __init__(self, proxy: Proxy, health: HealthChecker, path: str | None) -> None:
+    def __init__(self, proxy: Proxy, path: str | None) -> None:
         self.path = path
-        self.status = metrics_for(proxy).config
+        self.status = proxy.status
         self.status.path = path
         self._proxy = proxy
-        self._health = health
         self._lock = asyncio.Lock()
         self._seen = file_stamp(path) if path is not None else None
         self._pending: set[asyncio.Task[tuple[bool, str]]] = set()
@@ -146,31 +142,18 @@ class Reloader:
                 return self._failed(reason, str(exc))
             except TimeoutError:
                 return self._failed(reason, f"{self.path}: not read within {READ_TIMEOUT_S}s")
-            return True, self.apply(cfg, reason)
+            try:
+                return True, self.apply(cfg, reason)
+            except ConfigError as exc:       # e.g. a discovery nameserver it cannot use
+                return self._failed(reason, str(exc))
         finally:
             self._lock.release()
 
     def apply(self, new: Config, reason: str = "reload") -> str:
         """Apply a validated config in one step on the event loop; returns the summary."""
         old = self._proxy.cfg
-        keep = {name: getattr(old, name) for name in RESTART_ONLY
-                if getattr(new, name) != getattr(old, name)}
-        for name in keep:
-            log.warning("config %s: %r changed; it takes effect at the next restart "
-                        "(the running value stays)", self.path, name)
-        cfg = new.model_copy(update=keep) if keep else new
+        cfg = self._proxy.reconfigure(new)
         summary = describe_changes(old, cfg)
-        leaving = [n for n in self._proxy.pool if n.rest not in {c.rest for c in cfg.nodes}]
-        self._proxy.pool.reconfigure(cfg.nodes, cfg.policy,
-                                     outlier_policy(cfg.outlier, cfg.policy))
-        for node in leaving:                # its requests in flight finish first
-            self._proxy.upstream.retire(node.rest, _drained(node))
-        self._proxy.cfg = cfg
-        self._health.cfg = cfg.health
-        for model in cfg.models:
-            self._health.model_seen(model)
-        self._health.kick()                 # new nodes get their versions probed now
-        configure_access_log(cfg.log)
         self.status.reloads += 1
         self.status.last_result = "ok"
         self.status.loaded_at = time.time()
@@ -183,7 +166,3 @@ class Reloader:
         self.status.last_error = message
         log.error("config reload (%s) failed; the running config stays:\n%s", reason, message)
         return False, message
-
-
-def _drained(node: Node) -> Callable[[], bool]:
-    return lambda: node.inflight == 0

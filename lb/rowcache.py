@@ -1,53 +1,51 @@
 """Row-level caching for `instances` requests (opt-in per model: `row_cache: true`).
 
-Called by `lb.proxy.Proxy.infer` for row-format predicts of such models. One
-MGET looks every row up; only the distinct missing rows go to a node, as one
-smaller batch; the reply's predictions are stored one per row and the client's
-`predictions` are reassembled in the original order (from the stored JSON
-bytes, without re-parsing them). Duplicate rows in one request are sent once.
-Concurrent requests that miss the same row share one backend call: the first
-owns the row's future, the others await it. The fetch runs in its own named
-task, so a cancelled owner does not fail the rows others wait for; a failed
-fetch fails every waiting row with the node's reply, and nothing is stored.
+Called by `lb.core.Core.serve` when the REST plan (`lb.rest_keys`) gives one
+key per row. One MGET looks every row up; only the distinct missing rows go
+to a node, as one smaller batch (through the core's `forward`, so they are
+balanced, retried, hedged and batched like any call); the reply's predictions
+are stored one per row and the client's `predictions` are reassembled in the
+original order (from the stored JSON bytes, without re-parsing them).
+Duplicate rows in one request are sent once. Concurrent requests that miss
+the same row share one backend call: the first owns the row's future, the
+others await it. The fetch runs in its own named task, so a cancelled owner
+does not fail the rows others wait for; a failed fetch fails every waiting
+row with the node's reply, and nothing is stored.
+
+`X-Cache`: HIT (every row), PARTIAL (some), COALESCED (every missing row was
+another request's), MISS; BYPASS under Cache-Control no-cache (no lookup; the
+rows are fetched and stored).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from cache.result_cache import ResultCache
-from lb.errors import DeadlineExceeded
-from lb.nodes import Node
-from lb.routes import Body, Directives, Route
-from lb.upstream import Reply
+from lb.call import Call, Outcome, Transport, XCache
+from lb.errors import DeadlineExceeded, NotCached
+from lb.http.client import Response
+from lb.rest_upstream import JSON, RestPayload
+from lb.routes import Body
+
+if TYPE_CHECKING:
+    from lb.core import Core
 
 log = logging.getLogger("lb.rowcache")
-
-JSON = "application/json"
-# (route, body, rows, version, deadline) -> the node's reply
-Forward = Callable[[Route, bytes, int, int, float], Awaitable[tuple[Reply, Node]]]
 
 
 class RowsFailed(Exception):
     """The node did not answer the missing rows with a usable 200; carries its reply."""
 
-    def __init__(self, reply: Reply) -> None:
+    def __init__(self, reply: Response, node: str | None) -> None:
         super().__init__(f"status {reply.status}")
         self.reply = reply
-
-
-@dataclass(slots=True, frozen=True)
-class RowOutcome:
-    reply: Reply
-    x_cache: str            # HIT | PARTIAL | MISS | COALESCED
-    node: str | None
+        self.node = node
 
 
 def assemble(rows: Sequence[bytes]) -> bytes:
@@ -55,58 +53,63 @@ def assemble(rows: Sequence[bytes]) -> bytes:
     return b'{"predictions":[' + b",".join(rows) + b"]}"
 
 
-def split_predictions(reply: Reply, expected: int) -> list[bytes]:
+def split_predictions(reply: Response, expected: int, node: str | None) -> list[bytes]:
     """Per-row JSON values of a 200 predict reply; RowsFailed if it is not one."""
     try:
         preds = orjson.loads(reply.body)["predictions"]
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-        raise RowsFailed(reply) from exc
+        raise RowsFailed(reply, node) from exc
     if not isinstance(preds, list) or len(preds) != expected:
-        raise RowsFailed(reply)
+        raise RowsFailed(reply, node)
     return [orjson.dumps(p) for p in preds]
 
 
 class RowCache:
-    def __init__(self, cache: ResultCache, forward: Forward) -> None:
-        self.cache = cache
-        self._forward = forward
+    """Row lookups, per-row coalescing and fills for one proxy's core."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
         self._flights: dict[str, asyncio.Future[bytes]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def serve(self, route: Route, body: Body, keys: list[str], version: int,
-                    directives: Directives, deadline: float) -> RowOutcome | None:
-        """Answer from rows; None when only-if-cached cannot be honoured (a miss)."""
-        model = route.model
-        if directives.lookup:
-            values = await self.cache.lookup_rows(keys, model)
+    async def serve(self, call: Call, transport: Transport[Any],
+                    keys: list[str]) -> Outcome[Response]:
+        cache = self.core.cache
+        assert cache is not None
+        d = call.directives
+        if d.lookup:
+            values = await cache.lookup_rows(keys, call.model)
         else:
-            self.cache.bypass(model)
+            cache.bypass(call.model)
             values = [None] * len(keys)
         missing: dict[str, int] = {}
         for i, (key, value) in enumerate(zip(keys, values, strict=True)):
             if value is None and key not in missing:
                 missing[key] = i
         if not missing:
-            return RowOutcome(Reply(200, assemble(values), JSON), "HIT", None)  # type: ignore[arg-type]
-        if directives.only_if_cached:
-            return None
+            return Outcome(Response(200, assemble(values), JSON), XCache.HIT)  # type: ignore[arg-type]
+        if d.only_if_cached:
+            raise NotCached
         try:
-            found, node, joined_all = await self._fetch_missing(
-                route, body, missing, version, directives, deadline)
+            found, node, joined_all = await self._fetch_missing(call, transport, missing)
         except RowsFailed as exc:
-            return RowOutcome(exc.reply, "MISS", None)
+            return Outcome(exc.reply, XCache.BYPASS if not d.lookup else XCache.MISS, exc.node)
         rows = [v if v is not None else found[k] for k, v in zip(keys, values, strict=True)]
-        hit_some = any(v is not None for v in values)
-        x_cache = "PARTIAL" if hit_some else ("COALESCED" if joined_all else "MISS")
-        if x_cache == "COALESCED":
-            self.cache.coalesced(model)
-        return RowOutcome(Reply(200, assemble(rows), JSON), x_cache, node)
+        if not d.lookup:
+            x_cache = XCache.BYPASS
+        elif any(v is not None for v in values):
+            x_cache = XCache.PARTIAL
+        else:
+            x_cache = XCache.COALESCED if joined_all else XCache.MISS
+        if x_cache is XCache.COALESCED:
+            cache.coalesced(call.model)
+        return Outcome(Response(200, assemble(rows), JSON), x_cache, node)
 
-    async def _fetch_missing(self, route: Route, body: Body, missing: dict[str, int],
-                             version: int, directives: Directives, deadline: float
+    async def _fetch_missing(self, call: Call, transport: Transport[Any],
+                             missing: dict[str, int]
                              ) -> tuple[dict[str, bytes], str | None, bool]:
         """Rows for `missing` keys: joined from flights in progress, the rest fetched."""
-        share = directives.lookup        # no-cache/no-store requests neither join nor lead
+        share = call.directives.lookup      # no-cache requests neither join nor lead
         owned = {k: i for k, i in missing.items() if not (share and k in self._flights)}
         waiting = {k: self._flights[k] for k in missing if k not in owned}
         node_box: list[str] = []
@@ -116,33 +119,40 @@ class RowCache:
             if share:
                 self._flights.update(futures)
             task = asyncio.create_task(
-                self._fetch(route, body, owned, futures, version, directives, deadline, node_box),
-                name=f"rows:{route.model}:{len(owned)}")
+                self._fetch(call, transport, owned, futures, node_box),
+                name=f"rows:{call.model}:{len(owned)}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             waiting.update(futures)
-        remaining = deadline - time.monotonic()
         try:
-            async with asyncio.timeout(max(remaining, 0.0)):
+            async with asyncio.timeout(call.deadline.remaining()):
                 done = await asyncio.gather(*(asyncio.shield(f) for f in waiting.values()))
         except TimeoutError:
             raise DeadlineExceeded("Deadline exceeded") from None
         found = dict(zip(waiting, done, strict=True))
         return found, (node_box[0] if node_box else None), not owned
 
-    async def _fetch(self, route: Route, body: Body, owned: dict[str, int],
-                     futures: dict[str, asyncio.Future[bytes]], version: int,
-                     directives: Directives, deadline: float, node_box: list[str]) -> None:
-        doc: dict[str, Any] = {"instances": [body.doc["instances"][i] for i in owned.values()]}
-        if "signature_name" in body.doc:
-            doc["signature_name"] = body.doc["signature_name"]
+    def _subcall(self, call: Call, owned: dict[str, int]) -> Call:
+        p: RestPayload = call.payload
+        assert p.parsed is not None
+        doc: dict[str, Any] = {"instances": [p.parsed.doc["instances"][i]
+                                             for i in owned.values()]}
+        if "signature_name" in p.parsed.doc:
+            doc["signature_name"] = p.parsed.doc["signature_name"]
+        rows = len(owned)
+        body = Body(doc=doc, rows=rows, signature_name=p.parsed.signature_name)
+        payload = replace(p, body=orjson.dumps(doc), parsed=body)
+        cost = call.units / max(call.rows, 1)
+        return replace(call, payload=payload, rows=rows, units=rows * cost)
+
+    async def _fetch(self, call: Call, transport: Transport[Any], owned: dict[str, int],
+                     futures: dict[str, asyncio.Future[bytes]], node_box: list[str]) -> None:
         try:
-            reply, node = await self._forward(route, orjson.dumps(doc), len(owned), version,
-                                              deadline)
+            reply, node = await self.core.forward(self._subcall(call, owned), transport)
             node_box.append(node.name)
             if reply.status != 200:
-                raise RowsFailed(reply)
-            rows = split_predictions(reply, len(owned))
+                raise RowsFailed(reply, node.name)
+            rows = split_predictions(reply, len(owned), node.name)
         except BaseException as exc:
             for key, fut in futures.items():
                 self._settle(key, fut, exc=exc)
@@ -151,8 +161,9 @@ class RowCache:
             return
         for (key, fut), row in zip(futures.items(), rows, strict=True):
             self._settle(key, fut, value=row)
-        if directives.store:
-            await self.cache.fill_many(list(zip(owned, rows, strict=True)), route.model)
+        cache = self.core.cache
+        if call.directives.store and cache is not None:
+            await cache.fill_many(list(zip(owned, rows, strict=True)), call.model)
 
     def _settle(self, key: str, fut: asyncio.Future[bytes], value: bytes | None = None,
                 exc: BaseException | None = None) -> None:

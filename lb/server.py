@@ -1,9 +1,16 @@
-"""`tfserving-lb serve`: build the proxy from a config, run it, shut it down in order.
+"""`tfserving-lb serve`: the composition root — build the components, run, reconfigure, stop.
 
-Called by `lb.cli`. Start-up: config → cache store → node pool → first
-health round (bounded by the probe timeout) → listen. Shutdown on SIGTERM or
-SIGINT, in a fixed order: stop accepting → let in-flight requests finish
-(grace period) → cancel the health task → close the cache and node pools.
+Called by `lb.cli` (`serve_main`) and by the demo. `Proxy` owns every
+component of one proxy process and is the only object that knows them all:
+config → node pool → upstreams (REST pools, gRPC channels) → health checks →
+dispatcher → cache → core → fronts, plus the recorder, metrics and reloader.
+Components never assign into each other: a new config (a reload, or nodes
+found by DNS discovery) reaches each through its own `reconfigure`.
+
+Start-up: first health round (bounded by the probe timeout) → listen.
+Shutdown on SIGTERM or SIGINT, in a fixed order: readiness turns 503 → stop
+accepting → let in-flight requests finish (`limits.drain_s`) → cancel what is
+left and the background tasks → close the cache and the node pools.
 """
 
 from __future__ import annotations
@@ -12,119 +19,269 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
+from cache.adaptive import AdaptiveController, AdaptiveParams
 from cache.result_cache import ResultCache
 from cache.store import make_store
-from lb.admin import make_admin_app, stats_doc
-from lb.config import Config, load_config, split_hostport
-from lb.errors import ConfigError
+from lb.config import Config, NodeConfig, load_config, split_hostport
+from lb.core import Core
+from lb.discovery import DnsDiscovery
+from lb.dispatch import Dispatcher
+from lb.errors import ConfigError, LbError
 from lb.grpc_front import GrpcFront
+from lb.grpc_upstream import GrpcTransport, GrpcUpstream
 from lb.health import HealthChecker
-from lb.history import history_for
+from lb.history import History
+from lb.http.server import HttpServer, ServerLimits
+from lb.metrics import ConfigStatus, Metrics
 from lb.nodes import NodePool
-from lb.observe import configure_access_log
+from lb.observe import Recorder, configure_access_log
 from lb.outlier import outlier_policy
-from lb.proxy import Proxy
-from lb.reload import Reloader
-from lb.rest import make_app
-from lb.upstream import Upstream
+from lb.rest_batch import RestBatchCodec
+from lb.rest_front import RestFront
+from lb.rest_keys import RestKeys
+from lb.rest_upstream import RestPayload, RestTransport, RestUpstream
+from lb.rowcache import RowCache
+from lb.signatures import Signatures
 
 log = logging.getLogger("lb.server")
 
-GRACE_S = 10.0
+# Sections a running proxy cannot change: sockets, the cache store, pool sizes, limits.
+RESTART_ONLY = ("listen", "cache", "upstream", "limits", "grpc")
 
 
-def build_cache(cfg: Config) -> ResultCache | None:
+def build_cache(cfg: Config, pin: Callable[[str], str]) -> ResultCache | None:
+    """The configured store behind a ResultCache with its adaptive controller; `pin`
+    reads a model's `cache: auto|on|off` from the live config."""
     c = cfg.cache
     if c.backend == "none":
         return None
     max_entry = int(c.max_entry_kb * 1024)
     store = make_store(c.backend, redis_url=c.redis_url, memory_bytes=int(c.memory_mb * 2**20),
                        max_entry_bytes=max_entry, timeout_s=c.redis_timeout_ms / 1000.0,
-                       cluster=c.redis_cluster)
-    return ResultCache(store, ttl_s=c.ttl_s, max_entry_bytes=max_entry)
+                       cluster=c.redis_cluster, admission=c.admission, mrc_keys=c.mrc_keys,
+                       mrc_rate=c.mrc_rate)
+    adaptive = AdaptiveController(AdaptiveParams(**c.adaptive.model_dump()), pin=pin)
+    return ResultCache(store, ttl_s=c.ttl_s, max_entry_bytes=max_entry, adaptive=adaptive)
 
 
-@dataclass
-class Running:
-    proxy: Proxy
-    health: HealthChecker
-    runners: list[web.AppRunner]
-    tasks: list[asyncio.Task[None]]
-    grpc: GrpcFront | None = None
-    reloader: Reloader | None = None
-
-    async def stop(self, grace_s: float = GRACE_S) -> None:
-        if self.grpc is not None:            # stops accepting, lets calls finish
-            await self.grpc.stop(grace_s)
-        for runner in self.runners:          # stops accepting, waits for handlers
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(runner.cleanup(), grace_s)
-        if self.reloader is not None:
-            await self.reloader.close()
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.proxy.close()
+def server_limits(cfg: Config) -> ServerLimits:
+    lim = cfg.limits
+    return ServerLimits(max_body_bytes=int(lim.max_body_mb * 2**20),
+                        max_url_bytes=lim.max_url_bytes, max_header_bytes=lim.max_header_bytes,
+                        max_headers=lim.max_headers, header_timeout_s=lim.body_timeout_s,
+                        body_timeout_s=lim.body_timeout_s, keepalive_s=lim.keepalive_s)
 
 
-async def start(cfg: Config, config_path: str | None = None) -> Running:
-    """Build and start everything; the returned handle stops it. With
-    `config_path`, SIGHUP and changes of that file reload it (`lb.reload`)."""
-    configure_access_log(cfg.log)
-    pool = NodePool(cfg.nodes, cfg.policy, outlier=outlier_policy(cfg.outlier, cfg.policy))
-    upstream = Upstream(cfg.upstream)
-    health = HealthChecker(cfg.health, pool, upstream, list(cfg.models))
-    proxy = Proxy(cfg, pool, upstream, build_cache(cfg), learn=health.learn)
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(cfg.health.timeout_s * 2):
-            await health.probe_all()
-    tasks = [asyncio.create_task(health.run(), name="health")]
-    tasks.append(asyncio.create_task(history_for(proxy).run(lambda: stats_doc(proxy)),
-                                     name="history"))
-    reloader = Reloader(proxy, health, config_path)
-    tasks += reloader.start()
-    runners = []
-    for app, addr in ((make_app(proxy), cfg.listen.rest),
-                      (make_admin_app(proxy, reloader), cfg.listen.admin)):
-        lim = cfg.limits
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=GRACE_S,
-                               keepalive_timeout=lim.keepalive_s, max_line_size=lim.max_url_bytes,
-                               max_field_size=lim.max_header_bytes, max_headers=lim.max_headers)
+class Proxy:
+    """Every component of one proxy process (see the module docstring)."""
+
+    def __init__(self, cfg: Config, config_path: str | None = None) -> None:
+        self.cfg = cfg
+        self.static_nodes = list(cfg.nodes)
+        self.discovered: list[NodeConfig] = []
+        self.pool = NodePool(cfg.nodes, cfg.policy, outlier=outlier_policy(cfg.outlier, cfg.policy))
+        self.rest_upstream = RestUpstream(cfg.upstream)
+        self.grpc_upstream = GrpcUpstream(cfg.grpc)
+        self.health = HealthChecker(cfg.health, self.pool, self.rest_upstream, list(cfg.models))
+        self.dispatcher = Dispatcher(cfg, self.pool)
+        self.cache = build_cache(cfg, lambda model: self.cfg.model(model).cache)
+        self.core = Core(cfg, self.pool, self.dispatcher, self.cache, self.health)
+        self.core.rows = RowCache(self.core) if self.cache is not None else None
+        self.rest_transport = RestTransport(self.rest_upstream, RestBatchCodec())
+        self.signatures = Signatures(self._fetch_metadata)
+        self.keys = RestKeys(self.signatures, self.config)
+        self.history = History()
+        self.recorder = Recorder(lambda: self.cfg.log, self.history)
+        self.rest = RestFront(self.core, self.rest_transport, self.keys, self.recorder,
+                              self.config, self.pool)
+        self.grpc: GrpcFront | None = None
+        if cfg.listen.grpc:
+            self.grpc = GrpcFront(self.core, GrpcTransport(self.grpc_upstream), self.recorder,
+                                  self.config, self.pool)
+        self.status = ConfigStatus(path=config_path)
+        self.metrics = Metrics(self)
+        self.started = time.time()
+        self._http: HttpServer | None = None
+        self._admin: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.discovery: DnsDiscovery | None = None
+        self._discovery_task: asyncio.Task[None]
+
+    def config(self) -> Config:
+        return self.cfg
+
+    # -- reconfiguration ----------------------------------------------------------
+
+    def reconfigure(self, new: Config) -> Config:
+        """Apply a validated config in one synchronous step; returns what is applied.
+
+        Sections in RESTART_ONLY keep their running value (logged). Nodes whose
+        name stays keep their counters, τ and health; new ones slow-start once
+        their models are AVAILABLE; removed ones get no new requests, and their
+        pools and channels close once the requests in flight on them are done.
+        """
+        old = self.cfg
+        keep = {name: getattr(old, name) for name in RESTART_ONLY
+                if getattr(new, name) != getattr(old, name)}
+        for name in keep:
+            log.warning("config %r changed; it takes effect at the next restart "
+                        "(the running value stays)", name)
+        cfg = new.model_copy(update=keep) if keep else new
+        self._rediscover(cfg)                  # first: it may refuse (ConfigError)
+        self.static_nodes = list(cfg.nodes)
+        self._apply(cfg.model_copy(update={"nodes": self._merged()}))
+        return self.cfg
+
+    def _rediscover(self, cfg: Config) -> None:
+        """Start, stop or reconfigure DNS discovery for a reloaded config."""
+        if cfg.discovery is None:
+            if self.discovery is not None:
+                self._discovery_task.cancel()
+                self.discovery, self.discovered = None, []
+        elif self.discovery is None:
+            self._start_discovery(DnsDiscovery(cfg.discovery, self.set_discovered))
+        else:
+            self.discovery.reconfigure(cfg.discovery)
+
+    def _start_discovery(self, discovery: DnsDiscovery) -> None:
+        self.discovery = discovery
+        self._discovery_task = asyncio.create_task(discovery.run(), name="dns-discovery")
+        self._tasks.append(self._discovery_task)
+
+    def set_discovered(self, nodes: list[NodeConfig]) -> None:
+        """Nodes found by DNS discovery, beside the static ones: the same path as a reload."""
+        self.discovered = list(nodes)
+        self._apply(self.cfg.model_copy(update={"nodes": self._merged()}))
+
+    def _merged(self) -> list[NodeConfig]:
+        names = {n.name for n in self.static_nodes}
+        return self.static_nodes + [n for n in self.discovered if n.name not in names]
+
+    def _apply(self, cfg: Config) -> None:
+        wanted = {n.name: n.rest for n in cfg.nodes}
+        leaving = [n for n in self.pool if wanted.get(n.name) != n.rest]
+        self.pool.reconfigure(cfg.nodes, cfg.policy, outlier_policy(cfg.outlier, cfg.policy))
+        self.rest_upstream.reconfigure(leaving)
+        self.grpc_upstream.reconfigure(leaving)
+        self.cfg = cfg
+        self.dispatcher.reconfigure(cfg)
+        self.core.reconfigure(cfg)
+        self.health.reconfigure(cfg.health, list(cfg.models))
+        configure_access_log(cfg.log)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """First DNS resolution and health round (each bounded), then listen."""
+        cfg = self.cfg
+        configure_access_log(cfg.log)
+        if cfg.discovery is not None:            # resolve once before listening
+            discovery = DnsDiscovery(cfg.discovery, self.set_discovered)
+            await discovery.refresh()               # bounded by discovery.timeout_s
+            self._start_discovery(discovery)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(cfg.health.timeout_s * 2):
+                await self.health.probe_all()
+        self._tasks.append(asyncio.create_task(self.health.run(), name="health"))
+        self._http = HttpServer(self.rest, server_limits(cfg))
+        host, port = split_hostport(cfg.listen.rest)
+        await self._http.start(host, port)
+        if self.grpc is not None and cfg.listen.grpc:
+            await self.grpc.start(cfg.listen.grpc)
+        log.info("listening: rest %s, grpc %s, admin %s; %d nodes, cache %s",
+                 cfg.listen.rest, cfg.listen.grpc, cfg.listen.admin, len(cfg.nodes),
+                 cfg.cache.backend)
+
+    async def serve_admin(self, app: web.Application) -> None:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        host, port = split_hostport(addr)
-        await web.TCPSite(runner, host, port, backlog=1024, reuse_port=True).start()
-        runners.append(runner)
-    grpc_front = GrpcFront(proxy) if cfg.listen.grpc else None
-    if grpc_front is not None and cfg.listen.grpc:
-        await grpc_front.start(cfg.listen.grpc)
-    log.info("listening: rest %s, grpc %s, admin %s; %d nodes, cache %s", cfg.listen.rest,
-             cfg.listen.grpc, cfg.listen.admin, len(cfg.nodes), cfg.cache.backend)
-    return Running(proxy, health, runners, tasks, grpc_front, reloader)
+        host, port = split_hostport(self.cfg.listen.admin)
+        await web.TCPSite(runner, host, port, backlog=128, reuse_port=True).start()
+        self._admin = runner
+
+    def add_task(self, coro: Awaitable[Any], name: str) -> None:
+        self._tasks.append(asyncio.ensure_future(coro))
+        self._tasks[-1].set_name(name)
+
+    async def stop(self) -> None:
+        """The shutdown order of the module docstring."""
+        grace = self.cfg.limits.drain_s
+        self.rest.draining = True
+        stops: list[Awaitable[None]] = []
+        if self._http is not None:
+            stops.append(self._http.shutdown(grace))
+        if self.grpc is not None:
+            stops.append(self.grpc.stop(grace))
+        await asyncio.gather(*stops, return_exceptions=True)
+        await self.rest.close()
+        if self._admin is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._admin.cleanup(), 2.0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.core.batcher.close()
+        if self.core.rows is not None:
+            await self.core.rows.close()      # type: ignore[attr-defined]
+        if self.cache is not None:
+            await self.cache.close()
+        await self.rest_upstream.close()
+        await self.grpc_upstream.close()
+
+    async def _fetch_metadata(self, model: str, version: int) -> bytes | None:
+        """Signature metadata of one model version, from any node serving it."""
+        from lb.call import Call, Deadline
+
+        path = f"/v1/models/{model}/versions/{version}/metadata"
+        call = Call(model, version, None, True, 0.0,
+                    Deadline.after(self.cfg.health.timeout_s * 2), RestPayload("GET", path))
+        try:
+            out = await self.core.passthrough(call, self.rest_transport)
+        except LbError:
+            return None
+        return out.answer.body if out.answer.status == 200 else None
+
+
+async def start(cfg: Config, config_path: str | None = None) -> Proxy:
+    """Build and start a proxy with its admin port, reloader and discovery."""
+    from lb.admin import make_admin_app, stats_doc
+    from lb.reload import Reloader
+
+    proxy = Proxy(cfg, config_path)
+    await proxy.start()
+    proxy.add_task(proxy.history.run(lambda: stats_doc(proxy)), "history")
+    reloader = Reloader(proxy, config_path)
+    for task in reloader.start():
+        proxy.add_task(task, task.get_name())
+    await proxy.serve_admin(make_admin_app(proxy, reloader))
+    return proxy
 
 
 async def _serve(cfg: Config, config_path: str | None = None) -> None:
-    running = await start(cfg, config_path)
+    proxy = await start(cfg, config_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
-    await running.stop()
+    log.info("shutting down: draining for up to %.0f s", proxy.cfg.limits.drain_s)
+    await proxy.stop()
 
 
-def run(coro_factory: object) -> None:
+def run(coro_factory: Callable[[], Awaitable[None]]) -> None:
     """Run on uvloop when available."""
     try:
         import uvloop
     except ImportError:          # pragma: no cover - uvloop is a dependency
-        asyncio.run(coro_factory())  # type: ignore[operator]
+        asyncio.run(coro_factory())  # type: ignore[arg-type]
         return
-    uvloop.run(coro_factory())  # type: ignore[operator]
+    uvloop.run(coro_factory())  # type: ignore[arg-type]
 
 
 def setup_logging() -> None:

@@ -1,6 +1,8 @@
 """`tfserving-lb demo`: a local pool of MNIST workers behind the proxy, memory cache.
 
-Called by `lb.cli`. Steps, each with a deadline: export the seed's MNIST model
+Called by `lb.cli` (`tfserving-lb demo`, which hands its arguments to `main`).
+It lives beside the worker because it starts workers: `lb/` never imports
+`backends/`. Steps, each with a deadline: export the seed's MNIST model
 (in a subprocess: this process is the proxy and never imports TensorFlow) →
 start the workers (the last one deliberately slower) → write a config → run the
 proxy in this process → print curl examples → on Ctrl-C or SIGTERM stop the
@@ -27,7 +29,7 @@ from backends.pool import start_pool, stop_pool, wait_available
 from lb.config import Config, parse_config
 from lb.server import run, setup_logging, start
 
-log = logging.getLogger("lb.demo")
+log = logging.getLogger("backends.demo")
 
 MODEL = "mnist"
 SLOW_DELAY_MS = 40.0
@@ -120,3 +122,13 @@ def demo_main(args: argparse.Namespace) -> int:
     finally:
         stop_pool(procs, timeout=10.0)
     return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="tfserving-lb demo",
+                                     description="local MNIST workers + proxy, memory cache")
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--port", type=int, default=8501, help="proxy REST port")
+    parser.add_argument("--admin-port", type=int, default=9901)
+    parser.add_argument("--dir", default="demo-models", help="where the MNIST model is exported")
+    return demo_main(parser.parse_args(argv))

@@ -1,0 +1,243 @@
+"""The request core: version → cache lookup → coalesce → dispatch → fill, for both fronts.
+
+Called by the fronts (`lb.rest_front`, `lb.grpc_front`) once per client
+request with a `Call` and the front's `Transport`. The core decides; the
+transports do the I/O. It never looks inside a payload.
+
+Flow of `serve`:
+1. `resolve`: the version a request addresses is the one it names, or the
+   latest AVAILABLE on a healthy node. When no node has it AVAILABLE yet but
+   one is loading it or has not answered a probe since it joined (a cold
+   start, a rollout), the request waits for it, at most
+   `limits.queue_timeout_s` and never past its deadline; then `NotReady`
+   (503 + Retry-After). Waits are counted.
+2. The cache, when the call is cacheable: Cache-Control `no-store` skips it
+   (BYPASS), `no-cache` skips the lookup but fills; the adaptive controller
+   may bypass a model whose requests do not repeat (BYPASS); otherwise the
+   key is made (`plan`), looked up (HIT), and a miss is coalesced with an
+   identical one in flight (COALESCED) or forwarded (MISS) and the good answer
+   stored. Row-level caching is a plan with one key per row (`lb.rowcache`).
+3. `forward`: the dispatcher (`lb.dispatch`) picks, attempts, hedges, retries.
+
+Guarantees: an `Outcome` or an `LbError` by the call's deadline; a cache
+problem is a miss; hits + misses + bypasses = cacheable calls; admission
+(`admit`/`release`) sheds load past `limits.max_inflight` with `Overloaded`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from cache.adaptive import Decision
+from cache.result_cache import ResultCache
+from lb.batcher import Batcher
+from lb.call import Call, Outcome, Transport, XCache
+from lb.config import Config
+from lb.dispatch import Dispatcher
+from lb.errors import NotCached, NotReady, Overloaded
+from lb.flights import Flights
+from lb.nodes import Node, NodePool
+
+log = logging.getLogger("lb.core")
+A = TypeVar("A")
+
+
+class Probes(Protocol):
+    """What the core asks of the health checks (`lb.health.HealthChecker`)."""
+
+    async def learn(self, model: str) -> None: ...
+
+    def model_seen(self, model: str) -> None: ...
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the cache may do with a call: its whole-request key, or one key per row."""
+
+    key: str | None = None
+    rows: list[str] | None = None
+
+
+PlanFn = Callable[[Call], Awaitable[Plan | None]]
+
+
+class Rows(Protocol):
+    """Row-level caching (`lb.rowcache.RowCache`), attached by the composition root."""
+
+    async def serve(self, call: Call, transport: Transport[Any],
+                    keys: list[str]) -> Outcome[Any]: ...
+
+
+@dataclass(slots=True)
+class Waits:
+    """Requests that waited for a model to become AVAILABLE (/stats, /metrics)."""
+
+    waits: int = 0
+    seconds: float = 0.0
+    max_s: float = 0.0
+    timeouts: int = 0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"waits": self.waits, "seconds": round(self.seconds, 6),
+                "max_s": round(self.max_s, 6), "timeouts": self.timeouts}
+
+
+class Core:
+    """See the module docstring; one per proxy process, shared by both fronts."""
+
+    def __init__(self, cfg: Config, pool: NodePool, dispatcher: Dispatcher,
+                 cache: ResultCache | None, probes: Probes | None = None) -> None:
+        self.cfg = cfg
+        self.pool = pool
+        self.dispatcher = dispatcher
+        self.cache = cache
+        self.flights = Flights()
+        self.waits = Waits()
+        self.inflight = 0
+        self.shed = 0
+        self._probes = probes
+        self.rows: Rows | None = None
+        self.batcher = Batcher(pool, dispatcher)
+
+    def reconfigure(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    async def forward(self, call: Call, transport: Transport[A]) -> tuple[A, Node]:
+        """To a node: through the batcher when the model batches and the call can join a
+        group (`lb.batcher`), else straight to the dispatcher."""
+        batching = self.cfg.model(call.model).batching
+        codec = transport.codec
+        if batching is not None and codec is not None:
+            key = codec.group(call)
+            if key is not None:
+                return await self.batcher.submit(call, transport, codec, key, batching)
+        return await self.dispatcher.send(call, transport)
+
+    # -- admission ----------------------------------------------------------------
+
+    def admit(self) -> None:
+        """Count a client request in; Overloaded past limits.max_inflight."""
+        if self.inflight >= self.cfg.limits.max_inflight:
+            self.shed += 1
+            raise Overloaded("too many requests in progress; retry later")
+        self.inflight += 1
+
+    def release(self) -> None:
+        self.inflight -= 1
+
+    # -- the flow -----------------------------------------------------------------
+
+    async def serve(self, call: Call, transport: Transport[A],
+                    plan: PlanFn | None = None) -> Outcome[A]:
+        """The answer to a client call (see the module docstring)."""
+        await self.resolve(call)
+        cache = self.cache
+        d = call.directives
+        if cache is None or plan is None or call.version is None:
+            if d.only_if_cached:
+                raise NotCached
+            return await self._forward(call, transport, XCache.MISS)
+        if not d.store and not d.only_if_cached:             # no-store: not at all
+            cache.bypass(call.model)
+            return await self._forward(call, transport, XCache.BYPASS)
+        if d.lookup and not d.only_if_cached:
+            decision = cache.decide(call.model)              # counts its own bypasses
+            if decision is not Decision.USE:                 # nothing repeats: no cache
+                if decision is Decision.SAMPLE:
+                    await self._sample(cache, call, plan)
+                return await self._forward(call, transport, XCache.BYPASS)
+        made = await plan(call)
+        if made is None or (made.key is None and made.rows is None):
+            if d.only_if_cached:
+                raise NotCached
+            return await self._forward(call, transport, XCache.MISS)
+        if made.rows is not None and self.rows is not None:
+            return await self.rows.serve(call, transport, made.rows)
+        assert made.key is not None
+        return await self._whole(cache, call, transport, made.key)
+
+    @staticmethod
+    async def _sample(cache: ResultCache, call: Call, plan: PlanFn) -> None:
+        """A bypassed model's sampled request: its key feeds the controller's sketch."""
+        made = await plan(call)
+        if made is not None and made.key is not None:
+            cache.sampled(call.model, made.key)
+        elif made is not None and made.rows is not None:
+            cache.sampled_rows(call.model, made.rows)
+
+    async def _whole(self, cache: ResultCache, call: Call, transport: Transport[A],
+                     key: str) -> Outcome[A]:
+        d = call.directives
+        if d.lookup:
+            hit = await cache.lookup(key, call.model)
+            cached = transport.from_cache(call, hit) if hit is not None else None
+            if cached is not None:
+                return Outcome(cached, XCache.HIT)
+        else:
+            cache.bypass(call.model)
+        if d.only_if_cached:
+            raise NotCached
+
+        async def fetch() -> tuple[A, Node]:
+            answer, node = await self.forward(call, transport)
+            if d.store and transport.verdict(answer, False).good:
+                await cache.fill(key, call.model, transport.body(answer))
+            return answer, node
+
+        if not d.lookup:                         # no-cache: its own call, then fill
+            answer, node = await fetch()
+            return Outcome(answer, XCache.BYPASS, node.name)
+        (answer, node), joined = await self.flights.run(key, fetch, call.deadline)
+        if joined:
+            cache.coalesced(call.model)
+        return Outcome(answer, XCache.COALESCED if joined else XCache.MISS, node.name)
+
+    async def _forward(self, call: Call, transport: Transport[A],
+                       x_cache: XCache) -> Outcome[A]:
+        answer, node = await self.forward(call, transport)
+        return Outcome(answer, x_cache, node.name)
+
+    async def passthrough(self, call: Call, transport: Transport[A]) -> Outcome[A]:
+        """Status, metadata and other uncached calls: balanced, never cached."""
+        return await self._forward(call, transport, XCache.BYPASS)
+
+    # -- versions -----------------------------------------------------------------
+
+    async def resolve(self, call: Call) -> None:
+        """Set `call.version` (see the module docstring, step 1). Requests by label
+        are not resolved: the nodes resolve labels themselves."""
+        if call.label is not None:
+            return
+        pool = self.pool
+        state = pool.readiness(call.model, call.version)
+        if state != "ready" and self._probes is not None:
+            await self._probes.learn(call.model)   # a model the checks did not know
+            state = pool.readiness(call.model, call.version)
+        if state == "wait":
+            if self._probes is not None:
+                self._probes.model_seen(call.model)    # probed every round from now on
+            await self._wait(call)
+        if call.version is None:
+            call.version = pool.latest_version(call.model)
+
+    async def _wait(self, call: Call) -> None:
+        start = time.monotonic()
+        until = min(call.deadline.at, start + self.cfg.limits.queue_timeout_s)
+        state = "wait"
+        while state == "wait" and time.monotonic() < until:
+            await self.pool.wait_available(until - time.monotonic())
+            state = self.pool.readiness(call.model, call.version)
+        waited = time.monotonic() - start
+        w = self.waits
+        w.waits += 1
+        w.seconds += waited
+        w.max_s = max(w.max_s, waited)
+        if state == "wait":
+            w.timeouts += 1
+            log.warning("no node has %s AVAILABLE after %.1f s", call.model, waited)
+            raise NotReady(f"Model {call.model} is not available yet on any node; "
+                           f"retry later")

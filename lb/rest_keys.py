@@ -1,0 +1,56 @@
+"""Cache plans for REST calls: the whole-request key, or one key per row.
+
+Called by `lb.core.Core.serve` (as the front's `PlanFn`) for a cacheable REST
+call, only when the cache will be used (not for Cache-Control no-store, not
+for a model the adaptive controller bypasses). Keys decode inputs in the
+signature's dtypes, read once per (model, version) from a node's metadata
+(`lb.signatures`); without them keys fall back to canonical JSON, and
+`key_modes` says so per model for `/stats`.
+
+Guarantees: never raises for a body the key cannot read (the call is then
+simply not cached); the body was parsed once by the front (`RestPayload.parsed`)
+and is not parsed again; `key_modes` holds at most `MAX_MODELS` names.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from cache.keys import key_mode, request_key, row_keys
+from lb.call import Call
+from lb.config import Config
+from lb.core import Plan
+from lb.rest_upstream import RestPayload
+from lb.signatures import Signatures
+
+log = logging.getLogger("lb.keys")
+MAX_MODELS = 256
+
+
+class RestKeys:
+    def __init__(self, signatures: Signatures, cfg: Callable[[], Config]) -> None:
+        self.signatures = signatures
+        self._cfg = cfg
+        # model -> "tensor" | "json": how its keys were last made (shown in /stats)
+        self.key_modes: dict[str, str] = {}
+
+    async def plan(self, call: Call) -> Plan | None:
+        p: RestPayload = call.payload
+        body, version, verb = p.parsed, call.version, p.verb
+        if body is None or version is None or verb is None:
+            return None
+        model = call.model
+        dtypes = await self.signatures.dtypes(model, version, body.signature_name)
+        if len(self.key_modes) < MAX_MODELS or model in self.key_modes:
+            self.key_modes[model] = key_mode(dtypes)
+        try:
+            if verb == "predict" and not body.columnar and self._cfg().model(model).row_cache:
+                keys = row_keys(model, str(version), body.signature_name, body.doc, dtypes)
+                if keys:
+                    return Plan(rows=keys)
+            return Plan(key=request_key(model, str(version), verb, body.doc, dtypes,
+                                        body.signature_name))
+        except Exception:     # a body the key cannot read is simply not cached
+            log.debug("no cache key for %s", model, exc_info=True)
+            return None
