@@ -1,4 +1,6 @@
-"""The worker as a real process, checked against what TF Serving returns (tests/data/models/README.md).
+"""The worker as a real process, checked against what TF Serving returns.
+
+The expected values are those of tests/data/models/README.md.
 
 Two workers per module: `worker` serves TF Serving's test models, a broken model and
 a freshly exported MNIST model; `slow` (started with backends.pool) has a delay and

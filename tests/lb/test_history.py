@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from lb.history import MAX_EVENTS, RESERVOIR, WINDOW, History, history_for, node_state
+from lb.history import MAX_EVENTS, RESERVOIR, WINDOW, History, node_state
 
 T0 = 1_700_000_000.0
 
@@ -165,14 +165,6 @@ def test_node_state_of_entries_without_state() -> None:
     assert node_state({"healthy": True}) == "healthy"
     assert node_state({"healthy": False}) == "unhealthy"
     assert node_state({"healthy": True, "state": "ejected"}) == "ejected"
-
-
-def test_history_for_is_one_per_proxy() -> None:
-    class Proxy:                                   # any object stands for a proxy here
-        pass
-
-    p, q = Proxy(), Proxy()
-    assert history_for(p) is history_for(p) and history_for(p) is not history_for(q)
 
 
 async def test_run_ticks_until_cancelled_and_survives_a_failing_stats() -> None:
