@@ -139,6 +139,12 @@ class AdaptiveController:
         s.sampled += 1
         return SAMPLE
 
+    def using(self, model: str) -> bool:
+        """Whether `decide` would answer USE now, without counting anything (the
+        proxy's synchronous hit path asks this before it peeks)."""
+        s = self._models.get(model)
+        return s is not None and not s.bypass
+
     def observe(self, model: str, hits: int, lookups: int = 1) -> None:
         """`lookups` keys looked up for `model`, `hits` of them found."""
         s = self._models.get(model)

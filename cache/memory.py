@@ -76,6 +76,10 @@ class MemoryStore:
         self._entries.clear()
         self._bytes = 0
 
+    def peek(self, key: str) -> bytes | None:
+        """The synchronous hit path's get (`ResultCache.peek`)."""
+        return self.get_now(key)
+
     def get_now(self, key: str) -> bytes | None:
         """Synchronous get (the store never blocks); refreshes the entry's recency."""
         entry = self._entries.get(key)

@@ -110,6 +110,24 @@ class ResultCache:
             self._count(model, "errors")
             return on_error
 
+    def peek(self, key: str, model: str) -> bytes | None:
+        """A hit from the in-process tier, synchronously, counted like `lookup`'s hits;
+        None (and nothing counted) otherwise: the caller then does a full `lookup`.
+        Only for models the adaptive controller has on (`using`)."""
+        peek = getattr(self._store, "peek", None)
+        value: bytes | None = peek(key) if peek is not None else None
+        if value is None:
+            return None
+        self._total.hits += 1
+        self._model(model).hits += 1
+        if self.adaptive is not None:
+            self.adaptive.observe(model, True)
+        return value
+
+    def using(self, model: str) -> bool:
+        """Whether requests of `model` use the cache now (no counting)."""
+        return self.adaptive is None or self.adaptive.using(model)
+
     async def lookup(self, key: str, model: str) -> bytes | None:
         """The stored body for `key`, or None (miss, or store trouble)."""
         start = time.perf_counter()

@@ -48,7 +48,7 @@ _IS_INT = int.__instancecheck__      # C-level per element, for map(); bools are
 SUPPORTED_DTYPES = frozenset({*_INT_DTYPES, *_FLOAT_DTYPES, "DT_BOOL", "DT_STRING"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)     # not frozen: built per request, treat as immutable
 class Tensor:
     """One decoded input: what TF Serving would see, in a canonical byte form.
 

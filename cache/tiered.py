@@ -28,6 +28,13 @@ class TieredStore:
         self._front_hits = 0
         self._back_hits = 0
 
+    def peek(self, key: str) -> bytes | None:
+        """A hit from the memory front only (`ResultCache.peek`); None: ask `get`."""
+        value = self._front.get_now(key)
+        if value is not None:
+            self._front_hits += 1
+        return value
+
     async def get(self, key: str) -> bytes | None:
         value = self._front.get_now(key)
         if value is not None:

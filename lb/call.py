@@ -42,7 +42,7 @@ class XCache(StrEnum):
 DEFAULT_DIRECTIVES = Directives()
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)     # not frozen: built per request, treat as immutable
 class Deadline:
     """The instant (time.monotonic()) by which a request must be answered."""
 
@@ -99,9 +99,10 @@ class Call:
     key: str | None = None      # the cache key, when the request is cacheable
     idempotent: bool = True     # may be hedged
     rows: int = 1
+    decision: Any = None        # the adaptive cache's Decision, once made (lb.core)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)     # not frozen: built per request, treat as immutable
 class Outcome(Generic[A]):
     """The core's answer to a call: the reply, what the cache did, who answered."""
 

@@ -106,16 +106,17 @@ class Core:
     def reconfigure(self, cfg: Config) -> None:
         self.cfg = cfg
 
-    async def forward(self, call: Call, transport: Transport[A]) -> tuple[A, Node]:
+    def forward(self, call: Call, transport: Transport[A]) -> Awaitable[tuple[A, Node]]:
         """To a node: through the batcher when the model batches and the call can join a
-        group (`lb.batcher`), else straight to the dispatcher."""
+        group (`lb.batcher`), else straight to the dispatcher. (A plain function that
+        returns the awaitable: one coroutine frame less on every request.)"""
         batching = self.cfg.model(call.model).batching
         codec = transport.codec
         if batching is not None and codec is not None:
             key = codec.group(call)
             if key is not None:
-                return await self.batcher.submit(call, transport, codec, key, batching)
-        return await self.dispatcher.send(call, transport)
+                return self.batcher.submit(call, transport, codec, key, batching)
+        return self.dispatcher.send(call, transport)
 
     # -- admission ----------------------------------------------------------------
 
@@ -131,34 +132,61 @@ class Core:
 
     # -- the flow -----------------------------------------------------------------
 
+    def direct(self, call: Call, cacheable: bool) -> XCache | None:
+        """For a front that forwards without a Task: the X-Cache of a call that can go
+        straight to the dispatcher — its version resolved without a wait, no cache work
+        (cache none, Cache-Control no-store, or the model bypassed), no batching.
+        None: run `serve`. It makes the same decisions `serve` would, once."""
+        if call.label is None and not self._resolved(call):
+            return None
+        if self.cfg.model(call.model).batching is not None:
+            return None
+        return self._plain(call, cacheable)
+
     async def serve(self, call: Call, transport: Transport[A],
                     plan: PlanFn | None = None) -> Outcome[A]:
         """The answer to a client call (see the module docstring)."""
-        await self.resolve(call)
+        if call.label is None and not self._resolved(call):
+            await self.resolve(call)
+        x_cache = self._plain(call, plan is not None)
+        if x_cache is not None:
+            return await self._forward(call, transport, x_cache)
         cache = self.cache
-        d = call.directives
-        if cache is None or plan is None or call.version is None:
-            if d.only_if_cached:
-                raise NotCached
-            return await self._forward(call, transport, XCache.MISS)
-        if not d.store and not d.only_if_cached:             # no-store: not at all
-            cache.bypass(call.model)
+        assert cache is not None and plan is not None
+        if call.decision is Decision.SAMPLE:      # a bypassed model's sampled request
+            await self._sample(cache, call, plan)
             return await self._forward(call, transport, XCache.BYPASS)
-        if d.lookup and not d.only_if_cached:
-            decision = cache.decide(call.model)              # counts its own bypasses
-            if decision is not Decision.USE:                 # nothing repeats: no cache
-                if decision is Decision.SAMPLE:
-                    await self._sample(cache, call, plan)
-                return await self._forward(call, transport, XCache.BYPASS)
         made = await plan(call)
         if made is None or (made.key is None and made.rows is None):
-            if d.only_if_cached:
+            if call.directives.only_if_cached:
                 raise NotCached
             return await self._forward(call, transport, XCache.MISS)
         if made.rows is not None and self.rows is not None:
             return await self.rows.serve(call, transport, made.rows)
         assert made.key is not None
         return await self._whole(cache, call, transport, made.key)
+
+    def _plain(self, call: Call, cacheable: bool) -> XCache | None:
+        """What `serve` decides without an await, once the version is resolved: the
+        X-Cache of a call that goes to the nodes with no cache work, or None for the
+        cache path. Counts the bypasses it decides (Cache-Control no-store here; the
+        adaptive controller counts its own, and its decision is kept on the call so
+        that it is made once)."""
+        cache = self.cache
+        d = call.directives
+        if cache is None or not cacheable or call.version is None:
+            if d.only_if_cached:
+                raise NotCached
+            return XCache.MISS
+        if not d.store and not d.only_if_cached:             # no-store: not at all
+            cache.bypass(call.model)
+            return XCache.BYPASS
+        if d.lookup and not d.only_if_cached:
+            if call.decision is None:
+                call.decision = cache.decide(call.model)     # counts its own bypasses
+            if call.decision is Decision.BYPASS:             # nothing repeats: no cache
+                return XCache.BYPASS
+        return None
 
     @staticmethod
     async def _sample(cache: ResultCache, call: Call, plan: PlanFn) -> None:
@@ -201,17 +229,29 @@ class Core:
         answer, node = await self.forward(call, transport)
         return Outcome(answer, x_cache, node.name)
 
-    async def passthrough(self, call: Call, transport: Transport[A]) -> Outcome[A]:
+    def passthrough(self, call: Call, transport: Transport[A]) -> Awaitable[Outcome[A]]:
         """Status, metadata and other uncached calls: balanced, never cached."""
-        return await self._forward(call, transport, XCache.BYPASS)
+        return self._forward(call, transport, XCache.BYPASS)
 
     # -- versions -----------------------------------------------------------------
+
+    def _resolved(self, call: Call) -> bool:
+        """The common case without an await: an unversioned call gets the latest
+        version a healthy node has AVAILABLE."""
+        if call.version is None:
+            call.version = self.pool.latest_version(call.model)
+            return call.version is not None
+        return False
 
     async def resolve(self, call: Call) -> None:
         """Set `call.version` (see the module docstring, step 1). Requests by label
         are not resolved: the nodes resolve labels themselves."""
         if call.label is not None:
             return
+        if call.version is None:                   # the common case: no await, one pass
+            call.version = self.pool.latest_version(call.model)
+            if call.version is not None:
+                return
         pool = self.pool
         state = pool.readiness(call.model, call.version)
         if state != "ready" and self._probes is not None:

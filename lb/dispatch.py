@@ -24,6 +24,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -81,13 +82,13 @@ class _Attempt(Generic[A]):
         exc = fut.exception()
         if exc is not None:
             node.end(self.flight, elapsed, ok=False, now=now, sample=False)
-            self.dispatcher.outcome(node, False, now)
+            self.dispatcher.passive(node, False, now)
             if not isinstance(exc, LbError):
                 log.error("attempt on %s raised %r", node.name, exc)
             return
         verdict = self.verdict()
         node.end(self.flight, elapsed, ok=verdict.node_ok, now=now, sample=verdict.good)
-        self.dispatcher.outcome(node, verdict.node_ok, now)
+        self.dispatcher.passive(node, verdict.node_ok, now)
         if verdict.good:
             self.dispatcher.hedging.observe(node.name, self.model, elapsed)
 
@@ -97,20 +98,21 @@ class _Attempt(Generic[A]):
 
 class _Race(Generic[A]):
     """One attempt, and a hedge when the first is slow: settles `out` with the
-    first good (or final) answer; cancels whatever is still running when done."""
+    first good (or final) answer and sets `flow.node` to the node that gave it;
+    cancels whatever is still running when done."""
 
-    __slots__ = ("atts", "call", "dispatcher", "out", "timer", "transport", "tried", "try_at")
+    __slots__ = ("atts", "call", "dispatcher", "flow", "out", "timer", "transport", "try_at")
 
     def __init__(self, dispatcher: Dispatcher, call: Call, transport: Transport[A],
-                 tried: list[Node], try_at: float) -> None:
+                 flow: Flow, try_at: float) -> None:
         self.dispatcher = dispatcher
         self.call = call
         self.transport = transport
-        self.tried = tried
+        self.flow = flow
         self.try_at = try_at
         self.atts: list[_Attempt[A]] = []
         self.timer: asyncio.TimerHandle | None = None
-        self.out: asyncio.Future[tuple[A, Node]] = asyncio.get_running_loop().create_future()
+        self.out: asyncio.Future[A] = dispatcher.loop.create_future()
         self.out.add_done_callback(self._closed)
 
     def start(self, node: Node, cut: bool, hedge: bool = False) -> None:
@@ -120,16 +122,17 @@ class _Race(Generic[A]):
         att.fut.add_done_callback(self._answered)
 
     def arm(self, delay: float) -> None:
-        self.timer = asyncio.get_running_loop().call_later(delay, self._hedge)
+        self.timer = self.dispatcher.loop.call_later(delay, self._hedge)
 
     def _hedge(self) -> None:
         self.timer = None
         if self.out.done():
             return
-        node = self.dispatcher.hedge_target(self.call, self.transport, self.tried)
+        tried = self.flow.tried
+        node = self.dispatcher.hedge_target(self.call, self.transport, tried)
         if node is None:
             return
-        self.tried.append(node)
+        tried.append(node)
         try:
             self.start(node, cut=self.atts[0].cut, hedge=True)
         except LbError as exc:
@@ -148,19 +151,35 @@ class _Race(Generic[A]):
         if exc is None and (not att.verdict().retry or not pending):
             if att.hedge:
                 self.dispatcher.hedging.won += 1
-            self.out.set_result((fut.result(), att.node))
+            self.flow.node = att.node
+            self.out.set_result(fut.result())
         elif not pending:
+            self.flow.node = att.node
             if exc is not None:
                 self.out.set_exception(exc)
             else:
-                self.out.set_result((fut.result(), att.node))
+                self.out.set_result(fut.result())
 
-    def _closed(self, _out: asyncio.Future[tuple[A, Node]]) -> None:
+    def _closed(self, _out: asyncio.Future[A]) -> None:
         if self.timer is not None:
             self.timer.cancel()
         for att in self.atts:
             if not att.fut.done():
                 att.fut.cancel()
+
+
+class Flow:
+    """The dispatch state of one call across its attempts (`Dispatcher.open`)."""
+
+    __slots__ = ("answered", "cut", "error", "n", "node", "tried")
+
+    def __init__(self) -> None:
+        self.tried: list[Node] = []
+        self.n = 0                                   # attempts started (not hedges)
+        self.node: Node | None = None                # of the attempt in progress
+        self.cut = False                             # it runs under a per-try timeout
+        self.error: LbError | None = None            # the last attempt without an answer
+        self.answered: tuple[Any, Node] | None = None    # the last answer, with its node
 
 
 class Dispatcher:
@@ -173,65 +192,106 @@ class Dispatcher:
         self.budget = RetryBudget(ratio=up.retry_budget_ratio, min_per_s=up.retry_min_per_s)
         self.hedging = HedgePolicy(cfg.hedge)
         self.on_settle: Callable[[], None] | None = None    # the batcher's capacity hook
+        self._tries = 1 + up.retries
+        self._try_limit = up.try_timeout_s or math.inf
+        self.loop: Any = None               # the running loop, cached by open()
+
+    def running_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, looked up once: on 3.11 get_running_loop() makes a
+        getpid() syscall each time, which shows on the hot path."""
+        loop: asyncio.AbstractEventLoop | None = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.get_running_loop()
+        return loop
 
     def reconfigure(self, cfg: Config) -> None:
         self.cfg = cfg
+        self._tries = 1 + cfg.upstream.retries
+        self._try_limit = cfg.upstream.try_timeout_s or math.inf
         self.budget.ratio = cfg.upstream.retry_budget_ratio
         self.budget.min_per_s = cfg.upstream.retry_min_per_s
         self.hedging.reconfigure(cfg.hedge)
 
-    async def send(self, call: Call, transport: Transport[A]) -> tuple[A, Node]:
-        """The answer to `call` from the first node that gives a usable one (see the
-        module docstring); raises DeadlineExceeded or Unavailable when none did."""
-        tried: list[Node] = []
-        error: LbError | None = None
-        answered: tuple[A, Node] | None = None
+    def open(self, call: Call) -> Flow:
+        """Begin dispatching `call`: its deposits to the retry and hedge budgets."""
+        if self.loop is None:
+            self.running_loop()
         now = time.monotonic()
         self.budget.deposit(now)
         self.hedging.deposit(now)
-        try_limit = self.cfg.upstream.try_timeout_s or math.inf
-        for n in range(1 + self.cfg.upstream.retries):
-            now = time.monotonic()
-            left = call.deadline.at - now
-            if left <= 0 or (n and not self.budget.try_spend(now)):
-                break
-            node = self.pool.pick(call.units, tried, call.model, call.version,
-                                  explicit=call.pinned, usable=transport.usable)
-            if node is None:
-                break
-            tried.append(node)
-            try_s = min(left, try_limit)
-            try:
-                answer, node = await self._race(call, transport, node, tried, now + try_s,
-                                                cut=try_s < left)
-            except UpstreamError as exc:
-                log.warning("attempt on %s failed: %s", node.name, exc)
-                error = exc
-                continue
-            answered = (answer, node)
-            if not transport.verdict(answer, try_s < left).retry:
-                return answered
-        if answered is not None:
-            return answered
-        if call.deadline.at <= time.monotonic():
-            raise DeadlineExceeded("Deadline exceeded") from error
-        if error is None:
-            raise Unavailable("no node available")
-        raise Unavailable(str(error)) from error
+        return Flow()
 
-    async def _race(self, call: Call, transport: Transport[A], node: Node,
-                    tried: list[Node], try_at: float, cut: bool) -> tuple[A, Node]:
-        delay = self._hedge_delay(call, node, try_at)
-        if delay is None:                  # the common case: one attempt, no extra future
-            att = _Attempt(self, node, call, transport, try_at - time.monotonic(), cut, False)
-            return await att.fut, node
-        race: _Race[A] = _Race(self, call, transport, tried, try_at)
-        race.start(node, cut)
+    def attempt(self, flow: Flow, call: Call, transport: Transport[A]) -> asyncio.Future[A] | None:
+        """Start the next attempt of `flow` without an await (pick → attempt, with a hedge
+        armed when the node has a p95); None when no attempt is left (deadline, retries,
+        retry budget, nodes). The future settles with the node's answer (`flow.node`
+        says whose) or fails with `UpstreamError`."""
+        now = time.monotonic()
+        left = call.deadline.at - now
+        if flow.n >= self._tries or left <= 0 or (flow.n and not self.budget.try_spend(now)):
+            return None
+        node = self.pool.pick(call.units, flow.tried, call.model, call.version,
+                              explicit=call.pinned, usable=transport.usable)
+        if node is None:
+            return None
+        flow.tried.append(node)
+        flow.n += 1
+        flow.node = node
+        try_s = min(left, self._try_limit)
+        flow.cut = try_s < left
+        delay = self._hedge_delay(call, node, now + try_s)
+        if delay is None:                   # the common case: one attempt, no extra future
+            return _Attempt(self, node, call, transport, try_s, flow.cut, False).fut
+        race: _Race[A] = _Race(self, call, transport, flow, now + try_s)
+        race.start(node, flow.cut)
         race.arm(delay)
-        return await race.out
+        return race.out
+
+    def outcome(self, flow: Flow, fut: asyncio.Future[A],
+                transport: Transport[A]) -> tuple[A, Node] | None:
+        """After an attempt's future is done: the final answer and its node, or None
+        when another attempt is worth it (no answer, or an answer that says retry)."""
+        node = flow.node
+        assert node is not None
+        exc = fut.exception()
+        if exc is not None:
+            if not isinstance(exc, UpstreamError):
+                raise exc
+            log.warning("attempt on %s failed: %s", node.name, exc)
+            flow.error = exc
+            return None
+        answer = fut.result()
+        flow.answered = (answer, node)
+        return None if transport.verdict(answer, flow.cut).retry else flow.answered
+
+    def finish(self, flow: Flow, call: Call) -> tuple[Any, Node]:
+        """No attempt is left: the last answer if a node gave one, else the error."""
+        if flow.answered is not None:
+            return flow.answered
+        if call.deadline.at <= time.monotonic():
+            raise DeadlineExceeded("Deadline exceeded") from flow.error
+        if flow.error is None:
+            raise Unavailable("no node available")
+        raise Unavailable(str(flow.error)) from flow.error
+
+    async def send(self, call: Call, transport: Transport[A],
+                   flow: Flow | None = None) -> tuple[A, Node]:
+        """The answer to `call` from the first node that gives a usable one (see the
+        module docstring); raises DeadlineExceeded or Unavailable when none did.
+        With `flow`, it continues a dispatch whose first attempts ran without it."""
+        if flow is None:
+            flow = self.open(call)
+        while (fut := self.attempt(flow, call, transport)) is not None:
+            with contextlib.suppress(UpstreamError):   # outcome() reads it off the future
+                await fut
+            done = self.outcome(flow, fut, transport)
+            if done is not None:
+                return done
+        return self.finish(flow, call)
 
     def _hedge_delay(self, call: Call, node: Node, try_at: float) -> float | None:
-        if not call.idempotent or not self.cfg.model(call.model).hedge:
+        if (not self.hedging.cfg.enabled or not call.idempotent
+                or not self.cfg.model(call.model).hedge):
             return None
         delay = self.hedging.delay(node.name, call.model)
         if delay is None or time.monotonic() + delay >= try_at:
@@ -249,7 +309,7 @@ class Dispatcher:
             return None
         return node
 
-    def outcome(self, node: Node, ok: bool, now: float) -> None:
+    def passive(self, node: Node, ok: bool, now: float) -> None:
         """Passive outlier detection after each attempt (from `_Attempt.settle`)."""
         if node.outlier.record(ok, now, self.pool.outlier):
             node.healthy = False        # back only after the back-off and a good probe

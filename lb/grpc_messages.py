@@ -41,7 +41,7 @@ _LEN = struct.Struct("<Q")
 _MAX_ROWS = 1 << 40
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)     # not frozen: built per request, treat as immutable
 class ModelSpec:
     """tensorflow.serving.ModelSpec: name=1, version=2 (Int64Value), signature_name=3,
     version_label=4."""
@@ -52,7 +52,7 @@ class ModelSpec:
     signature_name: str = ""
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)     # not frozen: built per request, treat as immutable
 class Request:
     """What routing, counting and the cache need from one request."""
 

@@ -52,7 +52,7 @@ def channel_options(cfg: GrpcConfig) -> list[tuple[str, int]]:
             ("grpc.max_receive_message_length", limit)]
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)     # not frozen: built per request, treat as immutable
 class GrpcReply:
     """A node's answer: OK with `body`, or another status code with `details`."""
 
@@ -135,7 +135,7 @@ class GrpcUpstream:
                 log.debug("closing a channel: %r", result)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)     # not frozen: built per request, treat as immutable
 class GrpcPayload:
     """What a gRPC attempt sends: the method path and the client's raw bytes."""
 

@@ -164,7 +164,7 @@ class HealthChecker:
         if verdict.answered:
             self.pool.set_versions(node, verdict.versions, verdict.loading)
         else:
-            node.versions, node.loading = {}, {}
+            node.versions, node.loading, node.latest = {}, {}, {}
         serving = verdict.answered and (not self.models or any(verdict.versions.values()))
         if serving:
             self._fails[node.name] = 0

@@ -43,6 +43,7 @@ class Node:
     versions: dict[str, frozenset[int]] = field(default_factory=dict)
     # model -> versions reported START or LOADING (they will be AVAILABLE soon)
     loading: dict[str, frozenset[int]] = field(default_factory=dict)
+    latest: dict[str, int] = field(default_factory=dict)    # model -> max(versions[model])
     seen: bool = False              # a health probe has been answered since it joined
     fresh: bool = False             # added by a reload or DNS: slow start when it serves
     outlier: OutlierState = field(default_factory=OutlierState)
@@ -112,8 +113,13 @@ class Node:
         self.tau.value = None
 
     def latest_version(self, model: str) -> int | None:
-        known = self.versions.get(model)
-        return max(known) if known else None
+        return self.latest.get(model)
+
+    def set_versions(self, available: dict[str, frozenset[int]],
+                     loading: dict[str, frozenset[int]]) -> None:
+        """What a probe reported (called through `NodePool.set_versions`)."""
+        self.versions, self.loading, self.seen = available, loading, True
+        self.latest = {m: max(v) for m, v in available.items() if v}
 
     def effective_weight(self, now: float, opolicy: OutlierPolicy) -> float:
         """The configured weight, scaled down while the node is in slow start."""
@@ -133,13 +139,16 @@ class Node:
         return known is not None and version in known
 
     def candidate(self, now: float, opolicy: OutlierPolicy) -> policy.Candidate:
-        oldest = self.oldest()
-        return policy.Candidate(weight=self.effective_weight(now, opolicy),
-                                inflight_units=self.inflight_units,
-                                inflight=self.inflight, tau=self.tau.value,
-                                tau_age=now - self.tau.stamp,
-                                oldest_age=now - oldest[0] if oldest else 0.0,
-                                oldest_units=oldest[1] if oldest else 0.0)
+        """What the policy sees of this node now (called for every pick: kept lean)."""
+        flights = self.flights
+        while flights and not flights[0][2]:
+            flights.popleft()
+        age, units = (now - flights[0][0], flights[0][1]) if flights else (0.0, 0.0)
+        weight = (self.weight if self.outlier.admitted_at is None
+                  else self.weight * self.outlier.ramp(now, opolicy))
+        tau = self.tau
+        return policy.Candidate(weight, self.inflight_units, self.inflight, tau.value,
+                                now - tau.stamp, age, units)
 
 
 class NodePool:
@@ -235,8 +244,8 @@ class NodePool:
     def set_versions(self, node: Node, available: dict[str, frozenset[int]],
                      loading: dict[str, frozenset[int]]) -> None:
         """A probe answered: record what `node` serves and wake waiting requests."""
-        node.versions, node.loading, node.seen = available, loading, True
-        serving = any(available.values())
+        node.set_versions(available, loading)
+        serving = bool(node.latest)
         if node.fresh and serving:           # its slow start begins when it can serve
             node.fresh = False
             node.outlier.admitted(self._clock())
@@ -275,9 +284,12 @@ class NodePool:
 
     def latest_version(self, model: str) -> int | None:
         """Latest version AVAILABLE on any healthy node (health checks fill this)."""
-        versions = [v for n in self.nodes.values() if n.healthy
-                    if (v := n.latest_version(model)) is not None]
-        return max(versions) if versions else None
+        best = None
+        for n in self.nodes.values():
+            if n.healthy and (v := n.latest.get(model)) is not None and (best is None
+                                                                        or v > best):
+                best = v
+        return best
 
     def any_healthy(self) -> bool:
         return any(n.healthy for n in self.nodes.values())

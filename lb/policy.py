@@ -29,12 +29,11 @@ import random
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from statistics import median
 
 _REL_TIE = 1e-9
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)     # not frozen: built per request, treat as immutable
 class Candidate:
     """What the policy sees of one node at pick time."""
 
@@ -90,6 +89,12 @@ def effective_tau(c: Candidate, pool_median: float, decay_s: float,
     return tau
 
 
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)      # a handful of nodes: faster than statistics.median
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def least_load(cands: Sequence[Candidate], units: float, rng: random.Random,
                decay_s: float = math.inf, stall_factor: float = math.inf,
                band: float = 0.0) -> int:
@@ -103,10 +108,23 @@ def least_load(cands: Sequence[Candidate], units: float, rng: random.Random,
     if not cands:
         raise ValueError("no candidates")
     known = [c.tau for c in cands if c.tau is not None]
-    med = median(known) if known else 1.0
-    scores = [(c.inflight_units + units) * effective_tau(c, med, decay_s, stall_factor)
-              / c.weight for c in cands]
-    return _weighted_choice(_ties(scores, band), [c.weight for c in cands], rng)
+    med = _median(known) if known else 1.0
+    # One pass (this runs for every request): the score of each, and the least.
+    scores = []
+    best = math.inf
+    for c in cands:
+        tau = c.tau
+        if tau is None or tau > med or c.oldest_units > 0:
+            tau = effective_tau(c, med, decay_s, stall_factor)
+        score = (c.inflight_units + units) * tau / c.weight
+        scores.append(score)
+        if score < best:
+            best = score
+    limit = best + abs(best) * max(band, _REL_TIE) + 1e-15
+    ties = [i for i, score in enumerate(scores) if score <= limit]
+    if len(ties) == 1:
+        return ties[0]
+    return _weighted_choice(ties, [c.weight for c in cands], rng)
 
 
 def least_conn(cands: Sequence[Candidate], units: float, rng: random.Random) -> int:

@@ -10,25 +10,34 @@ status and body. Besides TF Serving's paths it answers `GET /healthz`
 (liveness) and `GET /readyz` (200 while a node is healthy and the proxy is not
 draining) for orchestrators.
 
+A request whose body repeats one the cache answered before is answered
+synchronously from the in-process tier (`_hit`): no Task, no JSON parse, no
+key (`lb.rest_keys` remembers which key those bytes made).
+
 Guarantees: one Task per request that is not answered synchronously, and none
-for `/healthz` and `/readyz`; a client that leaves cancels its request (the
-node attempt is cancelled and its connection dropped, counters return) and is
-counted with code 499; every request is counted and, with `log.access`, logged.
+for cache hits from the in-process tier, `/healthz` and `/readyz`; a client
+that leaves cancels its request (the node attempt is cancelled and its
+connection dropped, counters return) and is counted with code 499; every
+request is counted and, with `log.access`, logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import orjson
 
 from lb.call import Call, Deadline, Outcome, XCache
 from lb.config import Config
 from lb.core import Core
+from lb.dispatch import Flow
 from lb.errors import BadRequest, LbError, NotCached, NotFound
+from lb.formats import adapt
 from lb.http.client import Response
 from lb.http.server import Exchange
 from lb.nodes import NodePool
@@ -40,6 +49,7 @@ from lb.routes import Route, parse_body, parse_cache_control, parse_path
 log = logging.getLogger("lb.error")
 
 JSON = b"application/json"
+MAX_ROUTES = 4096
 _OK = b'{"status": "ok"}'
 
 
@@ -60,24 +70,136 @@ class RestFront:
         self.pool = pool
         self.draining = False
         self._headers: dict[tuple[XCache, str | None], bytes] = {}
+        self._routes: dict[str, tuple[Route, str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- entry --------------------------------------------------------------------
 
     def handle(self, ex: Exchange) -> None:
-        path = ex.request.path
+        req = ex.request
+        if req.method == "POST" and self.keys.memo and self._hit(ex):
+            return
+        path = req.path
         if not path.startswith("/v1/") and self._probe(ex, path):
             return
+        start = time.perf_counter()
         try:
             self.core.admit()
         except LbError as exc:
-            self._fail(ex, exc, time.perf_counter())
+            self._fail(ex, exc, start)
             return
-        task = asyncio.get_running_loop().create_task(self._serve(ex))
-        ex.on_abort = _canceller(task)          # the client left: cancel its request
+        try:
+            call, x_cache = self._triage(ex)
+        except LbError as exc:
+            self.core.release()
+            self._fail(ex, exc, start)
+            return
+        if x_cache is not None:
+            self._direct(ex, call, x_cache, start)
+        else:
+            self._spawn(ex, self._serve(ex, call, start))
 
+    def _spawn(self, ex: Exchange, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.core.dispatcher.running_loop().create_task(coro)
+        ex.on_abort = _canceller(task)          # the client left: cancel its request
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _triage(self, ex: Exchange) -> tuple[Call, XCache | None]:
+        """Parse the request once into a `Call`; with an X-Cache when it can go straight
+        to a node (see `_direct`), None when it needs the core's awaits."""
+        req = ex.request
+        route, forward_path = self._route(req.path)
+        cfg = self._cfg()
+        deadline = Deadline.after(cfg.limits.request_timeout_s)
+        if req.method == "GET":
+            if route.verb is not None:
+                raise BadRequest(f"{route.verb} requires POST")
+            call = self._call(route, RestPayload("GET", forward_path), 0.0, deadline)
+            return call, XCache.BYPASS                  # status and metadata: never cached
+        if req.method != "POST":
+            raise NotFound(f"Malformed request: {req.method} {req.path}")
+        if route.verb is None:
+            raise BadRequest("POST needs a :predict, :classify or :regress path")
+        body = parse_body(req.body, route.verb)
+        payload = RestPayload("POST", forward_path, req.body, body, route.verb)
+        call = self._call(route, payload, body.rows * cfg.model(route.model).cost, deadline)
+        call.rows = body.rows
+        if (cc := req.header(b"cache-control")) is not None:
+            call.directives = parse_cache_control(cc.decode("latin-1"))
+        return call, self.core.direct(call, cacheable=True)
+
+    # -- the direct path: the first attempt without a Task ---------------------------
+
+    def _direct(self, ex: Exchange, call: Call, x_cache: XCache, start: float) -> None:
+        """Start the dispatcher's first attempt now and answer from its done-callback;
+        only a retry (or a wait) needs a Task. Same flow as `Dispatcher.send`."""
+        dispatcher = self.core.dispatcher
+        flow = dispatcher.open(call)
+        try:
+            fut = dispatcher.attempt(flow, call, self.transport)
+            if fut is None:
+                dispatcher.finish(flow, call)          # raises: no node, no time
+                raise LbError("no attempt was made")
+        except LbError as exc:
+            self.core.release()
+            self._fail(ex, exc, start)
+            return
+        fut.add_done_callback(functools.partial(self._landed, ex, call, flow, x_cache, start))
+        ex.on_abort = _canceller(fut)
+
+    def _landed(self, ex: Exchange, call: Call, flow: Flow, x_cache: XCache, start: float,
+                fut: asyncio.Future[Response]) -> None:
+        if fut.cancelled():                            # the client left
+            self.core.release()
+            self._finish(ex, CLIENT_CLOSED, "", "", 0, start)
+            return
+        try:
+            done = self.core.dispatcher.outcome(flow, fut, self.transport)
+        except Exception as exc:
+            self.core.release()
+            log.error("unhandled error on %s %s", ex.request.method, ex.request.path,
+                      exc_info=exc)
+            self._fail(ex, LbError("internal error in the proxy"), start)
+            return
+        if done is None:                               # worth another node: the rest of
+            self._spawn(ex, self._retry(ex, call, flow, x_cache, start))    # send()
+            return
+        self.core.release()
+        self._reply(ex, Outcome(done[0], x_cache, done[1].name), start)
+
+    async def _retry(self, ex: Exchange, call: Call, flow: Flow, x_cache: XCache,
+                     start: float) -> None:
+        async def rest() -> Outcome[Response]:
+            answer, node = await self.core.dispatcher.send(call, self.transport, flow)
+            return Outcome(answer, x_cache, node.name)
+        await self._serve_outcome(ex, rest(), start)
+
+    def _hit(self, ex: Exchange) -> bool:
+        """Answer a repeated body from the in-process cache tier, or return False (the
+        request then takes the full path, which counts its lookup)."""
+        cache = self.core.cache
+        req = ex.request
+        known = self._routes.get(req.path)
+        if cache is None or known is None:
+            return False
+        route, forward_path = known
+        found = self.keys.memo.get((forward_path, req.body))
+        if found is None or req.header(b"cache-control") is not None:
+            return False
+        if route.version is None and self.pool.latest_version(found.model) != found.version:
+            return False                          # a new version: new keys, full path
+        if not cache.using(found.model):
+            return False
+        start = time.perf_counter()
+        body = cache.peek(found.key, found.model)
+        if body is not None and route.verb == "predict":
+            body = adapt(body, found.columnar)
+        if body is None:
+            return False
+        ex.respond(200, body, JSON, b"X-Cache: HIT\r\n")
+        self._finish(ex, 200, "", "HIT", len(body), start)
+        return True
 
     def _probe(self, ex: Exchange, path: str) -> bool:
         """GET /healthz and /readyz, answered synchronously; False for other paths."""
@@ -90,10 +212,15 @@ class RestFront:
             ex.respond(200, _OK)
         return True
 
-    async def _serve(self, ex: Exchange) -> None:
-        start = time.perf_counter()
+    async def _serve(self, ex: Exchange, call: Call, start: float) -> None:
+        await self._serve_outcome(ex, self.core.serve(call, self.transport, self.keys.plan),
+                                  start)
+
+    async def _serve_outcome(self, ex: Exchange, outcome: Awaitable[Outcome[Response]],
+                             start: float) -> None:
+        """Await the core's answer and reply; the one place a Task's errors are mapped."""
         try:
-            outcome = await self._outcome(ex)
+            done = await outcome
         except LbError as exc:
             self._fail(ex, exc, start)
         except asyncio.CancelledError:
@@ -103,31 +230,19 @@ class RestFront:
             log.exception("unhandled error on %s %s", ex.request.method, ex.request.path)
             self._fail(ex, LbError("internal error in the proxy"), start)
         else:
-            self._reply(ex, outcome, start)
+            self._reply(ex, done, start)
         finally:
             self.core.release()
 
-    async def _outcome(self, ex: Exchange) -> Outcome[Response]:
-        req = ex.request
-        route = parse_path(req.path)
-        cfg = self._cfg()
-        deadline = Deadline.after(cfg.limits.request_timeout_s)
-        if req.method == "GET":
-            if route.verb is not None:
-                raise BadRequest(f"{route.verb} requires POST")
-            return await self.core.passthrough(
-                self._call(route, RestPayload("GET", route.path()), 0.0, deadline),
-                self.transport)
-        if req.method != "POST":
-            raise NotFound(f"Malformed request: {req.method} {req.path}")
-        if route.verb is None:
-            raise BadRequest("POST needs a :predict, :classify or :regress path")
-        body = parse_body(req.body, route.verb)
-        directives = parse_cache_control(_header(ex, b"cache-control"))
-        payload = RestPayload("POST", route.path(), req.body, body, route.verb)
-        call = self._call(route, payload, body.rows * cfg.model(route.model).cost, deadline)
-        call.directives, call.rows = directives, body.rows
-        return await self.core.serve(call, self.transport, self.keys.plan)
+    def _route(self, path: str) -> tuple[Route, str]:
+        """The parsed route and the path forwarded to nodes (cached per raw path)."""
+        known = self._routes.get(path)
+        if known is None:
+            route = parse_path(path)
+            known = (route, route.path())
+            if len(self._routes) < MAX_ROUTES:
+                self._routes[path] = known
+        return known
 
     @staticmethod
     def _call(route: Route, payload: RestPayload, units: float, deadline: Deadline) -> Call:
@@ -167,7 +282,9 @@ class RestFront:
                 start: float) -> None:
         seconds = time.perf_counter() - start
         req = ex.request
-        self.recorder.record(model_of(req.path), node, status, seconds)
+        known = self._routes.get(req.path)
+        model = known[0].model if known is not None else model_of(req.path)
+        self.recorder.record(model, node, status, seconds)
         self.recorder.log(req.remote, req.method, req.path, status, node, cache, size, seconds)
 
     async def close(self) -> None:
@@ -177,12 +294,7 @@ class RestFront:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _canceller(task: asyncio.Task[None]) -> Callable[[], None]:
+def _canceller(fut: asyncio.Future[Any]) -> Callable[[], None]:
     def cancel() -> None:
-        task.cancel()
+        fut.cancel()
     return cancel
-
-
-def _header(ex: Exchange, name: bytes) -> str | None:
-    value = ex.request.header(name)
-    return value.decode("latin-1") if value is not None else None

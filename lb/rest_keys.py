@@ -7,15 +7,26 @@ signature's dtypes, read once per (model, version) from a node's metadata
 (`lb.signatures`); without them keys fall back to canonical JSON, and
 `key_modes` says so per model for `/stats`.
 
+It also remembers, for bodies that repeat byte for byte, which key they made
+(`memo`): the front's synchronous hit path (`RestFront._hit`) answers such a
+request from the in-process cache tier without parsing its body or making its
+key again. Identical bytes on the same path and resolved version always make
+the same key (the key is a function of model, version, verb, signature, body
+and the version's dtypes), so the memo can never answer with another
+request's entry; a new version misses the memo and takes the full path.
+
 Guarantees: never raises for a body the key cannot read (the call is then
 simply not cached); the body was parsed once by the front (`RestPayload.parsed`)
-and is not parsed again; `key_modes` holds at most `MAX_MODELS` names.
+and is not parsed again; `key_modes` holds at most `MAX_MODELS` names; the memo
+holds at most `MEMO_BYTES` of request bodies (oldest out first).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from cache.keys import key_mode, request_key, row_keys
 from lb.call import Call
@@ -26,6 +37,18 @@ from lb.signatures import Signatures
 
 log = logging.getLogger("lb.keys")
 MAX_MODELS = 256
+MEMO_BYTES = 16 * 2**20          # request bodies remembered with their keys
+MEMO_MAX_BODY = 64 * 1024        # larger bodies are not remembered
+
+
+@dataclass(slots=True)
+class Memo:
+    """What a repeated body made last time: its key, on which resolved version."""
+
+    model: str
+    version: int
+    key: str
+    columnar: bool
 
 
 class RestKeys:
@@ -34,6 +57,18 @@ class RestKeys:
         self._cfg = cfg
         # model -> "tensor" | "json": how its keys were last made (shown in /stats)
         self.key_modes: dict[str, str] = {}
+        self.memo: OrderedDict[tuple[str, bytes], Memo] = OrderedDict()
+        self._memo_bytes = 0
+
+    def remember(self, path: str, body: bytes, memo: Memo) -> None:
+        """Called by `plan` for whole-request keys (see the module docstring)."""
+        if len(body) > MEMO_MAX_BODY or (path, body) in self.memo:
+            return
+        self.memo[(path, body)] = memo
+        self._memo_bytes += len(body)
+        while self._memo_bytes > MEMO_BYTES:
+            (_, old), _ = self.memo.popitem(last=False)
+            self._memo_bytes -= len(old)
 
     async def plan(self, call: Call) -> Plan | None:
         p: RestPayload = call.payload
@@ -49,8 +84,11 @@ class RestKeys:
                 keys = row_keys(model, str(version), body.signature_name, body.doc, dtypes)
                 if keys:
                     return Plan(rows=keys)
-            return Plan(key=request_key(model, str(version), verb, body.doc, dtypes,
-                                        body.signature_name))
+            key = request_key(model, str(version), verb, body.doc, dtypes,
+                              body.signature_name)
         except Exception:     # a body the key cannot read is simply not cached
             log.debug("no cache key for %s", model, exc_info=True)
             return None
+        if p.body is not None:
+            self.remember(p.path, p.body, Memo(model, version, key, body.columnar))
+        return Plan(key=key)

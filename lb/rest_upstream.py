@@ -47,7 +47,7 @@ def rest_verdict(status: int) -> Verdict:
     return NODE_ERROR if status >= 500 else CLIENT_ERROR
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)     # not frozen: built per request, treat as immutable
 class RestPayload:
     """What a REST attempt sends; `body` is the client's bytes, passed through."""
 
@@ -68,6 +68,7 @@ class RestUpstream:
         self._read_timeout_s = cfg.read_timeout_s
         self._clients: dict[str, tuple[str, NodeClient]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def client(self, node: Node) -> NodeClient:
         known = self._clients.get(node.name)
@@ -81,8 +82,10 @@ class RestUpstream:
 
     def send(self, node: Node, method: str, path: str, body: bytes | None,
              timeout_s: float) -> asyncio.Future[Response]:
-        timeout_s = min(timeout_s, self._read_timeout_s)
-        deadline = asyncio.get_running_loop().time() + timeout_s
+        loop = self._loop
+        if loop is None:        # get_running_loop() costs a getpid() syscall on 3.11
+            loop = self._loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(timeout_s, self._read_timeout_s)
         return self.client(node).send(method, path, body, deadline)
 
     async def get(self, node: Node, path: str, timeout_s: float) -> Response:

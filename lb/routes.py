@@ -25,7 +25,7 @@ _PATH = re.compile(
 VERBS = ("predict", "classify", "regress")
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)     # not frozen: built per request, treat as immutable
 class Route:
     model: str
     version: int | None
@@ -59,7 +59,7 @@ def parse_path(path: str) -> Route:
                  label=m["label"], verb=m["verb"], metadata=m["meta"] is not None)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)     # not frozen: built per request, treat as immutable
 class Body:
     doc: dict[str, Any]
     rows: int

@@ -25,7 +25,7 @@ _JSON = "application/json"
 _NO_BODY = (204, 304)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)     # not frozen: built per request, treat as immutable
 class Response:
     """A node's complete response; `headers` has lower-case names, in arrival order."""
 
