@@ -105,7 +105,10 @@ def test_a_key_that_becomes_popular_gets_in() -> None:
     scan_with_popular(s, 90, 300)
     newcomer = "newcomer-0001"
     admitted = False
-    for _ in range(6):                              # asked again and again, filled on miss
+    # Asked again and again, filled on each miss. How many rounds it takes to beat the
+    # victim's estimate depends on sketch collisions, which vary with the per-process
+    # string hash seed: 3 typically, up to 9 over 80 seeds (6 failed 13 % of runs).
+    for _ in range(20):
         if s.get_now(newcomer) is not None:
             admitted = True
             break

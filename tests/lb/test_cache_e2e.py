@@ -133,6 +133,21 @@ def test_partial_hits_forward_only_missing_rows_in_order(proxy: ProxyProc,
     assert stats["partial"] >= 1 and stats["rows_hit"] >= 5 and stats["rows_missed"] >= 3
 
 
+@pytest.mark.parametrize("model", [HP2, "half_plus_two_2v"])     # whole-request, row cache
+def test_no_store_bypasses_the_cache_and_the_counters_agree(proxy: ProxyProc,
+                                                             model: str) -> None:
+    url = f"{proxy.url}/v1/models/{model}:predict"
+    a = fresh()
+    assert post(url, {"instances": [a]})[1] == "MISS"           # cached now
+    before = get_json(f"{proxy.admin}/stats")["cache"]["by_model"][model]
+    status, x, doc = post(url, {"instances": [a]}, {"Cache-Control": "no-store"})
+    assert (status, x, doc) == (200, "BYPASS", {"predictions": [a / 2 + 2]})
+    after = get_json(f"{proxy.admin}/stats")["cache"]["by_model"][model]
+    assert after["bypasses"] == before["bypasses"] + 1
+    assert (after["hits"], after["misses"]) == (before["hits"], before["misses"])
+    assert after["stores"] == before["stores"]                   # nothing stored either
+
+
 # -- coalescing ---------------------------------------------------------------------
 
 async def _burst(url: str, body: Any, n: int) -> list[tuple[int, str]]:
