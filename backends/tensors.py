@@ -139,6 +139,11 @@ def _numeric_array(value: Any, np_dtype: Any, info: TensorInfo) -> np.ndarray:
     target = np.dtype(np_dtype)
     if target.kind in "iu" and natural.dtype.kind == "f" and not np.all(np.mod(natural, 1) == 0):
         raise InvalidInput(f"Input {info.name} expects integers ({info.dtype})")
+    if target.kind == "f" and natural.dtype.kind == "f" and natural.size:
+        # As TF Serving: a finite JSON number the dtype cannot hold is an error, not inf.
+        limit = float(np.finfo(target).max)
+        if float(np.abs(natural).max()) > limit:
+            raise InvalidInput(f"Input {info.name}: value out of range for {info.dtype}")
     return natural.astype(target)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import TEST_MODELS, RedisServer
+from tests.procs import TEST_MODELS, Proc, RedisServer, lb_cmd
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +38,15 @@ def redis_server(logs_dir: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Path:
+    """The seed's MNIST model, exported once per session (trains on bundled digits)."""
+    base = tmp_path_factory.mktemp("mnist")
+    proc = Proc("export-mnist", lb_cmd("export-mnist", str(base), "--epochs", "10"), logs_dir)
+    assert proc.popen.wait(120) == 0, proc.log()
+    proc.stop()
+    assert (base / "1" / "saved_model.pb").exists()
+    assert "test accuracy" in proc.log()
+    return base

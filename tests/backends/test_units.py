@@ -91,6 +91,7 @@ def test_unknown_rank_inputs_are_fed_as_given() -> None:
     {"signature_name": "two", "instances": [{"a": 1}]},
     {"signature_name": "two", "instances": [{"a": 1, "s": {"b64": "!!"}}]},
     {"signature_name": "two", "inputs": [1]},
+    {"instances": [1.0, 1e39]},                 # beyond DT_FLOAT: TF Serving rejects it
 ])
 def test_bad_requests_are_invalid_input(body: object) -> None:
     with pytest.raises(InvalidInput):

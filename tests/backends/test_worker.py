@@ -22,7 +22,7 @@ import pytest
 
 from backends.digits import sample_digits
 from backends.pool import start_pool, stop_pool, wait_available
-from tests.procs import Proc, free_port, get_json, http, lb_cmd, start_worker
+from tests.procs import free_port, get_json, http, start_worker
 
 SLOW_MS = 300.0
 
@@ -30,17 +30,6 @@ SLOW_MS = 300.0
 def post(url: str, body: Any) -> tuple[int, Any]:
     status, _, raw = http("POST", url, body)
     return status, json.loads(raw)
-
-
-@pytest.fixture(scope="module")
-def mnist_dir(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Path:
-    base = tmp_path_factory.mktemp("mnist")
-    proc = Proc("export-mnist", lb_cmd("export-mnist", str(base), "--epochs", "10"), logs_dir)
-    assert proc.popen.wait(120) == 0, proc.log()
-    proc.stop()
-    assert (base / "1" / "saved_model.pb").exists()
-    assert "test accuracy" in proc.log()
-    return base
 
 
 @pytest.fixture(scope="module")
