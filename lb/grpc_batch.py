@@ -85,7 +85,7 @@ class _Tensor:
     dims_raw: list[memoryview] = field(default_factory=list)
     version_number: int = 0
     value_field: int | None = None          # CONTENT or a value field; None: no values
-    payload: bytes = b""                    # tensor_content, or the packed values
+    payload: bytes | memoryview = b""       # tensor_content, or the packed values
     strings: list[memoryview] = field(default_factory=list)   # string_val elements
     count: int = 0                          # values (bytes for tensor_content)
 
@@ -116,8 +116,8 @@ def _read_values(t: _Tensor, number: int, found: list[tuple[int, Value]]) -> boo
         value = found[-1][1]                # a singular bytes field: the last one wins
         if not isinstance(value, memoryview):
             return False
-        t.payload = bytes(value)
-        t.count = len(t.payload)
+        t.payload = value
+        t.count = len(value)
     elif number == STRING_VAL:
         if any(w != LEN or not isinstance(v, memoryview) for w, v in found):
             return False
@@ -193,12 +193,23 @@ def _spec(spec: ModelSpec, version: int) -> bytes:
     return out
 
 
-def _merge_input(tensors: list[bytes]) -> bytes:
-    parts = [read_tensor(raw) for raw in tensors]
-    first = parts[0]
+def _values_of(raw: bytes, number: int) -> bytes | memoryview:
+    """The values of a tensor `group` accepted: its tensor_content, or its value field
+    packed (merge reads only these: the shape and dtype are the first member's)."""
+    found = [(w, v) for n, w, v in iter_fields(raw) if n == number]
+    if number == CONTENT:
+        value = found[-1][1]
+        assert isinstance(value, memoryview)
+        return value
+    payload = packed_payload(found, _FIXED_FIELDS.get(number, VARINT))
+    assert payload is not None
+    return payload
+
+
+def _merge_input(tensors: list[bytes], rows: int) -> bytes:
+    first = read_tensor(tensors[0])
     assert first is not None and first.value_field is not None   # group() checked
-    rows = sum(p.dims[0] for p in parts if p is not None)
-    values = b"".join(p.payload for p in parts if p is not None)
+    values = b"".join([_values_of(raw, first.value_field) for raw in tensors])
     out = varint_field(1, first.dtype) if first.dtype else b""
     return out + len_field(2, _shape([rows, *first.dims[1:]])) + len_field(
         first.value_field, values)
@@ -281,7 +292,7 @@ class GrpcBatchCodec:
         assert first.version is not None                  # group() checked
         rows = sum(c.rows for c in calls)
         inputs = tuple(
-            (alias, _merge_input([c.payload.request.inputs[i][1] for c in calls]))
+            (alias, _merge_input([c.payload.request.inputs[i][1] for c in calls], rows))
             for i, (alias, _) in enumerate(req.inputs))
         raw = b"".join([
             len_field(1, _spec(req.spec, first.version)),
