@@ -133,7 +133,7 @@ def _read_values(t: _Tensor, number: int, found: list[tuple[int, Value]]) -> boo
     return True
 
 
-def read_tensor(raw: bytes | memoryview) -> _Tensor | None:
+def _read_tensor(raw: bytes | memoryview) -> _Tensor | None:
     """The parts of a TensorProto the codec works with; None when it holds anything
     it cannot merge or slice (resource or variant values, two value fields, an
     unknown field, a repeated shape, malformed bytes)."""
@@ -172,7 +172,7 @@ def _elements(t: _Tensor) -> int:
 
 
 def _input_key(tensor: bytes, rows: int) -> tuple[int, tuple[int, ...], int] | None:
-    t = read_tensor(tensor)
+    t = _read_tensor(tensor)
     if (t is None or not t.dims or t.dims[0] != rows or t.value_field is None
             or prod(t.dims) == 0 or t.count != _elements(t)):
         return None
@@ -207,7 +207,7 @@ def _values_of(raw: bytes, number: int) -> bytes | memoryview:
 
 
 def _merge_input(tensors: list[bytes], rows: int) -> bytes:
-    first = read_tensor(tensors[0])
+    first = _read_tensor(tensors[0])
     assert first is not None and first.value_field is not None   # group() checked
     values = b"".join([_values_of(raw, first.value_field) for raw in tensors])
     out = varint_field(1, first.dtype) if first.dtype else b""
@@ -217,7 +217,7 @@ def _merge_input(tensors: list[bytes], rows: int) -> bytes:
 
 def _slice_tensor(raw: memoryview | None, rows: list[int], total: int) -> list[bytes] | None:
     """One TensorProto per member, sliced along dim 0; None when it cannot be."""
-    t = read_tensor(raw) if raw is not None else None
+    t = _read_tensor(raw) if raw is not None else None
     if t is None or not t.dims or t.dims[0] != total:
         return None
     expected = _elements(t) if t.value_field is not None else 0
