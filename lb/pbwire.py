@@ -1,7 +1,7 @@
 """The Protocol Buffers wire format: just enough to read and write raw messages. Pure.
 
-Called by `lb.grpc_messages`, which knows TF Serving's field numbers; this
-module knows none. The gRPC front passes request and reply bytes through
+Called by `lb.grpc_messages` and `lb.grpc_batch`, which know TF Serving's field
+numbers; this module knows none. The gRPC front passes request and reply bytes through
 untouched, so it never needs generated classes (importing
 `tensorflow_serving.apis` would load all of TensorFlow into the proxy).
 
@@ -9,19 +9,26 @@ Guarantees: `iter_fields` yields every top-level field of a message in wire
 order as (number, wire type, value), where a varint is an `int` and every
 other value is a zero-copy `memoryview` of the input; malformed input
 (truncated data, bad wire types, field number 0, varints over 64 bits) raises
-`lb.errors.BadRequest` and never reads past the buffer. The encoders produce
-canonical encodings that any protobuf library parses.
+`lb.errors.BadRequest` and never reads past the buffer. Repeated scalars are
+read in both encodings (packed runs and single values, as parsers merge them)
+into one packed payload, which can be counted and cut into runs without a
+Python loop per value. The encoders produce canonical encodings that any
+protobuf library parses; `raw_field` writes a field back exactly as read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
 
 from lb.errors import BadRequest
 
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
 _FIXED = {I64: 8, I32: 4}
 _U64 = (1 << 64) - 1
+_HIGH = bytes(range(0x80, 0x100))
+_ONE_BYTE = [bytes([i]) for i in range(0x80)]
 
 Value = int | memoryview
 Field = tuple[int, int, Value]
@@ -53,7 +60,11 @@ def iter_fields(data: bytes | memoryview) -> Iterator[Field]:
     buf = data if isinstance(data, memoryview) else memoryview(data)
     pos, end = 0, len(buf)
     while pos < end:
-        tag, pos = read_varint(buf, pos)
+        tag = buf[pos]
+        if tag < 0x80:                 # one-byte tags (fields 1-15) are the rule: no call
+            pos += 1
+        else:
+            tag, pos = read_varint(buf, pos)
         number, wire = tag >> 3, tag & 7
         if number == 0:
             raise _malformed("field number 0")
@@ -61,7 +72,10 @@ def iter_fields(data: bytes | memoryview) -> Iterator[Field]:
         if wire == VARINT:
             value, pos = read_varint(buf, pos)
         elif wire == LEN:
-            size, pos = read_varint(buf, pos)
+            if pos < end and buf[pos] < 0x80:
+                size, pos = buf[pos], pos + 1
+            else:
+                size, pos = read_varint(buf, pos)
             if size > end - pos:
                 raise _malformed(f"field {number} runs past the end")
             value, pos = buf[pos:pos + size], pos + size
@@ -117,10 +131,61 @@ def as_int64(value: Value | None) -> int | None:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
+def count_varints(packed: bytes | memoryview) -> int:
+    """How many varints a packed payload holds; BadRequest if the last one is cut."""
+    if packed and packed[-1] & 0x80:
+        raise _malformed("packed varints end inside a varint")
+    data = packed if isinstance(packed, bytes) else bytes(packed)
+    return len(data.translate(None, _HIGH))
+
+
+def varint_offsets(packed: bytes | memoryview, counts: Iterable[int]) -> list[int]:
+    """Byte offsets cutting a packed varint payload into runs of `counts` varints:
+    [0, end of the first run, end of the second, ...]; BadRequest if too few."""
+    offsets = [0]
+    for n in counts:
+        found = _varint_run(n).match(packed, offsets[-1]) if n > 0 else None
+        if n > 0 and found is None:
+            raise _malformed("fewer packed varints than expected")
+        offsets.append(found.end() if found is not None else offsets[-1])
+    return offsets
+
+
+@lru_cache(maxsize=256)
+def _varint_run(n: int) -> re.Pattern[bytes]:
+    """A pattern matching `n` varints (one regex match per run: no Python loop per value)."""
+    return re.compile(rb"(?:[\x80-\xff]*[\x00-\x7f]){%d}" % n)
+
+
+def packed_payload(occurrences: Iterable[tuple[int, Value]], scalar_wire: int
+                   ) -> bytes | None:
+    """The packed payload of a repeated scalar field read in either encoding: every
+    (wire type, value) occurrence in wire order, packed runs (LEN) and single values
+    (`scalar_wire`: VARINT, I32 or I64) alike, as parsers merge them. None for an
+    occurrence of another wire type or a packed varint run cut inside a varint."""
+    chunks: list[bytes | memoryview] = []
+    for wire, value in occurrences:
+        if wire == LEN and isinstance(value, memoryview):
+            if scalar_wire == VARINT and value and value[-1] & 0x80:
+                return None
+            if scalar_wire in _FIXED and len(value) % _FIXED[scalar_wire]:
+                return None
+            chunks.append(value)
+        elif wire != scalar_wire:
+            return None
+        elif isinstance(value, int):
+            chunks.append(encode_varint(value))
+        else:
+            chunks.append(value)
+    return b"".join(chunks)
+
+
 # -- writing -------------------------------------------------------------------
 
 def encode_varint(value: int) -> bytes:
     """The varint encoding of a non-negative (or two's-complement int64) value."""
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]
     value &= _U64
     out = bytearray()
     while value > 0x7F:
@@ -135,7 +200,16 @@ def varint_field(number: int, value: int) -> bytes:
     return encode_varint(number << 3 | VARINT) + encode_varint(value)
 
 
-def len_field(number: int, payload: bytes | str) -> bytes:
+def len_field(number: int, payload: bytes | memoryview | str) -> bytes:
     """Field `number` as length-delimited bytes, a string or an embedded message."""
     data = payload.encode("utf-8") if isinstance(payload, str) else payload
     return encode_varint(number << 3 | LEN) + encode_varint(len(data)) + data
+
+
+def raw_field(number: int, wire: int, value: Value) -> bytes:
+    """A field written back exactly as `iter_fields` read it (to copy fields through)."""
+    if isinstance(value, int):
+        return encode_varint(number << 3 | wire) + encode_varint(value)
+    if wire == LEN:
+        return len_field(number, value)
+    return encode_varint(number << 3 | wire) + value

@@ -33,6 +33,7 @@ from lb.core import Core
 from lb.discovery import DnsDiscovery
 from lb.dispatch import Dispatcher
 from lb.errors import ConfigError, LbError
+from lb.grpc_batch import GrpcBatchCodec
 from lb.grpc_front import GrpcFront
 from lb.grpc_upstream import GrpcTransport, GrpcUpstream
 from lb.health import HealthChecker
@@ -102,7 +103,9 @@ class Proxy:
                               self.config, self.pool)
         self.grpc: GrpcFront | None = None
         if cfg.listen.grpc:
-            self.grpc = GrpcFront(self.core, GrpcTransport(self.grpc_upstream), self.recorder,
+            grpc_transport = GrpcTransport(self.grpc_upstream)
+            grpc_transport.codec = GrpcBatchCodec()
+            self.grpc = GrpcFront(self.core, grpc_transport, self.recorder,
                                   self.config, self.pool)
         self.status = ConfigStatus(path=config_path)
         self.metrics = Metrics(self)
