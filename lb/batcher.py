@@ -131,16 +131,15 @@ class Batcher:
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue(key, transport, codec, cfg)
-        loop = asyncio.get_running_loop()
+        loop = self.dispatcher.running_loop()
         member = _Member(call, loop.create_future(), time.monotonic())
         queue.members.append(member)
         queue.rows += call.rows
         self._waiting.add(key)
         if queue.rows >= cfg.max_rows or self._room(transport):
             self._flush(queue)
-        elif queue.timer is None:
-            queue.timer = loop.call_at(loop.time() + cfg.max_delay_ms / 1000.0,
-                                       self._flush, queue)
+        else:
+            self._arm(queue)
         try:
             return await member.fut
         except asyncio.CancelledError:
@@ -165,7 +164,11 @@ class Batcher:
             if queue.members and self._room(queue.transport):
                 self._flush(queue)
 
-    def _flush(self, queue: _Queue[Any]) -> None:
+    def _flush(self, queue: _Queue[Any], every: bool = False) -> None:
+        """Send the oldest members as one batch (and more while full batches wait);
+        with `every` (the max_delay_ms timer), send all of them. Members left wait for
+        a node to free up, or until their own deadline: the first one's arrival plus
+        max_delay_ms."""
         if queue.timer is not None:
             queue.timer.cancel()
             queue.timer = None
@@ -179,16 +182,22 @@ class Batcher:
                 rows += member.call.rows
             queue.rows -= rows
             self._start(queue, batch, rows)
-            if queue.rows < queue.cfg.max_rows:      # only full batches go on at once
+            if not every and queue.rows < queue.cfg.max_rows:   # full batches go at once
                 break
         if not queue.members:
             self._waiting.discard(queue.key)
             if len(self._queues) > 4 * MAX_MODELS:
                 self._queues.pop(queue.key, None)
-        elif queue.timer is None:
-            loop = asyncio.get_running_loop()
-            queue.timer = loop.call_at(loop.time() + queue.cfg.max_delay_ms / 1000.0,
-                                       self._flush, queue)
+        else:
+            self._arm(queue)
+
+    def _arm(self, queue: _Queue[Any]) -> None:
+        """The max_delay_ms timer of the queue's oldest member."""
+        if queue.timer is None:
+            loop = self.dispatcher.running_loop()
+            due = queue.members[0].arrived + queue.cfg.max_delay_ms / 1000.0
+            queue.timer = loop.call_at(loop.time() + max(due - time.monotonic(), 0.0),
+                                       self._flush, queue, True)
 
     def _start(self, queue: _Queue[Any], batch: list[_Member], rows: int) -> None:
         now = time.monotonic()
@@ -200,7 +209,7 @@ class Batcher:
         stats.wait_s += sum(now - m.arrived for m in batch)
         stats.row_buckets[bisect.bisect_left(ROW_BUCKETS, rows)] += 1
         self._starting += 1
-        task = asyncio.get_running_loop().create_task(self._send(queue, batch))
+        task = self.dispatcher.running_loop().create_task(self._send(queue, batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
