@@ -216,6 +216,20 @@ def _batch_metrics(proxy: Proxy) -> Iterator[Metric]:
     yield from (batches, waited, resends, rows)
 
 
+def _adaptive_metrics(proxy: Proxy) -> Iterator[Metric]:
+    bypassing = GaugeMetricFamily(PREFIX + "cache_adaptive_bypassing",
+                                  "1 while the adaptive cache bypasses the model",
+                                  labels=["model"])
+    since = GaugeMetricFamily(PREFIX + "cache_adaptive_since_timestamp_seconds",
+                              "Unix time of the model's last adaptive state change",
+                              labels=["model"])
+    states = proxy.cache.model_states() if proxy.cache is not None else {}
+    for model, state in states.items():
+        bypassing.add_metric([model], 1.0 if state["state"] == "bypass" else 0.0)
+        since.add_metric([model], float(state["since"] or 0.0))
+    yield from (bypassing, since)
+
+
 class StateCollector(Collector):
     """Reads the proxy's live state at scrape time (called by `generate_latest`)."""
 
@@ -230,6 +244,7 @@ class StateCollector(Collector):
         yield from _node_counters(nodes)
         yield from _flow_metrics(proxy)
         yield from _batch_metrics(proxy)
+        yield from _adaptive_metrics(proxy)
         yield from _cache_metrics(proxy.cache.stats() if proxy.cache is not None else None)
         yield from _config_metrics(proxy.status)
         if proxy.discovery is not None:
