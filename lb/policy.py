@@ -8,7 +8,8 @@ The formula (docs/ARCHITECTURE.md, "The policy"):
 
 * A request j costs w_j units (rows × the model's cost factor) and takes t_j
   seconds on the node that served it.
-* Each node keeps τ_i, a peak-sensitive EWMA of seconds per unit (`PeakEwma`).
+* Each node keeps τ_i, an EWMA of seconds per unit (`PeakEwma`) in which every
+  sample weighs at least SAMPLE_WEIGHT.
 * Routing picks the node with the least expected outstanding work per weight,
 
       score_i = (Σ_{k in flight on i} w_k + w_j) · τ_i / W_i
@@ -31,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 _REL_TIE = 1e-9
+SAMPLE_WEIGHT = 0.2     # the least weight of one sample in τ (PeakEwma)
 
 
 @dataclass(slots=True)     # not frozen: built per request, treat as immutable
@@ -157,12 +159,16 @@ class SmoothRoundRobin:
 
 @dataclass(slots=True)
 class PeakEwma:
-    """Peak-sensitive EWMA of seconds per unit (τ_i).
+    """EWMA of seconds per unit (τ_i), responsive both ways.
 
-    A sample above the estimate replaces it at once (a node that slows down is
-    avoided immediately); a lower sample pulls the estimate down with weight
-    1 - exp(-Δt / decay_s), so recovery takes about `decay_s` seconds whatever
-    the request rate.
+    Each sample moves the estimate towards it with weight
+    max(1 - exp(-Δt / decay_s), SAMPLE_WEIGHT): after a quiet spell the first
+    sample counts almost fully; under traffic every sample counts at least
+    SAMPLE_WEIGHT, so a node that slowed down is scored slower within a few
+    replies and one that recovers is trusted again within a few replies — not
+    after a fixed decay. (A peak-taking EWMA shut a node out for about decay_s
+    after one slow reply, and the other nodes queued meanwhile.) What is slow
+    *now*, before any reply, is the in-flight age's business (`effective_tau`).
     """
 
     decay_s: float
@@ -170,17 +176,17 @@ class PeakEwma:
     stamp: float = 0.0
 
     def raise_to(self, bound: float, now: float) -> None:
-        """A lower bound of a sample (a cancelled attempt ran this long): raise only."""
+        """A lower bound of a sample (a cancelled attempt ran this long): it may raise
+        the estimate, as a sample would, never lower it."""
         if self.value is not None and bound > self.value:
-            self.value = bound
-            self.stamp = now
+            self.update(bound, now)
 
     def update(self, sample: float, now: float) -> float:
-        if self.value is None or sample >= self.value:
+        if self.value is None:
             self.value = sample
         else:
             dt = max(now - self.stamp, 0.0)
-            alpha = 1.0 - math.exp(-dt / self.decay_s)
+            alpha = max(1.0 - math.exp(-dt / self.decay_s), SAMPLE_WEIGHT)
             self.value += (sample - self.value) * alpha
         self.stamp = now
         return self.value

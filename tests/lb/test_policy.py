@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from lb.policy import (
+    SAMPLE_WEIGHT,
     Candidate,
     LoadWindow,
     PeakEwma,
@@ -122,18 +123,32 @@ def test_smooth_round_robin_follows_weights_evenly() -> None:
     assert seq[0] == "a" and "b" in seq[1:6]   # smooth: b and c are interleaved
 
 
-def test_peak_ewma_jumps_up_and_decays_with_time_constant() -> None:
+def test_tau_follows_samples_both_ways_within_a_few_replies() -> None:
     e = PeakEwma(decay_s=10.0)
     assert e.update(0.010, now=0.0) == 0.010
-    assert e.update(0.050, now=1.0) == 0.050          # a peak is taken at once
-    v = e.update(0.010, now=11.0)                     # one time constant later
-    assert v == pytest.approx(0.010 + 0.040 * math.exp(-1.0))
-    # The decay depends on elapsed time, not on the number of samples.
-    e2 = PeakEwma(decay_s=10.0)
-    e2.update(0.050, now=0.0)
+    # A quiet spell: the next sample counts with weight 1 - exp(-Δt/decay).
+    v = e.update(0.050, now=10.0)
+    assert v == pytest.approx(0.010 + 0.040 * (1 - math.exp(-1.0)))
+    # Under traffic every sample still counts at least SAMPLE_WEIGHT, up and down: a
+    # node that slowed down is scored slower within a few replies, and one that is
+    # fast again is trusted again within a few replies, not after a fixed decay.
+    slow = PeakEwma(decay_s=10.0)
+    slow.update(0.010, now=0.0)
+    for i in range(1, 6):
+        slow.update(0.100, now=i * 0.001)
+    assert slow.value is not None and slow.value > 0.100 - 0.090 * (1 - SAMPLE_WEIGHT) ** 5 - 1e-9
+    fast = PeakEwma(decay_s=10.0)
+    fast.update(0.200, now=0.0)                       # a stall's reply
     for i in range(1, 11):
-        e2.update(0.010, now=float(i))
-    assert e2.value == pytest.approx(v)
+        fast.update(0.010, now=i * 0.001)             # ten normal replies, 10 ms apart
+    assert fast.value is not None and fast.value < 0.010 + 0.190 * (1 - SAMPLE_WEIGHT) ** 10 + 1e-9
+    # A cancelled attempt's time is a lower bound: it may raise τ, never lower it.
+    was = fast.value
+    fast.raise_to(0.001, now=0.02)
+    assert fast.value == was
+    before = fast.value
+    fast.raise_to(0.5, now=0.021)
+    assert fast.value > before
 
 
 def test_empty_candidates_raise() -> None:
