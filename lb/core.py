@@ -19,6 +19,10 @@ Flow of `serve`:
    stored. Row-level caching is a plan with one key per row (`lb.rowcache`).
 3. `forward`: the dispatcher (`lb.dispatch`) picks, attempts, hedges, retries.
 
+`direct` lets a front skip the Task when a call needs no await before its
+first attempt (version resolved, no cache work, no batching): it makes the
+same decisions as `serve`, once, and the front then drives the dispatcher.
+
 Guarantees: an `Outcome` or an `LbError` by the call's deadline; a cache
 problem is a miss; hits + misses + bypasses = cacheable calls; admission
 (`admit`/`release`) sheds load past `limits.max_inflight` with `Overloaded`.

@@ -1,11 +1,15 @@
 """Sending one call to nodes: pick, attempt, hedge, retry. Both fronts, one place.
 
-Called by `lb.core` (and the batcher) with a `Call` and the front's
-`Transport`. `send` asks the pool for the policy's choice, starts an attempt,
-may hedge it (a copy to the best other node once the first has waited longer
-than its node's p95 for the model, `lb.hedge`), and retries on another node
-when the answer says so (no answer, busy, per-try timeout) while
-`upstream.retries`, the retry budget and the call's deadline allow.
+Called by `lb.core` and the batcher (`send`), and by the REST front's direct
+path, which runs the same steps without a Task (`open` → `attempt` → the
+future's done-callback → `outcome`, and `send(call, transport, flow)` for
+whatever is left when a retry is needed). `attempt` asks the pool for the
+policy's choice and starts an attempt through the front's `Transport`,
+arming a hedge (a copy to the best other node once the first has waited
+longer than its node's p95 for the model, `lb.hedge`) when it may; `outcome`
+says whether the answer is final or worth another node (no answer, busy, a
+per-try timeout); attempts go on while `upstream.retries`, the retry budget
+and the call's deadline allow.
 
 Guarantees:
 * every attempt is bracketed by `Node.begin`/`Node.end` in exactly one place,
@@ -18,7 +22,7 @@ Guarantees:
   as a lower bound of its node's time per unit;
 * no Task is created here: attempts are futures, a hedge is a loop timer;
 * when no attempt succeeds: the last answer if a node gave one, else
-  `DeadlineExceeded` past the deadline, else `Unavailable`.
+  `DeadlineExceeded` past the deadline, else `Unavailable` (`finish`).
 """
 
 from __future__ import annotations
