@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -17,49 +16,13 @@ import grpc.aio
 import pytest
 
 from tests.lb.conftest import SPREAD_DELAY_MS, Pool, assert_weight_shares, worker_delay
+from tests.lb.grpcload import PREDICT, grpc_node, predict_bytes, spread
 from tests.procs import ProxyProc, free_port, wait_until
-
-PREDICT = "/tensorflow.serving.PredictionService/Predict"
-
-
-def predict_bytes(model: str, x: float) -> bytes:
-    """A PredictRequest for x=[x] (float32, shape [1]), written by hand: the wire format
-    is tested in test_pbwire.py; this keeps the load loop free of TensorFlow."""
-    import struct
-
-    name = model.encode()
-    spec = b"\x0a" + bytes([len(name)]) + name
-    shape = b"\x12\x02\x08\x01"                                  # dim {size: 1}
-    tensor = (b"\x08\x01" + b"\x12" + bytes([len(shape)]) + shape     # DT_FLOAT, shape
-              + b"\x2a\x04" + struct.pack("<f", x))                   # float_val, packed
-    entry = b"\x0a\x01x" + b"\x12" + bytes([len(tensor)]) + tensor
-    return b"\x0a" + bytes([len(spec)]) + spec + b"\x12" + bytes([len(entry)]) + entry
-
-
-async def _spread(target: str, n: int, concurrency: int) -> Counter[str]:
-    """n distinct predicts over ONE channel with `concurrency` in flight; count x-node."""
-    counts: Counter[str] = Counter()
-    queue = iter(range(n))
-    async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(PREDICT)
-
-        async def client() -> None:
-            for i in queue:
-                c = call(predict_bytes("half_plus_two", float(i)), timeout=10)
-                await c
-                meta = dict(await c.initial_metadata())
-                counts[str(meta["x-node"])] += 1
-        await asyncio.wait_for(asyncio.gather(*(client() for _ in range(concurrency))), 120)
-    return counts
-
-
-def _grpc_node(name: str, pool: Pool, i: int, weight: float) -> dict[str, object]:
-    return {"name": name, "rest": pool.fast[i], "grpc": pool.procs[i].grpc, "weight": weight}
 
 
 def test_one_channel_spreads_over_all_nodes_by_weight(logs_dir: Path, hp2_pool: Pool) -> None:
-    p = ProxyProc(logs_dir, [_grpc_node("w3", hp2_pool, 0, 3), _grpc_node("w1a", hp2_pool, 1, 1),
-                             _grpc_node("w1b", hp2_pool, 2, 1)],
+    p = ProxyProc(logs_dir, [grpc_node("w3", hp2_pool, 0, 3), grpc_node("w1a", hp2_pool, 1, 1),
+                             grpc_node("w1b", hp2_pool, 2, 1)],
                   name="proxy-grpc-311", grpc=True, cache={"backend": "none"},
                   policy={"ewma_decay_s": 1.0})
     assert p.grpc
@@ -67,8 +30,8 @@ def test_one_channel_spreads_over_all_nodes_by_weight(logs_dir: Path, hp2_pool: 
         # 30 in flight at 200 ms each (150 calls/s): far below saturation of this
         # small box, so node latency does not depend on node load and weights decide.
         with worker_delay(hp2_pool.fast, SPREAD_DELAY_MS):
-            asyncio.run(_spread(p.grpc, 60, 30))
-            counts = asyncio.run(_spread(p.grpc, 1200, 30))
+            asyncio.run(spread(p.grpc, 60, 30))
+            counts = asyncio.run(spread(p.grpc, 1200, 30))
     finally:
         p.stop()
     assert_weight_shares(counts, "gRPC one-channel")
@@ -79,12 +42,12 @@ def test_dead_node_is_retried_and_deadlines_are_forwarded(logs_dir: Path,
     dead = {"name": "dead", "rest": f"http://127.0.0.1:{free_port()}",
             "grpc": f"127.0.0.1:{free_port()}", "weight": 10.0}
     rest_only = {"name": "rest-only", "rest": hp2_pool.fast[1], "weight": 10.0}
-    p = ProxyProc(logs_dir, [dead, rest_only, _grpc_node("ok", hp2_pool, 2, 1)],
+    p = ProxyProc(logs_dir, [dead, rest_only, grpc_node("ok", hp2_pool, 2, 1)],
                   name="proxy-grpc-dead", grpc=True, cache={"backend": "none"},
                   health={"interval_s": 5.0, "timeout_s": 0.5, "unhealthy_after": 3})
     assert p.grpc
     try:
-        counts = asyncio.run(_spread(p.grpc, 10, 1))
+        counts = asyncio.run(spread(p.grpc, 10, 1))
         assert counts == {"ok": 10}                   # dead: retried; rest-only: skipped
         with grpc.insecure_channel(p.grpc) as ch, pytest.raises(grpc.RpcError) as err:
             ch.unary_unary(PREDICT)(predict_bytes("half_plus_two", 0.5), timeout=0.02)

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from tests.lb.conftest import SPREAD_DELAY_MS, Pool, worker_delay
+from tests.lb.grpcload import grpc_node, spread
 from tests.procs import (
     ProxyProc,
     get_json,
@@ -236,5 +237,25 @@ def test_removed_node_finishes_in_flight_and_gets_no_more(logs_dir: Path,
         # Its keep-alive pool is closed once its requests have drained.
         wait_until(lambda: f"closed the connection pool of {hp2_pool.slow}" in p.proc.log(),
                    5.0, "the removed node's pool to close")
+    finally:
+        p.stop()
+
+
+def test_removed_node_closes_its_grpc_channel(logs_dir: Path, hp2_pool: Pool) -> None:
+    nodes = [grpc_node("g0", hp2_pool, 0, 1), grpc_node("g1", hp2_pool, 1, 1)]
+    p = ProxyProc(logs_dir, nodes, name="proxy-reload-grpc", grpc=True,
+                  cache={"backend": "none"}, reload={"watch": True, "poll_s": 0.1})
+    try:
+        assert p.grpc
+        counts = asyncio.run(spread(p.grpc, 40, 4))
+        assert set(counts) == {"g0", "g1"}
+        assert p.stats()["upstream"]["grpc_channels"] == 2
+        doc = read_config(p.config_path)
+        doc["nodes"] = nodes[:1]
+        rewrite_config(p.config_path, doc)
+        wait_until(lambda: p.stats()["config"]["reloads"] == 1, 10.0, "the reload")
+        wait_until(lambda: p.stats()["upstream"]["grpc_channels"] == 1, 10.0,
+                   "the removed node's channel to close")
+        assert asyncio.run(spread(p.grpc, 10, 2)) == {"g0": 10}
     finally:
         p.stop()

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import orjson
 
-from tests.lb.test_grpc_spread import PREDICT, predict_bytes
+from tests.lb.grpcload import PREDICT, predict_bytes
 from tests.load import OpenLoad
 from tests.procs import Proc, ProxyProc, free_port, get_json, http, lb_cmd, wait_until
 
