@@ -1,6 +1,7 @@
 """Converting a cached predict reply between TF Serving's row and columnar shapes.
 
-Called by `lb.proxy` on a cache hit. Row (`instances`) and columnar (`inputs`)
+Called by `lb.rest_upstream.RestTransport.from_cache` on a cache hit, and by the
+REST batch codec (`lb.rest_batch`). Row (`instances`) and columnar (`inputs`)
 requests for the same tensors share one cache key (cache/keys.py), but TF
 Serving answers `{"predictions": [...]}` to the first and `{"outputs": ...}`
 to the second. A stored reply in the asked-for shape is returned untouched

@@ -1,6 +1,6 @@
 """What the gRPC front reads from TF Serving's messages, on the raw wire bytes. Pure.
 
-Called by `lb.grpc_proxy` once per call: `read_request` gives the model spec
+Called by `lb.grpc_front` once per call: `read_request` gives the model spec
 (for routing, version resolution and stats), the batch rows (the request's
 cost) and, for Predict, the parts its cache key is made of; `predict_key`
 makes the key; `health_reply` writes the only message the proxy creates itself.

@@ -1,6 +1,6 @@
 """Passive outlier detection and slow start: per-node state, pure, time passed in.
 
-Called by `lb.proxy` after every attempt (`record`), by `lb.health` before it
+Called by `lb.dispatch` after every attempt (`record`), by `lb.health` before it
 readmits a node (`may_readmit`) and by `lb.nodes.Node.candidate` for the
 effective weight (`ramp`). Consecutive failures (no response, 5xx, per-try
 timeout) eject a node for a back-off that doubles with each ejection in a

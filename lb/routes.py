@@ -1,6 +1,6 @@
 """Parsing of TF Serving REST paths, request bodies and cache directives. Pure.
 
-Called by `lb.rest` for every request. `parse_path` accepts exactly the paths
+Called by `lb.rest_front` for every request. `parse_path` accepts exactly the paths
 TF Serving serves (`/v1/models/{m}[/versions/{n}|/labels/{l}][/metadata|:verb]`);
 `parse_body` guarantees a JSON object with the keys the verb needs and counts
 its rows; anything else raises `BadRequest` / `NotFound` with TF Serving's

@@ -1,6 +1,6 @@
 """Input dtypes of each model version's signatures, read once from a node's metadata.
 
-Called by `lb.rest` before computing a cache key: the key decodes inputs in
+Called by `lb.rest_keys` before computing a cache key: the key decodes inputs in
 the signature's dtypes (docs/ARCHITECTURE.md, "The result cache"). A (model, version) is
 fetched once; concurrent first requests share the fetch; a failed fetch is
 remembered for `retry_s` so a node without metadata costs one call per period,
