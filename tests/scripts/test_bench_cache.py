@@ -12,7 +12,8 @@ import numpy as np
 import orjson
 import pytest
 
-from scripts.bench_cache import SCAN_BASE, ZERO, Rows, paired, parse, span, trace_plan, zipf_ids
+from scripts.bench_cache import paired, parse
+from scripts.bench_cache_traces import SCAN_BASE, ZERO, Rows, span, trace_plan, zipf_ids
 from scripts.benchenv import cpu_seconds
 
 
