@@ -169,7 +169,7 @@ def paired(rounds: dict[str, list[dict[str, Any]]], ref: str) -> dict[str, Any]:
     rounds alternate, so a ratio pairs runs seconds apart), and the proxy's CPU time
     per request (steadier than wall-clock rates on a shared box), also as a ratio."""
     def cpu_us(rs: list[dict[str, Any]]) -> float:
-        return 1e6 * sum(r["cpu_s"] for r in rs) / max(1, sum(r["ok"] for r in rs))
+        return 1e6 * float(sum(r["cpu_s"] for r in rs)) / float(max(1, sum(r["ok"] for r in rs)))
 
     base = rounds[ref]
     return {n: {"median_rps": statistics.median(r["rps"] for r in rs),
@@ -206,7 +206,8 @@ def distinct_open_loop(procs: dict[str, Any], rows: Rows, ids: Callable[[int], n
 
 
 def model_state(admin: str) -> str | None:
-    return cache_doc(admin).get("by_model", {}).get(MODEL, {}).get("state")
+    state = cache_doc(admin).get("by_model", {}).get(MODEL, {}).get("state")
+    return None if state is None else str(state)
 
 
 def final_cache(admin: str) -> dict[str, Any]:

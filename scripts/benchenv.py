@@ -7,7 +7,8 @@ so stopping it never leaves a child behind. Nothing here imports TensorFlow:
 workers are child processes. `ensure_tool` installs a missing nginx or wrk
 with apt-get (a setup step, before anything is measured). `worker_counts` and
 `settle_workers` read the MNIST workers' own counters (batch rows per call, and
-when a backlog has drained).
+when a backlog has drained). `cpu_seconds` reads a process's CPU time (CPU per
+request is steadier than throughput on a shared box).
 """
 
 from __future__ import annotations
