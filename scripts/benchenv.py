@@ -7,7 +7,8 @@ so stopping it never leaves a child behind. Nothing here imports TensorFlow:
 workers are child processes. `ensure_tool` installs a missing nginx or wrk
 with apt-get (a setup step, before anything is measured). `worker_counts` and
 `settle_workers` read the MNIST workers' own counters (batch rows per call, and
-when a backlog has drained).
+when a backlog has drained). `cpu_seconds` reads a process's CPU time (CPU per
+request is steadier than throughput on a shared box).
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024.0
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (all its threads): on a
+    shared box, CPU per request is steadier than wall-clock throughput."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()      # the name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ensure_tool(exe: str, apt_pkg: str) -> str:
