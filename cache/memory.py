@@ -77,7 +77,12 @@ class MemoryStore:
         self._bytes = 0
 
     def peek(self, key: str) -> bytes | None:
-        """The synchronous hit path's get (`ResultCache.peek`)."""
+        """The synchronous hit path's get (`ResultCache.peek`): a hit is a `get_now`;
+        a miss counts nothing (no frequency, no miss-ratio-curve reference), because
+        the caller then does the full lookup, which counts it once."""
+        entry = self._entries.get(key)
+        if entry is None or entry.expires_at <= self._clock():
+            return None
         return self.get_now(key)
 
     def get_now(self, key: str) -> bytes | None:

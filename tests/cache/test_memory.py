@@ -64,3 +64,18 @@ async def test_oversized_entry_refused() -> None:
     tiny = MemoryStore(max_bytes=5, max_entry_bytes=100)   # bigger than the budget
     await tiny.set("key", b"xxxx", 10)
     assert await tiny.get("key") is None
+
+
+def test_peek_counts_a_hit_once_and_a_miss_not_at_all() -> None:
+    from cache.store import memory_store
+
+    for admission in ("lru", "tinylfu"):
+        s = memory_store(admission, 10_000, 1_000, mrc_keys=64, mrc_rate=1.0)
+        s.set_now("k", b"v", 60.0)
+        curve = s._mrc                       # the miss-ratio curve's reference count
+        assert curve is not None
+        refs = curve.refs
+        assert s.peek("missing") is None     # the full lookup that follows counts it
+        assert curve.refs == refs, admission
+        assert s.peek("k") == b"v"
+        assert curve.refs == refs + 1, admission
