@@ -37,7 +37,12 @@ _WATCHED = frozenset((b"content-length", b"expect", b"connection"))
 _LENGTH = 1         # Content-Length (in _content_length)
 _EXPECT = 2         # Expect: 100-continue
 _CONNECTION = 4     # a Connection header
-_LAST = 8           # an upgrade: the last request on this connection
+_LAST = 8           # CONNECT: the last request on this connection
+_TOO_LARGE = 16     # a Content-Length above max_body_bytes
+# Parsed request targets by their bytes: what the proxy sees again and again.
+_TARGETS: dict[bytes, tuple[str, bytes]] = {}
+_TARGET_CACHE_SIZE = 4096
+_TARGET_CACHE_URL = 256
 _new = object.__new__
 _HASH = ord("#")
 _UNARMED = -1.0     # _deadline of a phase entered in the chunk being parsed
@@ -64,8 +69,8 @@ class ServerConnection(Pipeline):
         self._head_wire = 0         # bytes of the chunk the head began in
         self._head_bytes = 0        # bytes of later chunks that held only this head; -1:
                                     # the head began in the chunk being fed
-        self._watched = 0           # _LENGTH | _EXPECT | _CONNECTION | _LAST
-        self._content_length = 0    # valid when _watched & _LENGTH
+        self._watched = 0           # bits _LENGTH ... _TOO_LARGE, per request
+        self._content_length = 0    # valid when _watched & (_LENGTH | _TOO_LARGE)
         self._last = False          # no request may follow the one being parsed
         self._body = b""            # the body's first piece
         self._parts: list[bytes] | None = None      # all its pieces, when more came
@@ -133,10 +138,10 @@ class ServerConnection(Pipeline):
     def _watch(self, name: bytes, value: bytes) -> None:
         if name == b"content-length":
             try:
-                self._content_length = int(value)
+                self._content_length = length = int(value)
             except ValueError:
                 self._stop(400, "Malformed HTTP request: invalid Content-Length")
-            self._watched |= _LENGTH
+            self._watched |= _LENGTH if length <= self._lim.max_body_bytes else _TOO_LARGE
         elif name == b"expect":
             if value.lower() == b"100-continue":
                 self._watched |= _EXPECT
@@ -157,36 +162,21 @@ class ServerConnection(Pipeline):
         parser = self._parser
         method = _METHODS.get(parser.get_method()) or self._other_method()
         keep_alive = parser.should_keep_alive()
-        watched = self._watched
-        # llhttp takes 0.9, 1.0, 1.1 and 2.0; of these only 1.1 keeps alive by default,
-        # so the (slow) version string is needed only when that default did not apply.
-        version = "1.1"
-        if not keep_alive or watched & _CONNECTION:
-            version = parser.get_http_version()
-            if keep_alive and parser.should_upgrade():
-                watched |= _LAST        # answered as a plain request, then closed
         url = self._url
-        # origin-form, what clients send; `_HASH not in url` searches for b"#" (a bytes
-        # needle would cost CPython a TypeError raised and cleared inside `in`)
-        if url[:1] == b"/" and _HASH not in url:
-            path, _, query = url.partition(b"?")
-        else:
-            path, query = self._split_url(url)
+        target = _TARGETS.get(url) or self._target(url)
         # Built without __init__ (a frame less per request); the fields are Request's.
         self._req = req = _new(Request)
         req.method = method
-        req.path = path.decode("latin-1")
-        req.query = query
+        req.path, req.query = target
         req.headers = headers
         req.body = b""
-        req.version = version
+        req.version = "1.1"
         req.keep_alive = keep_alive
         req.remote = self._remote
         req.start = self._start
-        self._last = not keep_alive or (watched & _LAST) != 0
-        if watched & _LENGTH and self._content_length > lim.max_body_bytes:
-            self._stop(413)             # at once: no 100 Continue, no body read
-        if watched & _EXPECT and version == "1.1" and self._expect_continue(watched):
+        watched = self._watched
+        # any bit but _LENGTH (the lowest), or HTTP/1.0 and Connection: close
+        if (watched > _LENGTH or not keep_alive) and self._unusual(req, watched):
             return
         self._phase = BODY
         self._deadline = _UNARMED       # see _arriving
@@ -248,6 +238,38 @@ class ServerConnection(Pipeline):
             self._queue.append(ex)
 
     # --- helpers ------------------------------------------------------------------------
+
+    def _unusual(self, req: Request, watched: int) -> bool:
+        """The rest of on_headers_complete for a head that is not a plain keep-alive
+        HTTP/1.1 one; True when the body is withheld until a 100 Continue is sent."""
+        parser = self._parser
+        # llhttp takes 0.9, 1.0, 1.1 and 2.0; of these only 1.1 keeps alive by default,
+        # so the (slow) version string is needed only when that default did not apply.
+        if not req.keep_alive or watched & _CONNECTION:
+            req.version = parser.get_http_version()
+            if not req.keep_alive or parser.should_upgrade():
+                self._last = True       # an upgrade is answered as a plain request
+        elif watched & _LAST:
+            self._last = True
+        if watched & _TOO_LARGE:
+            self._stop(413)             # at once: no 100 Continue, no body read
+        if watched & _EXPECT and req.version == "1.1":
+            return self._expect_continue(watched)
+        return False
+
+    def _target(self, url: bytes) -> tuple[str, bytes]:
+        """Path (latin-1 decoded) and query of a request target, cached for short ones
+        (a proxy sees few distinct targets; the app's own caches then hit on one str)."""
+        # origin-form, what clients send; `_HASH not in url` searches for b"#" (a bytes
+        # needle would cost CPython a TypeError raised and cleared inside `in`)
+        if url[:1] == b"/" and _HASH not in url:
+            path, _, query = url.partition(b"?")
+        else:
+            path, query = self._split_url(url)
+        target = (path.decode("latin-1"), query)
+        if len(url) <= _TARGET_CACHE_URL and len(_TARGETS) < _TARGET_CACHE_SIZE:
+            _TARGETS[url] = target
+        return target
 
     def _other_method(self) -> str:
         """A method outside _METHODS. After CONNECT llhttp parses no further request."""
