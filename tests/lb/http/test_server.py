@@ -584,3 +584,23 @@ def test_header_timeout_runs_from_the_first_byte_across_chunks(run: Run) -> None
             assert (await c.reply()).json()["body"] == "abcdefghij"
             c.close()
     run(body())
+
+
+def test_repeated_targets_parse_alike(run: Run) -> None:
+    """Parsed targets are cached by their bytes: the second sight of each is the same."""
+    async def body() -> None:
+        async with serving() as (server, _app):
+            c = await Client.connect(server)
+            cases = [(b"/v1/models/m:predict", "/v1/models/m:predict", ""),
+                     (b"/v1/models/m?x=1", "/v1/models/m", "x=1"),
+                     (b"/v1/models/m?x=2", "/v1/models/m", "x=2"),
+                     (b"/a%20b?c#frag", "/a%20b", "c"),
+                     (b"http://h:1/p?q", "/p", "q"),
+                     (b"/" + b"l" * 300, "/" + "l" * 300, "")]     # too long to cache
+            for _ in range(2):
+                for raw, path, query in cases:
+                    c.send(b"GET " + raw + b" HTTP/1.1\r\n\r\n")
+                    got = (await c.reply()).json()
+                    assert (got["path"], got["query"]) == (path, query)
+            c.close()
+    run(body())
