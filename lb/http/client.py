@@ -8,6 +8,8 @@ node), `UpstreamTimeout` (connect or deadline passed) or `UpstreamError`
 connections per node are open or connecting; a connection that failed, timed out
 or was cancelled is closed, never reused. This module and `lb.http.client_conn`
 are the one boundary where OS, ssl and httptools errors become `lb.errors`.
+Per exchange: one Future and the request's bytes (request lines are cached per
+method and path); one loop timer per node watches every deadline.
 """
 
 from __future__ import annotations

@@ -10,7 +10,12 @@ Guarantees:
   Content-Length, without 100 Continue; as soon as a chunked body passes it).
 - `Expect: 100-continue` is answered when the request is next in line.
 - Malformed input is answered 400 `{"error": "Malformed HTTP request: ..."}`; an
-  Upgrade request is answered as a plain request, then the connection closes.
+  Upgrade (or CONNECT) request is answered as a plain request, then the connection
+  closes.
+- A complete request goes to the app from inside the parser when nothing is in flight
+  or queued (a synchronous reply is written before the next pipelined request is
+  parsed), else it waits in the queue; the per-request work is kept to a few bytecodes
+  per callback (see the comments on hot paths: scripts/bench_http_server.py measures).
 """
 
 from __future__ import annotations
