@@ -1,11 +1,11 @@
-"""The lean HTTP server against nginx: requests/s of a trivial reply to a ~6 KB POST.
+"""The lean HTTP server against nginx: requests/s of a trivial reply to a ~9 KB POST.
 
     .venv/bin/python scripts/bench_http_server.py [--duration 5] [--rounds 1] [--no-pin]
 
 Starts nginx (`worker_processes 1`, a `return 200` location) and `lb.http.server`
 (`HttpServer` on uvloop with an app that answers synchronously), each a single
 process on a free 127.0.0.1 port, and drives each in turn with
-`wrk -t1 -c32 -d<duration>s` posting the same 6 KB JSON body. By default the server
+`wrk -t1 -c32 -d<duration>s` posting the same 9 KB JSON body. By default the server
 under test is pinned to CPU 1 and wrk to CPU 0, so both servers get one core each.
 Prints each rate and the ratio lean/nginx, and each server's CPU time per request
 (user + system, from /proc: less disturbed than the rate when other work shares the
@@ -58,11 +58,12 @@ http {{
 WRK_LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = [[{body}]]
+wrk.body = [==[{body}]==]
 """
+# (a level-2 long bracket: the body itself ends in "]]", which would close "[[")
 
 
-def body_6kb() -> str:
+def body_9kb() -> str:
     row = ", ".join(f"{0.001 * i:.3f}" for i in range(1300))
     return '{"instances": [[' + row + "]]}"
 
@@ -120,8 +121,11 @@ def wrk(port: int, lua: Path, duration: int, pin: bool) -> tuple[float, int]:
     cmd = ["wrk", "-t1", "-c32", f"-d{duration}s", "-s", str(lua), f"http://127.0.0.1:{port}/"]
     if pin:
         cmd = ["taskset", "-c", "0", *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30,
-                         check=True).stdout
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30,
+                         check=True)
+    if run.stderr.strip():              # e.g. a Lua error: wrk then sends plain GETs
+        raise RuntimeError(f"wrk: {run.stderr.strip()}")
+    out = run.stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     if errors:
         print(out, file=sys.stderr)
@@ -179,7 +183,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmpdir:
         tmp = Path(tmpdir)
         lua = tmp / "post.lua"
-        lua.write_text(WRK_LUA.format(body=body_6kb()))
+        lua.write_text(WRK_LUA.format(body=body_9kb()))
         for _ in range(rounds):
             for kind in ("nginx", "lean"):
                 rate, cpu = run_one(kind, tmp, lua, duration, pin)
@@ -191,7 +195,7 @@ def main() -> None:
     cpu_ratio = min(cpu_us["nginx"]) / min(cpu_us["lean"])
     load = os.getloadavg()[0]
     print(f"lean/nginx = {ratio:.2f} by rate, {cpu_ratio:.2f} by CPU per request  (best of "
-          f"{rounds}; wrk -t1 -c32 -d{duration}s, 6 KB POST, pinned={pin}, 1-min load "
+          f"{rounds}; wrk -t1 -c32 -d{duration}s, 9 KB POST, pinned={pin}, 1-min load "
           f"average at the end {load:.2f})")
     OUT.mkdir(exist_ok=True)
     (OUT / "bench_http_server.json").write_text(json.dumps(
