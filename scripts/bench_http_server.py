@@ -1,11 +1,12 @@
-"""The lean HTTP server against nginx: requests/s of a trivial reply to a ~6 KB POST.
+"""The lean HTTP server against nginx: requests/s of a trivial reply to a ~9 KB POST.
 
-    .venv/bin/python scripts/bench_http_server.py [--duration 5] [--rounds 1] [--no-pin]
+    .venv/bin/python scripts/bench_http_server.py [--duration 5] [--rounds 1] [--no-pin] [--get]
 
 Starts nginx (`worker_processes 1`, a `return 200` location) and `lb.http.server`
 (`HttpServer` on uvloop with an app that answers synchronously), each a single
 process on a free 127.0.0.1 port, and drives each in turn with
-`wrk -t1 -c32 -d<duration>s` posting the same 6 KB JSON body. By default the server
+`wrk -t1 -c32 -d<duration>s` posting the same 9 KB JSON body (`--get`: GET / with no
+body). By default the server
 under test is pinned to CPU 1 and wrk to CPU 0, so both servers get one core each.
 Prints each rate and the ratio lean/nginx, and each server's CPU time per request
 (user + system, from /proc: less disturbed than the rate when other work shares the
@@ -58,11 +59,12 @@ http {{
 WRK_LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = [[{body}]]
+wrk.body = [==[{body}]==]
 """
+# (a level-2 long bracket: the body itself ends in "]]", which would close "[[")
 
 
-def body_6kb() -> str:
+def body_9kb() -> str:
     row = ", ".join(f"{0.001 * i:.3f}" for i in range(1300))
     return '{"instances": [[' + row + "]]}"
 
@@ -115,13 +117,17 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def wrk(port: int, lua: Path, duration: int, pin: bool) -> tuple[float, int]:
-    """Requests/s and the number of requests of one wrk run."""
-    cmd = ["wrk", "-t1", "-c32", f"-d{duration}s", "-s", str(lua), f"http://127.0.0.1:{port}/"]
+def wrk(port: int, lua: Path | None, duration: int, pin: bool) -> tuple[float, int]:
+    """Requests/s and the number of requests of one wrk run (GET / without a script)."""
+    script = ["-s", str(lua)] if lua is not None else []
+    cmd = ["wrk", "-t1", "-c32", f"-d{duration}s", *script, f"http://127.0.0.1:{port}/"]
     if pin:
         cmd = ["taskset", "-c", "0", *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30,
-                         check=True).stdout
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30,
+                         check=True)
+    if run.stderr.strip():              # e.g. a Lua error: wrk then sends plain GETs
+        raise RuntimeError(f"wrk: {run.stderr.strip()}")
+    out = run.stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     if errors:
         print(out, file=sys.stderr)
@@ -132,7 +138,8 @@ def wrk(port: int, lua: Path, duration: int, pin: bool) -> tuple[float, int]:
     return float(rate.group(1)), int(count.group(1))
 
 
-def run_one(kind: str, tmp: Path, lua: Path, duration: int, pin: bool) -> tuple[float, float]:
+def run_one(kind: str, tmp: Path, lua: Path | None, duration: int, pin: bool
+            ) -> tuple[float, float]:
     """Requests/s and CPU microseconds per request of one server."""
     port = free_port()
     if kind == "nginx":
@@ -164,6 +171,7 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run (max 30)")
     ap.add_argument("--rounds", type=int, default=1, help="nginx/lean pairs (max 5)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin to CPUs 0 and 1")
+    ap.add_argument("--get", action="store_true", help="GET / without a body instead")
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -178,8 +186,10 @@ def main() -> None:
     cpu_us: dict[str, list[float]] = {"nginx": [], "lean": []}
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmpdir:
         tmp = Path(tmpdir)
-        lua = tmp / "post.lua"
-        lua.write_text(WRK_LUA.format(body=body_6kb()))
+        lua: Path | None = None
+        if not args.get:
+            lua = tmp / "post.lua"
+            lua.write_text(WRK_LUA.format(body=body_9kb()))
         for _ in range(rounds):
             for kind in ("nginx", "lean"):
                 rate, cpu = run_one(kind, tmp, lua, duration, pin)
@@ -190,13 +200,14 @@ def main() -> None:
     ratio = lean / nginx
     cpu_ratio = min(cpu_us["nginx"]) / min(cpu_us["lean"])
     load = os.getloadavg()[0]
+    what = "GET" if args.get else "9 KB POST"
     print(f"lean/nginx = {ratio:.2f} by rate, {cpu_ratio:.2f} by CPU per request  (best of "
-          f"{rounds}; wrk -t1 -c32 -d{duration}s, 6 KB POST, pinned={pin}, 1-min load "
+          f"{rounds}; wrk -t1 -c32 -d{duration}s, {what}, pinned={pin}, 1-min load "
           f"average at the end {load:.2f})")
     OUT.mkdir(exist_ok=True)
     (OUT / "bench_http_server.json").write_text(json.dumps(
         {"rates": rates, "cpu_us_per_request": cpu_us, "ratio": ratio,
-         "cpu_ratio": cpu_ratio, "duration_s": duration, "pinned": pin,
+         "cpu_ratio": cpu_ratio, "duration_s": duration, "pinned": pin, "request": what,
          "loadavg_1m": load}, indent=2))
 
 

@@ -8,13 +8,17 @@ node), `UpstreamTimeout` (connect or deadline passed) or `UpstreamError`
 connections per node are open or connecting; a connection that failed, timed out
 or was cancelled is closed, never reused. This module and `lb.http.client_conn`
 are the one boundary where OS, ssl and httptools errors become `lb.errors`.
+Per exchange: one Future and the request's bytes (request lines are cached per
+method and path); one loop timer per node watches every deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import math
 import ssl
 from collections import deque
 from dataclasses import dataclass
@@ -36,6 +40,8 @@ __all__ = ["ClientLimits", "NodeClient", "Response"]
 log = logging.getLogger("lb.http.client")
 
 _METHODS = {m.decode(): m for m in (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"PATCH")}
+_MAX_HEADS = 1024           # request lines cached per node (the proxy forwards few paths)
+INF = math.inf
 
 
 @dataclass(slots=True, frozen=True)
@@ -73,6 +79,9 @@ class NodeClient:
         self._waiters: deque[Exchange] = deque()
         self._open = 0                           # slots taken: connected + connecting
         self._sweeper: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the earliest deadline, or earlier
+        self._timer_at = INF
+        self._heads: dict[tuple[str, str], bytes] = {}  # request line + Host, by method, path
         self._closing = False
         self._drained: asyncio.Future[None] | None = None
         self._created = self._reused = self._failed = 0
@@ -94,18 +103,33 @@ class NodeClient:
                 raise UpstreamConnectError(self.name, "client is closed")
             if deadline <= loop.time():
                 raise UpstreamTimeout(self.name, "deadline passed before sending")
-            ex.data = self._request(method, path, body, headers)
+            head = self._heads.get((method, path)) or self._head(method, path)
         except (LbError, ValueError) as exc:
             self._failed += 1
             ex.set_exception(exc if isinstance(exc, LbError)
                              else BadRequest(f"cannot forward {method} {path!r}: {exc}"))
             return ex
+        if body is None:
+            ex.data = b"%s%s\r\n" % (head, headers)
+        else:
+            ex.data = b"%sContent-Length: %d\r\nContent-Type: application/json\r\n%s\r\n%s" % (
+                head, len(body), headers, body)
         ex.owner = self
         ex.deadline = deadline
         ex.head = method == "HEAD"
-        ex.queued = ex.retried = False
-        ex.connect_task = ex.connect_timer = ex.conn = None
-        ex.timer = loop.call_at(deadline, self._expire, ex)
+        ex.conn = ex.task = None
+        if deadline < self._timer_at:
+            self._arm(deadline)
+        idle = self._idle
+        if idle:                        # the common case of _dispatch, inline
+            conn = idle.pop()
+            conn.idle = False
+            transport = conn.transport
+            if transport is not None and not transport.is_closing():
+                self._reused += 1
+                conn.start(ex)
+                return ex
+            self._discard(conn, abort=True)
         self._dispatch(ex)
         return ex
 
@@ -147,28 +171,33 @@ class NodeClient:
                 self.abort(conn.ex, error(self.name, "client closed mid-exchange"))
             else:
                 self._discard(conn, abort=True)
+        if self._timer is not None:              # nothing is left to time out
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = INF
         if self._tasks:                          # cancelled connects: let them unwind
             await asyncio.wait(list(self._tasks), timeout=1.0)
 
     # -- dispatch --------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, body: bytes | None, headers: bytes) -> bytes:
+    def _head(self, method: str, path: str) -> bytes:
+        """The request line and Host header; raises ValueError for what cannot be sent."""
         m = _METHODS.get(method)
         if m is None:
             if not (method.isascii() and method.isalpha()):
                 raise ValueError("bad method")
             m = method.encode("ascii")
         p = path.encode("ascii")
-        if b" " in p or b"\r" in p or b"\n" in p or not p.startswith(b"/"):
+        # int needles: `b" " in p` would make CPython raise and clear a TypeError inside
+        if 32 in p or 13 in p or 10 in p or not p.startswith(b"/"):
             raise ValueError("bad path")
-        if body is None:
-            return b"".join((m, b" ", self._prefix, p, b" HTTP/1.1\r\n", self._host_line,
-                             headers, b"\r\n"))
-        return b"".join((m, b" ", self._prefix, p, b" HTTP/1.1\r\n", self._host_line,
-                         b"Content-Length: %d\r\nContent-Type: application/json\r\n" % len(body),
-                         headers, b"\r\n", body))
+        head = b"".join((m, b" ", self._prefix, p, b" HTTP/1.1\r\n", self._host_line))
+        if len(self._heads) < _MAX_HEADS:
+            self._heads[(method, path)] = head
+        return head
 
     def _dispatch(self, ex: Exchange) -> None:
+        """Run `ex` on an idle connection, a new one, or queue it for a slot."""
         idle = self._idle
         while idle:
             conn = idle.pop()
@@ -183,7 +212,6 @@ class NodeClient:
             self._open += 1
             self._connect(ex)
         else:
-            ex.queued = True
             self._waiters.append(ex)
 
     def _connect(self, ex: Exchange) -> None:
@@ -197,18 +225,19 @@ class NodeClient:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(functools.partial(self._connected, ex, conn))
-        ex.connect_task = task
+        ex.task = task
+        ex.conn = ex.connect_timer = None
         self._connecting.add(ex)
         limit = loop.time() + self.limits.connect_timeout_s
         if limit < ex.deadline:
             ex.connect_timer = loop.call_at(limit, self._connect_expired, ex)
 
     def _connected(self, ex: Exchange, conn: Conn, task: asyncio.Task[Any]) -> None:
-        if ex.connect_task is not task:          # the exchange gave up; its slot is free
+        if ex.task is not task:                  # the exchange gave up; its slot is free
             if not task.cancelled() and task.exception() is None:
                 conn.close(abort=True)
             return
-        ex.connect_task = None
+        ex.task = None
         self._connecting.discard(ex)
         if ex.connect_timer is not None:
             ex.connect_timer.cancel()
@@ -230,18 +259,27 @@ class NodeClient:
 
     def exchange_done(self, conn: Conn, ex: Exchange, resp: Response, reusable: bool) -> None:
         conn.uses += 1
-        if reusable and not self._closing:
-            self._checkin(conn)
-        else:
+        if not reusable or self._closing:
             self._discard(conn, abort=False)
-        self._settle(ex, None, resp)
+        elif self._waiters:
+            self._checkin(conn)
+        else:                           # the common case of _checkin, inline
+            loop = self._loop
+            assert loop is not None
+            conn.idle = True
+            conn.idle_since = now = loop.time()
+            self._idle.append(conn)
+            if self._sweeper is None:
+                self._sweeper = loop.call_at(now + self.limits.keepalive_s, self._sweep)
+        if not ex.done():
+            ex.set_result(resp)
 
     def exchange_failed(self, conn: Conn, ex: Exchange, got_bytes: bool, why: str) -> None:
-        if not got_bytes and conn.uses > 0 and not ex.retried and not self._closing:
+        if not got_bytes and conn.uses > 0 and not self._closing:
             # A reused connection may have been closed by the node just as we wrote:
-            # try once more on a fresh one, which inherits this connection's slot.
+            # try once more on a fresh one, which inherits this connection's slot (and,
+            # being fresh, is never retried itself).
             log.debug("node %s: reused connection failed (%s); retrying fresh", self.name, why)
-            ex.retried = True
             conn.has_slot = False
             self._conns.discard(conn)
             conn.close(abort=True)
@@ -259,11 +297,9 @@ class NodeClient:
 
     def abort(self, ex: Exchange, err: Exception | None) -> None:
         """End `ex` wherever it is (deadline, cancel, close); its connection is closed."""
-        if ex.queued:
-            ex.queued = False
-            self._waiters.remove(ex)
-        elif ex.connect_task is not None:
-            task, ex.connect_task = ex.connect_task, None
+        task = ex.task
+        if task is not None:
+            ex.task = None
             task.cancel()
             self._connecting.discard(ex)
             if ex.connect_timer is not None:
@@ -274,33 +310,58 @@ class NodeClient:
             conn, ex.conn = ex.conn, None
             conn.ex = None
             self._discard(conn, abort=True)
+        else:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(ex)        # queued for a slot
         self._settle(ex, err)
 
-    def _settle(self, ex: Exchange, err: Exception | None, resp: Response | None = None) -> None:
-        if ex.timer is not None:
-            ex.timer.cancel()
-            ex.timer = None
+    def _settle(self, ex: Exchange, err: Exception | None) -> None:
         if ex.done():
             return
         if err is not None:
             self._failed += 1
             ex.set_exception(err)
-        elif resp is not None:
-            ex.set_result(resp)
 
-    def _expire(self, ex: Exchange) -> None:
-        ex.timer = None
-        if ex.queued:
-            why = f"no free connection (max_connections={self.limits.max_connections})"
-        elif ex.connect_task is not None:
-            why = "connect did not complete"
-        else:
-            why = "no complete response"
-        self.abort(ex, UpstreamTimeout(self.name, f"{why} before the deadline"))
+    # -- the deadline timer ----------------------------------------------------------------
+
+    def _arm(self, at: float) -> None:
+        """Fire at `at`. One timer for every exchange: a send moves it only when its
+        deadline is earlier than the timer; when it fires it ends what is past its
+        deadline and re-arms for the earliest deadline left."""
+        loop = self._loop
+        assert loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(at, self._on_timer)
+        self._timer_at = at
+
+    def _on_timer(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._timer = None
+        self._timer_at = INF
+        now = loop.time()
+        soonest = INF
+        late: list[tuple[Exchange, str]] = []
+        for exs, why in ((self._waiters, f"no free connection (max_connections="
+                                         f"{self.limits.max_connections})"),
+                         (self._connecting, "connect did not complete"),
+                         ((c.ex for c in self._conns if c.ex is not None),
+                          "no complete response")):
+            for ex in exs:
+                if ex.deadline <= now:
+                    late.append((ex, why))
+                elif ex.deadline < soonest:
+                    soonest = ex.deadline
+        for ex, why in late:
+            if not ex.done():
+                self.abort(ex, UpstreamTimeout(self.name, f"{why} before the deadline"))
+        if soonest < self._timer_at:
+            self._arm(soonest)
 
     def _connect_expired(self, ex: Exchange) -> None:
         ex.connect_timer = None
-        if ex.connect_task is not None:
+        if ex.task is not None:
             self.abort(ex, UpstreamTimeout(
                 self.name, f"connect timed out after {self.limits.connect_timeout_s}s"))
 
@@ -309,7 +370,6 @@ class NodeClient:
     def _checkin(self, conn: Conn) -> None:
         if self._waiters:
             ex = self._waiters.popleft()
-            ex.queued = False
             self._reused += 1
             conn.start(ex)
             return
@@ -351,7 +411,6 @@ class NodeClient:
     def _release_slot(self) -> None:
         if self._waiters and not self._closing:
             ex = self._waiters.popleft()           # the slot passes to the first waiter
-            ex.queued = False
             self._connect(ex)
             return
         self._open -= 1

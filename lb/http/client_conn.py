@@ -23,6 +23,8 @@ import httptools
 
 _JSON = "application/json"
 _NO_BODY = (204, 304)
+_WATCHED = frozenset((b"content-type", b"content-length", b"transfer-encoding"))
+_new = object.__new__
 
 
 @dataclass(slots=True)     # not frozen: built per request, treat as immutable
@@ -47,34 +49,22 @@ class Owner(Protocol):
 
 
 class Exchange(asyncio.Future[Response]):
-    """One request and the future of its response (no Task per call).
+    """One request and the future of its response (no Task and no timer per call: the
+    owner's one deadline timer watches every exchange).
 
-    Exactly one of `queued`, `connect_task`, `conn` is set while it runs. `cancel()`
-    aborts it synchronously, so the caller's pool slot is free when cancel returns."""
+    While it runs it is queued for a slot (`task` and `conn` None), connecting (`task`)
+    or on a connection (`conn`). `cancel()` aborts it synchronously, so the caller's pool
+    slot is free when cancel returns."""
 
-    __slots__ = (
-        "conn",
-        "connect_task",
-        "connect_timer",
-        "data",
-        "deadline",
-        "head",
-        "owner",
-        "queued",
-        "retried",
-        "timer",
-    )
+    __slots__ = ("conn", "connect_timer", "data", "deadline", "head", "owner", "task")
 
     owner: Owner
     data: bytes
     deadline: float
     head: bool
-    timer: asyncio.TimerHandle | None
-    queued: bool
-    connect_task: asyncio.Task[Any] | None
-    connect_timer: asyncio.TimerHandle | None
+    task: asyncio.Task[Any] | None
+    connect_timer: asyncio.TimerHandle | None     # set with `task`
     conn: Conn | None
-    retried: bool
 
     def cancel(self, msg: Any | None = None) -> bool:
         if not super().cancel(msg):
@@ -87,6 +77,7 @@ class Conn(asyncio.Protocol):
     """The protocol of one connection; parser callbacks fill the current response."""
 
     __slots__ = (
+        "body",
         "chunks",
         "ctype",
         "error",
@@ -99,6 +90,7 @@ class Conn(asyncio.Protocol):
         "idle",
         "idle_since",
         "keep_alive",
+        "max_body",
         "owner",
         "parser",
         "result",
@@ -110,6 +102,7 @@ class Conn(asyncio.Protocol):
 
     def __init__(self, owner: Owner) -> None:
         self.owner = owner
+        self.max_body = owner.max_body
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.ex: Exchange | None = None
@@ -117,11 +110,13 @@ class Conn(asyncio.Protocol):
         self.idle = False
         self.idle_since = 0.0
         self.has_slot = False          # holds one of the owner's max_connections slots
-        self.status = 0                # of the message being parsed; 0 until its headers end
+        self.status = 0                # of the message being parsed; < 200 until its
+                                       # headers end (0 from the start of an exchange)
         self.ctype = _JSON
         self.headers: list[tuple[bytes, bytes]] = []
-        self.chunks: list[bytes] = []
-        self.size = 0
+        self.body = b""                # the body's first piece
+        self.chunks: list[bytes] | None = None      # all its pieces, when more came
+        self.size = 0                  # bytes in `chunks`
         self.framed = False            # Content-Length or chunked: not delimited by close
         self.got_bytes = False
         self.result: Response | None = None
@@ -184,66 +179,6 @@ class Conn(asyncio.Protocol):
         elif self.result is not None:
             self._finish()
 
-    def eof_received(self) -> bool:
-        self._lost(None)
-        return False                   # let the transport close itself
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.ex is not None:
-            self._lost(f"connection lost: {exc}" if exc else None)
-        self.owner.conn_lost(self)
-
-    # -- httptools callbacks -------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        if self.result is not None:
-            self.garbage = True        # a second response to one request
-        self.status = 0
-        self.ctype = _JSON
-        self.headers = []
-        self.chunks = []
-        self.size = 0
-        self.framed = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        self.headers.append((name, value))
-        if name == b"content-type":
-            self.ctype = value.decode("latin-1")
-        elif name == b"content-length":
-            self.framed = True
-            if value.isdigit() and int(value) > self.owner.max_body:
-                self.error = f"response of {int(value)} bytes exceeds max_response_bytes"
-        elif name == b"transfer-encoding":
-            self.framed = self.framed or value.rstrip().lower().endswith(b"chunked")
-
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        ex = self.ex
-        if ex is not None and ex.head and self.status >= 200 and self.result is None:
-            # httptools cannot be told the request was HEAD, so it would wait for a body
-            # of Content-Length bytes: take the headers as the whole response, then close.
-            self.result = Response(self.status, b"", self.ctype, self.headers)
-            self.garbage = True
-
-    def on_body(self, body: bytes) -> None:
-        if self.result is not None:
-            return
-        self.size += len(body)
-        if self.size > self.owner.max_body:
-            self.error = "response exceeds max_response_bytes"
-            self.chunks = []
-        elif self.error is None:
-            self.chunks.append(body)
-
-    def on_message_complete(self) -> None:
-        if self.status < 200 or self.result is not None:
-            return                     # 1xx interim response: the real one follows
-        self.result = Response(self.status, b"".join(self.chunks), self.ctype, self.headers)
-        self.keep_alive = self.parser.should_keep_alive()
-
-    # -- outcomes ------------------------------------------------------------------------
-
     def _finish(self) -> None:
         ex, resp = self.ex, self.result
         assert ex is not None and resp is not None
@@ -255,6 +190,98 @@ class Conn(asyncio.Protocol):
                     and not transport.is_closing() and transport.get_write_buffer_size() == 0)
         self.owner.exchange_done(self, ex, resp, reusable)
 
+    def eof_received(self) -> bool:
+        self._lost(None)
+        return False                   # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.ex is not None:
+            self._lost(f"connection lost: {exc}" if exc else None)
+        self.owner.conn_lost(self)
+
+    # -- httptools callbacks -------------------------------------------------------------
+    # One Python call each per response (on_header: per header); on_message_begin stays
+    # to notice a second response to one request, whose bytes would corrupt the next.
+
+    def on_message_begin(self) -> None:
+        if self.result is not None:
+            self.garbage = True        # a second response to one request
+        self.ctype = _JSON
+        self.headers = []
+        self.body = b""
+        self.framed = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        self.headers.append((name, value))
+        if name in _WATCHED:
+            self._watch(name, value)
+
+    def _watch(self, name: bytes, value: bytes) -> None:
+        if name == b"content-type":
+            self.ctype = value.decode("latin-1")
+        elif name == b"content-length":
+            self.framed = True
+            if value.isdigit() and int(value) > self.max_body:
+                self.error = f"response of {int(value)} bytes exceeds max_response_bytes"
+        else:
+            self.framed = self.framed or value.rstrip().lower().endswith(b"chunked")
+
+    def on_headers_complete(self) -> None:
+        self.status = status = self.parser.get_status_code()
+        ex = self.ex
+        if ex is not None and ex.head and status >= 200 and self.result is None:
+            # httptools cannot be told the request was HEAD, so it would wait for a body
+            # of Content-Length bytes: take the headers as the whole response, then close.
+            self.result = Response(status, b"", self.ctype, self.headers)
+            self.garbage = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.result is not None:
+            return
+        if self.body or len(body) > self.max_body:
+            self._more_body(body)
+        else:
+            self.body = body
+
+    def _more_body(self, body: bytes) -> None:
+        """A body in several pieces (or too large): collect it, up to max_body."""
+        chunks = self.chunks
+        if chunks is None:
+            self.chunks = chunks = [self.body] if self.body else []
+            self.size = len(self.body)
+        self.size += len(body)
+        if self.size > self.max_body:
+            self.error = "response exceeds max_response_bytes"
+            chunks.clear()
+        elif self.error is None:
+            chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        status = self.status
+        if status < 200 or self.result is not None:
+            return                     # 1xx interim response: the real one follows
+        # Built without __init__ (a frame less per response), as in _response.
+        self.result = resp = _new(Response)
+        resp.status = status
+        chunks = self.chunks
+        if chunks is None:
+            resp.body = self.body
+        else:
+            resp.body = b"".join(chunks)
+            self.chunks = None
+        resp.content_type = self.ctype
+        resp.headers = self.headers
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def _response(self, status: int) -> Response:
+        chunks = self.chunks
+        self.chunks = None
+        body = self.body if chunks is None else b"".join(chunks)
+        return Response(status, body, self.ctype, self.headers)
+
+    # -- outcomes ------------------------------------------------------------------------
+
     def _lost(self, why: str | None) -> None:
         """The stream ended (EOF when `why` is None) while an exchange was active."""
         if self.ex is None:
@@ -263,7 +290,7 @@ class Conn(asyncio.Protocol):
                 and self.status not in _NO_BODY and self.error is None):
             # A body delimited by the close of the connection (HTTP/1.0 or no length):
             # httptools has no finish(), so the end of the stream completes it here.
-            self.result = Response(self.status, b"".join(self.chunks), self.ctype, self.headers)
+            self.result = self._response(self.status)
             self.keep_alive = False
             self._finish()
             return
@@ -274,5 +301,6 @@ class Conn(asyncio.Protocol):
         assert ex is not None
         self.ex = None
         self.result = None
+        self.chunks = None
         ex.conn = None
         self.owner.exchange_failed(self, ex, got_bytes, why)

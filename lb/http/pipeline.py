@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("lb.http")
 
 INF = math.inf
+# (status, content type) -> b"HTTP/1.1 200 OK\r\nContent-Type: ...\r\nContent-Length: "
+_HEADS: dict[tuple[int, bytes], bytes] = {}
 # What the connection's one timer watches.
 IDLE = 0      # between requests: keep-alive (before the first byte: the header timeout)
 HEAD = 1      # request line and headers arriving
@@ -50,6 +52,15 @@ _LINGER_S = 2.0
 
 PAUSE_WRITE = 1   # reasons reading is paused (bits)
 PAUSE_QUEUE = 2
+
+
+def _head(status: int, content_type: bytes) -> bytes:
+    """A reply's first bytes up to the value of Content-Length, cached per pair."""
+    head = b"".join((HEADS.get(status) or reply_head(status), content_type,
+                     b"\r\nContent-Length: "))
+    if len(_HEADS) < 256:
+        _HEADS[(status, content_type)] = head
+    return head
 
 
 class Pipeline(asyncio.Protocol):
@@ -197,12 +208,17 @@ class Pipeline(asyncio.Protocol):
         if ex is not self._active:
             return          # the connection was lost or aborted: nobody to answer
         req = ex.request
-        close = not req.keep_alive or self._shutting or (self._input_done and not self._queue)
-        conn = CONNECTION_CLOSE if close else (
-            CONNECTION_KEEP_ALIVE if req.version == "1.0" else b"")
-        data = b"".join((HEADS.get(status) or reply_head(status), content_type,
-                         b"\r\nContent-Length: ", b"%d" % len(body), b"\r\n", headers, conn,
-                         b"\r\n", b"" if req.method == "HEAD" else body))
+        if req.keep_alive and not self._shutting and not (self._input_done and not self._queue):
+            close = False
+            conn = CONNECTION_KEEP_ALIVE if req.version == "1.0" else b""
+        else:
+            close = True
+            conn = CONNECTION_CLOSE
+        head = _HEADS.get((status, content_type)) or _head(status, content_type)
+        if req.method == "HEAD":
+            data = b"%s%d\r\n%s%s\r\n" % (head, len(body), headers, conn)
+        else:
+            data = b"%s%d\r\n%s%s\r\n%s" % (head, len(body), headers, conn, body)
         ex.written = len(data)
         self._active = None
         try:
@@ -211,8 +227,17 @@ class Pipeline(asyncio.Protocol):
             return          # uvloop closed the handle; connection_lost is on its way
         if close:
             self._close(linger=ex._error is not None)
-        elif not self._dispatching:
+        elif self._dispatching:
+            return          # the loop in _dispatch goes on
+        elif self._queue:
             self._dispatch()
+        elif self._phase == IDLE and not (self._paused or self._input_done):
+            # the common case of _idle, inline: start the keep-alive clock
+            self._deadline = deadline = self._loop.time() + self._lim.keepalive_s
+            if deadline < self._timer_at:
+                self._rearm(deadline)
+        else:
+            self._idle()
 
     # --- timer, flow control, closing -----------------------------------------------
 

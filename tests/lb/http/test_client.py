@@ -664,3 +664,57 @@ def test_https_with_verification(run: Any, tls_files: tuple[Path, Path]) -> None
             with pytest.raises(UpstreamConnectError, match="CERTIFICATE_VERIFY_FAILED"):
                 await call(node(url), "/peer")  # the default context does not trust it
     run(main())
+
+
+# -- one deadline timer per pool, cached request lines ----------------------------------------
+
+
+def test_each_exchange_times_out_at_its_own_deadline(run: Any) -> None:
+    """The pool's one timer is moved earlier by a send with an earlier deadline, and
+    re-armed for the exchanges left when it fires; exchanges that finish leave it be."""
+    async def main() -> None:
+        async with raw_server(never_answer) as (url, _conns), aio_server() as fast_url:
+            client = node(url)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+
+            async def timed(path: str, within_s: float) -> float:
+                with pytest.raises(UpstreamTimeout, match="no complete response"):
+                    await call(client, path, within_s=within_s)
+                return loop.time() - start
+
+            late = asyncio.ensure_future(timed("/late", 0.9))
+            await asyncio.sleep(0.05)
+            early = asyncio.ensure_future(timed("/early", 0.2))
+            middle = asyncio.ensure_future(timed("/middle", 0.5))
+            assert 0.199 <= await early < 0.45           # (float rounding of loop times)
+            assert 0.499 <= await middle < 0.75
+            assert 0.899 <= await late < 1.15
+            assert client.stats()["open"] == 0
+            other = node(fast_url)                       # finished exchanges: no timeouts
+            for _ in range(20):
+                assert (await call(other, "/peer", within_s=0.3)).status == 200
+            await asyncio.sleep(0.4)
+            assert other.stats()["failed"] == 0 and other.stats()["idle"] == 1
+            await other.close()
+            await client.close()
+    run(main())
+
+
+def test_request_lines_are_cached_per_method_and_path(run: Any) -> None:
+    async def main() -> None:
+        async with raw_server(serve_forever) as (url, conns):
+            client = node(url)
+            for _ in range(2):
+                await call(client, "/v1/models/m")
+                await call(client, "/v1/models/m", b"{}")
+                with pytest.raises(BadRequest):
+                    await call(client, "/a\r\nX-Injected: 1")
+            port = url.rsplit(":", 1)[1].encode()
+            get = b"GET /v1/models/m HTTP/1.1\r\nHost: 127.0.0.1:%s\r\n\r\n" % port
+            post = (b"POST /v1/models/m HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nContent-Length: 2\r\n"
+                    b"Content-Type: application/json\r\n\r\n{}" % port)
+            assert conns[0].requests == [get, post, get, post]
+            assert client.stats()["failed"] == 2
+            await client.close()
+    run(main())

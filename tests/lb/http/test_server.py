@@ -526,3 +526,81 @@ def test_shutdown_drains_then_aborts(run: Run) -> None:
         assert app.aborted == ["/slow/5000"]
         assert server.stats()["connections"] == 0
     run(body())
+
+
+# --- requests answered inside the parser, clocks started at the end of a chunk ---------
+
+
+def test_connect_is_answered_plainly_then_closed(run: Run) -> None:
+    async def body() -> None:
+        async with serving() as (server, app):
+            c = await Client.connect(server)
+            c.send(b"CONNECT /x HTTP/1.1\r\nHost: h\r\n\r\n" + get("/never"))
+            r = await c.reply()
+            assert r.status == 200 and r.json()["method"] == "CONNECT"
+            assert r.headers["connection"] == "close"
+            assert await c.closed() and len(app.handled) == 1
+    run(body())
+
+
+def test_requests_after_a_shutdown_reply_in_the_same_chunk_are_not_handled(run: Run) -> None:
+    async def body() -> None:
+        app = App()
+        server = HttpServer(app, ServerLimits())
+        await server.start("127.0.0.1", 0)
+        c = await Client.connect(server)
+        c.send(b"GET /a HTTP/1.1\r\nHost: t\r\n")      # a head arriving: not idle
+        await until(lambda: bool(server.conns))
+        await asyncio.sleep(0.05)
+        shutdown = asyncio.create_task(server.shutdown(2.0))
+        await asyncio.sleep(0.05)
+        c.send(b"\r\n" + get("/b") + get("/c"))        # answered synchronously
+        r = await c.reply()
+        assert r.json()["path"] == "/a" and r.headers["connection"] == "close"
+        assert await c.closed()
+        await asyncio.wait_for(shutdown, 3.0)
+        assert [req.path for req in app.handled] == ["/a"]
+        assert server.stats()["requests"] == 1
+    run(body())
+
+
+def test_header_timeout_runs_from_the_first_byte_across_chunks(run: Run) -> None:
+    async def body() -> None:
+        async with serving(header_timeout_s=0.4, body_timeout_s=5.0) as (server, _app):
+            c = await Client.connect(server)
+            t0 = time.monotonic()
+            c.send(b"GET /slow-head HTTP/1.1\r\n")
+            for _ in range(3):                      # later chunks do not extend it
+                await asyncio.sleep(0.1)
+                c.send(b"X-More: 1\r\n")
+            assert_error(await c.reply(), 408)
+            assert 0.35 <= time.monotonic() - t0 < 0.65
+            c = await Client.connect(server)        # the body's clock: from its head's end
+            c.send(b"POST /b HTTP/1.1\r\nContent-Length: 10\r\n")
+            await asyncio.sleep(0.3)
+            c.send(b"\r\nabc")
+            await asyncio.sleep(0.3)                # 0.6 s from the first byte: no 408
+            c.send(b"defghij")
+            assert (await c.reply()).json()["body"] == "abcdefghij"
+            c.close()
+    run(body())
+
+
+def test_repeated_targets_parse_alike(run: Run) -> None:
+    """Parsed targets are cached by their bytes: the second sight of each is the same."""
+    async def body() -> None:
+        async with serving() as (server, _app):
+            c = await Client.connect(server)
+            cases = [(b"/v1/models/m:predict", "/v1/models/m:predict", ""),
+                     (b"/v1/models/m?x=1", "/v1/models/m", "x=1"),
+                     (b"/v1/models/m?x=2", "/v1/models/m", "x=2"),
+                     (b"/a%20b?c#frag", "/a%20b", "c"),
+                     (b"http://h:1/p?q", "/p", "q"),
+                     (b"/" + b"l" * 300, "/" + "l" * 300, "")]     # too long to cache
+            for _ in range(2):
+                for raw, path, query in cases:
+                    c.send(b"GET " + raw + b" HTTP/1.1\r\n\r\n")
+                    got = (await c.reply()).json()
+                    assert (got["path"], got["query"]) == (path, query)
+            c.close()
+    run(body())
