@@ -42,6 +42,9 @@ log = logging.getLogger("lb.http.client")
 _METHODS = {m.decode(): m for m in (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"PATCH")}
 _MAX_HEADS = 1024           # request lines cached per node (the proxy forwards few paths)
 INF = math.inf
+# The deadline timer takes what is due within this as due: uvloop's clock and timers
+# have a millisecond's resolution, and re-arming for less would spin until it ticks.
+_SLACK_S = 0.001
 
 
 @dataclass(slots=True, frozen=True)
@@ -340,7 +343,7 @@ class NodeClient:
         assert loop is not None
         self._timer = None
         self._timer_at = INF
-        now = loop.time()
+        now = loop.time() + _SLACK_S
         soonest = INF
         late: list[tuple[Exchange, str]] = []
         for exs, why in ((self._waiters, f"no free connection (max_connections="
