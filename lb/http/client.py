@@ -42,6 +42,9 @@ log = logging.getLogger("lb.http.client")
 _METHODS = {m.decode(): m for m in (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"PATCH")}
 _MAX_HEADS = 1024           # request lines cached per node (the proxy forwards few paths)
 INF = math.inf
+# The deadline timer takes what is due within this as due: uvloop's clock and timers
+# have a millisecond's resolution, and re-arming for less would spin until it ticks.
+_SLACK_S = 0.001
 
 
 @dataclass(slots=True, frozen=True)
@@ -121,7 +124,7 @@ class NodeClient:
         if deadline < self._timer_at:
             self._arm(deadline)
         idle = self._idle
-        if idle:                        # the common case of _dispatch, inline
+        while idle:                     # the most recently used open connection
             conn = idle.pop()
             conn.idle = False
             transport = conn.transport
@@ -130,7 +133,11 @@ class NodeClient:
                 conn.start(ex)
                 return ex
             self._discard(conn, abort=True)
-        self._dispatch(ex)
+        if self._open < self.limits.max_connections:
+            self._open += 1
+            self._connect(ex)
+        else:
+            self._waiters.append(ex)    # a slot passes to it when one frees
         return ex
 
     def stats(self) -> dict[str, int]:
@@ -196,24 +203,6 @@ class NodeClient:
             self._heads[(method, path)] = head
         return head
 
-    def _dispatch(self, ex: Exchange) -> None:
-        """Run `ex` on an idle connection, a new one, or queue it for a slot."""
-        idle = self._idle
-        while idle:
-            conn = idle.pop()
-            conn.idle = False
-            if not conn.is_usable():
-                self._discard(conn, abort=True)
-                continue
-            self._reused += 1
-            conn.start(ex)
-            return
-        if self._open < self.limits.max_connections:
-            self._open += 1
-            self._connect(ex)
-        else:
-            self._waiters.append(ex)
-
     def _connect(self, ex: Exchange) -> None:
         """Open a connection for `ex`, which holds a slot already."""
         loop = self._loop
@@ -261,9 +250,10 @@ class NodeClient:
         conn.uses += 1
         if not reusable or self._closing:
             self._discard(conn, abort=False)
-        elif self._waiters:
-            self._checkin(conn)
-        else:                           # the common case of _checkin, inline
+        elif self._waiters:             # the connection passes to the first waiter
+            self._reused += 1
+            conn.start(self._waiters.popleft())
+        else:                           # back to the idle stack
             loop = self._loop
             assert loop is not None
             conn.idle = True
@@ -340,7 +330,7 @@ class NodeClient:
         assert loop is not None
         self._timer = None
         self._timer_at = INF
-        now = loop.time()
+        now = loop.time() + _SLACK_S
         soonest = INF
         late: list[tuple[Exchange, str]] = []
         for exs, why in ((self._waiters, f"no free connection (max_connections="
@@ -366,20 +356,6 @@ class NodeClient:
                 self.name, f"connect timed out after {self.limits.connect_timeout_s}s"))
 
     # -- slots and the idle stack ----------------------------------------------------------
-
-    def _checkin(self, conn: Conn) -> None:
-        if self._waiters:
-            ex = self._waiters.popleft()
-            self._reused += 1
-            conn.start(ex)
-            return
-        loop = self._loop
-        assert loop is not None
-        conn.idle = True
-        conn.idle_since = loop.time()
-        self._idle.append(conn)
-        if self._sweeper is None:
-            self._sweeper = loop.call_at(conn.idle_since + self.limits.keepalive_s, self._sweep)
 
     def _sweep(self) -> None:
         """Close connections idle for keepalive_s; the stack bottom is the oldest."""
