@@ -133,7 +133,7 @@ class _Race(Generic[A]):
         if self.out.done():
             return
         tried = self.flow.tried
-        node = self.dispatcher.hedge_target(self.call, self.transport, tried)
+        node = self.dispatcher.hedge_target(self.call, self.transport, tried, self.atts[0].node)
         if node is None:
             return
         tried.append(node)
@@ -298,20 +298,33 @@ class Dispatcher:
                 or not self.cfg.model(call.model).hedge):
             return None
         delay = self.hedging.delay(node.name, call.model)
-        if delay is None or time.monotonic() + delay >= try_at:
+        if delay is None:
             return None
-        return delay
+        tau = node.tau.value
+        if tau is not None and call.units > 0:      # or once it counts as stalled
+            stalled = self.cfg.policy.stall_factor * tau * call.units
+            delay = min(delay, max(stalled, self.hedging.cfg.min_delay_ms / 1000.0))
+        return None if time.monotonic() + delay >= try_at else delay
 
-    def hedge_target(self, call: Call, transport: Transport[Any],
-                     tried: list[Node]) -> Node | None:
+    def hedge_target(self, call: Call, transport: Transport[Any], tried: list[Node],
+                     primary: Node) -> Node | None:
         """The best other node for a hedge: available (not ejected), below its in-flight
-        cap, not tried yet; None when there is none or the budget is spent."""
+        cap, not tried yet, and expected to finish sooner than what is left on the
+        primary (its score for the request is below the primary's score now, which
+        counts the primary's stall from the age of its oldest request); None when
+        there is none or the budget is spent. A copy sent to a node that is no better
+        would only add load where queues are already long."""
         node = self.pool.pick(call.units, tried, call.model, call.version,
                               explicit=call.pinned, usable=transport.usable,
                               spare=self.cfg.upstream.pool_size)
-        if node is None or not self.hedging.spend(time.monotonic()):
+        if node is None:
             return None
-        return node
+        there = self.pool.scores(call.units, node)[0]
+        here = self.pool.scores(0.0, primary)[0]
+        if there >= here:
+            self.hedging.no_better += 1
+            return None
+        return node if self.hedging.spend(time.monotonic()) else None
 
     def passive(self, node: Node, ok: bool, now: float) -> None:
         """Passive outlier detection after each attempt (from `_Attempt.settle`)."""

@@ -3,7 +3,9 @@
 Called by `lb.dispatch` on every attempt: `delay(node, model)` says how long
 to wait for the node before sending a copy of an idempotent call to another
 node ("The Tail at Scale", Dean & Barroso 2013: hedge after the 95th
-percentile delay; Envoy's `hedge_on_per_try_timeout`); `observe` feeds the
+percentile delay; Envoy's `hedge_on_per_try_timeout`) — the dispatcher hedges
+sooner when the request already counts as stalled (`policy.stall_factor` × τ ×
+units), because a node that stalls now and then has stalls in its own p95; `observe` feeds the
 quantile with the time of every good answer; `spend` asks the budget for one
 hedge. Time is passed in, so this is tested with plain numbers.
 
@@ -60,6 +62,7 @@ class HedgePolicy:
         self.budget = RetryBudget(ratio=cfg.max_ratio, min_per_s=0.0, ttl_s=BUDGET_WINDOW_S)
         self.sent = 0           # hedges sent
         self.won = 0            # hedges whose answer was the one returned
+        self.no_better = 0      # due, but no other node was expected to finish sooner
 
     def reconfigure(self, cfg: HedgeConfig) -> None:
         self.cfg = cfg
@@ -101,6 +104,7 @@ class HedgePolicy:
 
     def stats(self, now: float) -> dict[str, float | int | bool]:
         return {"enabled": self.cfg.enabled, "sent": self.sent, "won": self.won,
+                "no_better": self.no_better,
                 "budget_rejections": self.budget.rejected,
                 "budget_available": round(max(self.budget.available(now), 0.0), 2),
                 "max_ratio": self.cfg.max_ratio}

@@ -69,7 +69,7 @@ def _node_gauges(nodes: list[Node], now: float, opolicy: OutlierPolicy) -> Itera
 
     inflight = fam("node_inflight", "Requests in flight on the node")
     units = fam("node_inflight_units", "Units (rows x model cost) in flight on the node")
-    ewma = fam("node_ewma_seconds", "EWMA of seconds per unit (tau)")
+    ewma = fam("node_ewma_seconds", "tau: median seconds per unit of recent replies")
     load = fam("node_load", "Sum of w_j * t_j over the load window divided by the weight")
     weight = fam("node_weight", "Configured weight")
     effective = fam("node_effective_weight", "Weight the policy uses now (slow start, ejection)")

@@ -32,7 +32,7 @@ class Node:
     rest: str
     grpc: str | None
     weight: float
-    tau: policy.PeakEwma
+    tau: policy.Tau
     window: policy.LoadWindow
     healthy: bool = True
     inflight: int = 0
@@ -54,7 +54,7 @@ class Node:
     @classmethod
     def from_config(cls, cfg: NodeConfig, pcfg: PolicyConfig) -> Node:
         return cls(name=cfg.name, rest=cfg.rest, grpc=cfg.grpc, weight=cfg.weight,
-                   tau=policy.PeakEwma(pcfg.ewma_decay_s), window=policy.LoadWindow(pcfg.window_s))
+                   tau=policy.Tau(pcfg.ewma_decay_s), window=policy.LoadWindow(pcfg.window_s))
 
     def begin(self, units: float, now: float) -> list[float]:
         """A request of `units` was sent to this node at `now`; returns its flight
@@ -110,7 +110,7 @@ class Node:
         old estimate is stale; without samples the pool median is used)."""
         self.healthy = True
         self.outlier.admitted(now)
-        self.tau.value = None
+        self.tau.reset()
 
     def latest_version(self, model: str) -> int | None:
         return self.latest.get(model)
@@ -238,6 +238,15 @@ class NodePool:
             return policy.least_conn(cands, units, self._rng)
         return policy.least_load(cands, units, self._rng, self._pcfg.ewma_decay_s,
                                  self._pcfg.stall_factor, self._pcfg.tie_band)
+
+    def scores(self, units: float, *nodes: Node) -> list[float]:
+        """The policy's score of each of `nodes` for a request of `units` (0: the
+        request is already in flight there), against the whole pool's median τ."""
+        now = self._clock()
+        med = policy.pool_median([n.candidate(now, self.outlier) for n in self.nodes.values()])
+        pcfg = self._pcfg
+        return [policy.score(n.candidate(now, self.outlier), units, med, pcfg.ewma_decay_s,
+                             pcfg.stall_factor) for n in nodes]
 
     # -- versions: what the health checks report, and waiting for AVAILABLE -----
 

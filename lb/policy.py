@@ -8,8 +8,7 @@ The formula (docs/ARCHITECTURE.md, "The policy"):
 
 * A request j costs w_j units (rows × the model's cost factor) and takes t_j
   seconds on the node that served it.
-* Each node keeps τ_i, an EWMA of seconds per unit (`PeakEwma`) in which every
-  sample weighs at least SAMPLE_WEIGHT.
+* Each node keeps τ_i, the median seconds per unit of its recent replies (`Tau`).
 * Routing picks the node with the least expected outstanding work per weight,
 
       score_i = (Σ_{k in flight on i} w_k + w_j) · τ_i / W_i
@@ -25,6 +24,7 @@ The formula (docs/ARCHITECTURE.md, "The policy"):
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections import deque
@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 _REL_TIE = 1e-9
-SAMPLE_WEIGHT = 0.2     # the least weight of one sample in τ (PeakEwma)
+TAU_SAMPLES = 31        # replies τ is the median of (Tau)
 
 
 @dataclass(slots=True)     # not frozen: built per request, treat as immutable
@@ -97,6 +97,19 @@ def _median(values: Sequence[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
+def score(c: Candidate, units: float, pool_median: float, decay_s: float = math.inf,
+          stall_factor: float = math.inf) -> float:
+    """The formula for one candidate: (inflight_units + units) · τ / W."""
+    return (c.inflight_units + units) * effective_tau(c, pool_median, decay_s,
+                                                      stall_factor) / c.weight
+
+
+def pool_median(cands: Sequence[Candidate]) -> float:
+    """The median τ of the candidates that have one (1.0 when none has)."""
+    known = [c.tau for c in cands if c.tau is not None]
+    return _median(known) if known else 1.0
+
+
 def least_load(cands: Sequence[Candidate], units: float, rng: random.Random,
                decay_s: float = math.inf, stall_factor: float = math.inf,
                band: float = 0.0) -> int:
@@ -158,38 +171,50 @@ class SmoothRoundRobin:
 
 
 @dataclass(slots=True)
-class PeakEwma:
-    """EWMA of seconds per unit (τ_i), responsive both ways.
+class Tau:
+    """τ_i: the median seconds per unit of the node's last TAU_SAMPLES replies.
 
-    Each sample moves the estimate towards it with weight
-    max(1 - exp(-Δt / decay_s), SAMPLE_WEIGHT): after a quiet spell the first
-    sample counts almost fully; under traffic every sample counts at least
-    SAMPLE_WEIGHT, so a node that slowed down is scored slower within a few
-    replies and one that recovers is trusted again within a few replies — not
-    after a fixed decay. (A peak-taking EWMA shut a node out for about decay_s
-    after one slow reply, and the other nodes queued meanwhile.) What is slow
-    *now*, before any reply, is the in-flight age's business (`effective_tau`).
+    A median, not a mean: replies held up by a stall (a GC pause, a noisy
+    neighbour) are a minority and do not move it, so the node is trusted again
+    as soon as its requests complete normally — what is slow *now* is the
+    in-flight age's business (`effective_tau`). A node that really slows down
+    moves the median within TAU_SAMPLES / 2 replies. (A peak-taking EWMA shut a
+    node out for about its decay after one slow reply, and the other nodes queued
+    meanwhile.) `decay_s` is the time constant of `effective_tau`'s relaxation
+    of a stale τ; `stamp` is the time of the last sample.
     """
 
     decay_s: float
     value: float | None = None
     stamp: float = 0.0
+    _ring: list[float] = field(default_factory=list)
+    _sorted: list[float] = field(default_factory=list)
+    _next: int = 0
+
+    def update(self, sample: float, now: float) -> float:
+        ring, ordered = self._ring, self._sorted
+        if len(ring) < TAU_SAMPLES:
+            ring.append(sample)
+        else:
+            old = ring[self._next]
+            ring[self._next] = sample
+            self._next = (self._next + 1) % TAU_SAMPLES
+            del ordered[bisect.bisect_left(ordered, old)]
+        bisect.insort(ordered, sample)
+        self.value = ordered[len(ordered) // 2]
+        self.stamp = now
+        return self.value
 
     def raise_to(self, bound: float, now: float) -> None:
-        """A lower bound of a sample (a cancelled attempt ran this long): it may raise
-        the estimate, as a sample would, never lower it."""
+        """A lower bound of a sample (a cancelled attempt ran this long): it counts as
+        a sample when it is above τ, never to lower it."""
         if self.value is not None and bound > self.value:
             self.update(bound, now)
 
-    def update(self, sample: float, now: float) -> float:
-        if self.value is None:
-            self.value = sample
-        else:
-            dt = max(now - self.stamp, 0.0)
-            alpha = max(1.0 - math.exp(-dt / self.decay_s), SAMPLE_WEIGHT)
-            self.value += (sample - self.value) * alpha
-        self.stamp = now
-        return self.value
+    def reset(self) -> None:
+        """Forget the samples (a node readmitted after an outage starts afresh)."""
+        self.value = None
+        self._ring, self._sorted, self._next = [], [], 0
 
 
 @dataclass(slots=True)

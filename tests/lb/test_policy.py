@@ -9,11 +9,11 @@ from collections import Counter
 import pytest
 
 from lb.policy import (
-    SAMPLE_WEIGHT,
+    TAU_SAMPLES,
     Candidate,
     LoadWindow,
-    PeakEwma,
     SmoothRoundRobin,
+    Tau,
     least_conn,
     least_load,
     seed_load,
@@ -123,32 +123,27 @@ def test_smooth_round_robin_follows_weights_evenly() -> None:
     assert seq[0] == "a" and "b" in seq[1:6]   # smooth: b and c are interleaved
 
 
-def test_tau_follows_samples_both_ways_within_a_few_replies() -> None:
-    e = PeakEwma(decay_s=10.0)
-    assert e.update(0.010, now=0.0) == 0.010
-    # A quiet spell: the next sample counts with weight 1 - exp(-Δt/decay).
-    v = e.update(0.050, now=10.0)
-    assert v == pytest.approx(0.010 + 0.040 * (1 - math.exp(-1.0)))
-    # Under traffic every sample still counts at least SAMPLE_WEIGHT, up and down: a
-    # node that slowed down is scored slower within a few replies, and one that is
-    # fast again is trusted again within a few replies, not after a fixed decay.
-    slow = PeakEwma(decay_s=10.0)
-    slow.update(0.010, now=0.0)
-    for i in range(1, 6):
-        slow.update(0.100, now=i * 0.001)
-    assert slow.value is not None and slow.value > 0.100 - 0.090 * (1 - SAMPLE_WEIGHT) ** 5 - 1e-9
-    fast = PeakEwma(decay_s=10.0)
-    fast.update(0.200, now=0.0)                       # a stall's reply
-    for i in range(1, 11):
-        fast.update(0.010, now=i * 0.001)             # ten normal replies, 10 ms apart
-    assert fast.value is not None and fast.value < 0.010 + 0.190 * (1 - SAMPLE_WEIGHT) ** 10 + 1e-9
+def test_tau_is_the_median_of_recent_replies() -> None:
+    tau = Tau(decay_s=10.0)
+    assert tau.update(0.010, now=0.0) == 0.010          # the first reply counts at once
+    for i in range(40):
+        tau.update(0.020, now=1.0 + i)
+    assert tau.value == 0.020
+    # A stall: a minority of slow replies does not move τ, so the node is trusted
+    # again as soon as its requests complete normally.
+    for i in range(TAU_SAMPLES // 2):
+        tau.update(0.400, now=50.0 + i)
+    assert tau.value == 0.020
+    # A node that really slowed down: the majority moves τ, within half the window.
+    tau.update(0.400, now=80.0)
+    assert tau.value == 0.400
     # A cancelled attempt's time is a lower bound: it may raise τ, never lower it.
-    was = fast.value
-    fast.raise_to(0.001, now=0.02)
-    assert fast.value == was
-    before = fast.value
-    fast.raise_to(0.5, now=0.021)
-    assert fast.value > before
+    tau.update(0.005, now=81.0)
+    was = tau.value
+    tau.raise_to(0.001, now=82.0)
+    assert tau.value == was
+    tau.reset()
+    assert tau.value is None and tau.update(0.030, now=90.0) == 0.030
 
 
 def test_empty_candidates_raise() -> None:
