@@ -148,7 +148,7 @@ class Node:
                   else self.weight * self.outlier.ramp(now, opolicy))
         tau = self.tau
         return policy.Candidate(weight, self.inflight_units, self.inflight, tau.value,
-                                now - tau.stamp, age, units)
+                                now - tau.stamp, tau.samples, age, units)
 
 
 class NodePool:
@@ -241,11 +241,11 @@ class NodePool:
 
     def scores(self, units: float, *nodes: Node) -> list[float]:
         """The policy's score of each of `nodes` for a request of `units` (0: the
-        request is already in flight there), against the whole pool's median τ."""
+        request is already in flight there), against the whole pool's least τ."""
         now = self._clock()
-        med = policy.pool_median([n.candidate(now, self.outlier) for n in self.nodes.values()])
+        ref = policy.least_tau([n.candidate(now, self.outlier) for n in self.nodes.values()])
         pcfg = self._pcfg
-        return [policy.score(n.candidate(now, self.outlier), units, med, pcfg.ewma_decay_s,
+        return [policy.score(n.candidate(now, self.outlier), units, ref, pcfg.ewma_decay_s,
                              pcfg.stall_factor) for n in nodes]
 
     # -- versions: what the health checks report, and waiting for AVAILABLE -----

@@ -14,10 +14,13 @@ The formula (docs/ARCHITECTURE.md, "The policy"):
       score_i = (Σ_{k in flight on i} w_k + w_j) · τ_i / W_i
 
   ties broken at random in proportion to weight. A node without samples is
-  scored with the median τ of the nodes that have them, and a τ above the
-  median that no sample has refreshed for a while relaxes towards the median
-  with the EWMA's time constant (otherwise a node that looked slow once, e.g.
-  on a warm-up request, gets no traffic and so no sample to correct it).
+  scored with the least τ of the nodes that have them (optimistic: slow start
+  limits what a wrong guess costs, and it gets the node its first samples),
+  and a τ above that least one which no sample has refreshed for a while
+  relaxes towards it. The time constant is `ewma_decay_s` for a τ of a full
+  ring of samples and proportionally shorter for one of fewer: a node that
+  looked slow on its first, warm-up replies is tried again within seconds,
+  not shut out with no traffic and so no sample to correct it.
 * Reported load is the seed's formula over a sliding window (`LoadWindow`):
   load_i = Σ_{j completed on i in the window} w_j · t_j / W_i.
 """
@@ -44,6 +47,7 @@ class Candidate:
     inflight: int            # number of requests in flight
     tau: float | None        # seconds per unit, None before the first sample
     tau_age: float = 0.0     # seconds since τ last took a sample
+    tau_n: int = 31          # samples τ is made of (TAU_SAMPLES at most)
     oldest_age: float = 0.0  # seconds the oldest request in flight has been running
     oldest_units: float = 0.0   # its units
 
@@ -74,40 +78,35 @@ def _ties(scores: Sequence[float], band: float = 0.0) -> list[int]:
     return [i for i, s in enumerate(scores) if s <= best + tol]
 
 
-def effective_tau(c: Candidate, pool_median: float, decay_s: float,
+def effective_tau(c: Candidate, pool_tau: float, decay_s: float,
                   stall_factor: float = math.inf) -> float:
-    """τ as scored: the median without samples; a stale τ above it relaxes towards it;
-    a node whose oldest request in flight has run longer than `stall_factor` × its
-    expected time (τ × units) is stalled now, and scored with what that request has
-    shown: at least age / units seconds per unit."""
+    """τ as scored: the pool's least τ without samples; a stale τ above it relaxes
+    towards it (time constant `decay_s` × the share of a full ring of samples τ is
+    made of); a node whose oldest request in flight has run longer than
+    `stall_factor` × its expected time (τ × units) is stalled now, and scored with
+    what that request has shown: at least age / units seconds per unit."""
     if c.tau is None:
-        tau = pool_median
-    elif c.tau <= pool_median or c.tau_age <= 0:
+        tau = pool_tau
+    elif c.tau <= pool_tau or c.tau_age <= 0:
         tau = c.tau
     else:
-        tau = pool_median + (c.tau - pool_median) * math.exp(-c.tau_age / decay_s)
+        trust = decay_s * min(max(c.tau_n, 1), TAU_SAMPLES) / TAU_SAMPLES
+        tau = pool_tau + (c.tau - pool_tau) * math.exp(-c.tau_age / trust)
     if c.oldest_units > 0 and c.oldest_age > stall_factor * tau * c.oldest_units:
         return c.oldest_age / c.oldest_units
     return tau
 
 
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)      # a handful of nodes: faster than statistics.median
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
-def score(c: Candidate, units: float, pool_median: float, decay_s: float = math.inf,
+def score(c: Candidate, units: float, pool_tau: float, decay_s: float = math.inf,
           stall_factor: float = math.inf) -> float:
     """The formula for one candidate: (inflight_units + units) · τ / W."""
-    return (c.inflight_units + units) * effective_tau(c, pool_median, decay_s,
+    return (c.inflight_units + units) * effective_tau(c, pool_tau, decay_s,
                                                       stall_factor) / c.weight
 
 
-def pool_median(cands: Sequence[Candidate]) -> float:
-    """The median τ of the candidates that have one (1.0 when none has)."""
-    known = [c.tau for c in cands if c.tau is not None]
-    return _median(known) if known else 1.0
+def least_tau(cands: Sequence[Candidate]) -> float:
+    """The least τ of the candidates that have one (1.0 when none has)."""
+    return min((c.tau for c in cands if c.tau is not None), default=1.0)
 
 
 def least_load(cands: Sequence[Candidate], units: float, rng: random.Random,
@@ -122,15 +121,14 @@ def least_load(cands: Sequence[Candidate], units: float, rng: random.Random,
     to the same node whenever τ differs a little (herding)."""
     if not cands:
         raise ValueError("no candidates")
-    known = [c.tau for c in cands if c.tau is not None]
-    med = _median(known) if known else 1.0
+    ref = least_tau(cands)
     # One pass (this runs for every request): the score of each, and the least.
     scores = []
     best = math.inf
     for c in cands:
         tau = c.tau
-        if tau is None or tau > med or c.oldest_units > 0:
-            tau = effective_tau(c, med, decay_s, stall_factor)
+        if tau is None or tau > ref or c.oldest_units > 0:
+            tau = effective_tau(c, ref, decay_s, stall_factor)
         score = (c.inflight_units + units) * tau / c.weight
         scores.append(score)
         if score < best:
@@ -204,6 +202,11 @@ class Tau:
         self.value = ordered[len(ordered) // 2]
         self.stamp = now
         return self.value
+
+    @property
+    def samples(self) -> int:
+        """How many replies τ is made of (TAU_SAMPLES at most)."""
+        return len(self._ring)
 
     def raise_to(self, bound: float, now: float) -> None:
         """A lower bound of a sample (a cancelled attempt ran this long): it counts as

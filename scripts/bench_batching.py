@@ -26,7 +26,7 @@ loop with Poisson arrivals (scripts/loadgen.py).
    difference to nginx's p50 and batching's to tfserving-lb's (target ≤ 1 ms).
 3. Correctness: 500 random digits sent concurrently through the batching proxy
    (plus 50 in columnar format, mixed in), against direct calls to one worker:
-   every prediction within 1e-6, columnar replies `{"outputs": ...}`.
+   every prediction within 1e-5 (float32 rounding), columnar replies `{"outputs": ...}`.
 4. The batching proxy's `/stats` "batching" section, when it has one.
 
 Every step also reports rows per backend call (the workers' own counters,
@@ -73,7 +73,7 @@ P99_MS = 50.0
 MIN_ACHIEVED = 0.95
 LOW_SHARE = 0.2
 LATE_MS = 10.0             # a sender lag p99 past this distorts the latencies
-TOLERANCE = 1e-6
+TOLERANCE = 1e-5         # float32: a batch of 64 sums in another order than a batch of 1
 BATCHING = {"max_rows": 64, "max_delay_ms": 2}
 NGINX, LB, LB_BATCH = "nginx least_conn", "tfserving-lb", "tfserving-lb +batching"
 JSON_HEADERS = {"Content-Type": "application/json"}

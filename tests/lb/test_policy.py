@@ -75,18 +75,40 @@ def test_ties_are_broken_in_proportion_to_weight() -> None:
     assert counts[0] / 8000 == pytest.approx(0.75, abs=0.03)
 
 
-def test_node_without_samples_is_scored_with_pool_median() -> None:
+def test_node_without_samples_is_scored_with_the_least_known_tau() -> None:
     rng = random.Random(4)
     slow = Candidate(1.0, 0.0, 0, 0.03)
     busy_fast = Candidate(1.0, 3.0, 3, 0.01)     # score (3+1)*0.01 = 0.04
-    new = Candidate(1.0, 0.0, 0, None)           # median(0.03, 0.01) = 0.02
+    new = Candidate(1.0, 0.0, 0, None)           # least known τ: 0.01
     assert least_load([slow, busy_fast, new], 1.0, rng) == 2
-    idle_fast = Candidate(1.0, 0.0, 0, 0.01)     # 0.01 beats the newcomer's 0.02
-    assert least_load([slow, idle_fast, new], 1.0, rng) == 1
+    # Beside an idle fast node it ties (both 0.01): it gets its share and so samples.
+    idle_fast = Candidate(1.0, 0.0, 0, 0.01)
+    counts = Counter(least_load([slow, idle_fast, new], 1.0, rng) for _ in range(2000))
+    assert counts[0] == 0 and 800 < counts[2] < 1200
     # Nobody has samples: all score alike and weight decides the tie.
     counts = Counter(least_load([Candidate(3.0, 0, 0, None), Candidate(1.0, 0, 0, None)],
                                 1.0, rng) for _ in range(2000))
     assert counts[0] == 2000   # (0+1)*1/3 < (0+1)*1/1: the heavier node wins outright
+
+
+def test_new_node_beside_a_fast_idle_one_and_a_warming_one_gets_traffic() -> None:
+    """Found by DNS discovery under light load: one node answered its two warm-up
+    requests in 24 ms, another serves everything in 1.6 ms. Neither the warming node
+    nor a newcomer may be shut out: the newcomer ties with the fast node at once,
+    and a τ of two samples is trusted for 2/31 of the decay, not for the full one."""
+    rng = random.Random(11)
+    fast = Candidate(1.0, 0.0, 0, 0.0016, tau_age=0.0)
+    new = Candidate(1.0, 0.0, 0, None)
+    warming = Candidate(1.0, 0.0, 0, 0.024, tau_age=3.0, tau_n=2)
+    fresh_warming = Candidate(1.0, 0.0, 0, 0.024, tau_age=0.0, tau_n=2)
+    assert 2 in {least_load([fast, fresh_warming, new], 1.0, rng, decay_s=10.0)
+                 for _ in range(50)}
+    assert 1 in {least_load([fast, warming], 1.0, rng, decay_s=10.0, band=0.2)
+                 for _ in range(50)}
+    # The same τ from a full ring of samples is trusted for the whole decay.
+    known_slow = Candidate(1.0, 0.0, 0, 0.024, tau_age=3.0, tau_n=31)
+    assert {least_load([fast, known_slow], 1.0, rng, decay_s=10.0, band=0.2)
+            for _ in range(50)} == {0}
 
 
 def test_saturated_pool_converges_to_weight_ratio() -> None:
@@ -151,7 +173,7 @@ def test_empty_candidates_raise() -> None:
         least_load([], 1.0, random.Random())
 
 
-def test_stale_slow_estimate_relaxes_towards_the_pool_median() -> None:
+def test_stale_slow_estimate_relaxes_towards_the_least_tau() -> None:
     """A node that looked slow once (a warm-up request) must not starve forever."""
     from lb.policy import effective_tau
 
