@@ -24,7 +24,7 @@ import grpc.aio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.lb.test_grpc_spread import PREDICT, predict_bytes
+from tests.lb.grpcload import PREDICT, predict_bytes
 from tests.procs import (
     TEST_MODELS,
     Proc,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lb.config import ConfigError, load_config, parse_config
+from lb.config import load_config, parse_config
+from lb.errors import ConfigError
 
 GOOD = """
 listen: {rest: "127.0.0.1:8501", grpc: "127.0.0.1:8500", admin: "127.0.0.1:9901"}
