@@ -194,7 +194,10 @@ def start_workers(log_dir: Path, specs: list[dict[str, Any]],
         for proc, url, first in started:
             proc.wait_http(f"{url}/v1/models/{first}", timeout, model_available(first))
             if proc.grpc:
-                wait_until(lambda p=proc: tcp_open(p.grpc), 30.0, f"{proc.name} gRPC")
+                def grpc_open(address: str = proc.grpc) -> bool:
+                    return tcp_open(address)
+
+                wait_until(grpc_open, 30.0, f"{proc.name} gRPC")
     except BaseException:
         for proc, _, _ in started:
             proc.stop()

@@ -108,7 +108,10 @@ def bench_keys() -> None:
     for name, row in spellings.items():
         body = orjson.loads(orjson.dumps({"instances": [row]}))
         for mode, dtypes in (("tensor", {"x": "DT_FLOAT"}), ("json", None)):
-            us = best_us(lambda b=body, d=dtypes: request_key("m", "1", "predict", b, d), 300)
+            def key(b: Any = body, d: dict[str, str] | None = dtypes) -> str:
+                return request_key("m", "1", "predict", b, d)
+
+            us = best_us(key, 300)
             print(f"key {mode:6s} 784 {name:6s} {us:8.1f} µs")
     rows = orjson.loads(orjson.dumps({"instances": [floats] * 32}))
     us = best_us(lambda: row_keys("m", "1", None, rows, {"x": "DT_FLOAT"}), 30)

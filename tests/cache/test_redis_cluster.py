@@ -43,9 +43,11 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--appendonly", "no"], work) for p in ports]
     try:
         for p in ports:
-            wait_until(lambda p=p: subprocess.run([cli, "-p", str(p), "ping"], capture_output=True,
-                                                  text=True, timeout=2).stdout.strip() == "PONG",
-                       10, f"cluster node {p}")
+            def pong(p: int = p) -> bool:
+                return subprocess.run([cli, "-p", str(p), "ping"], capture_output=True,
+                                      text=True, timeout=2).stdout.strip() == "PONG"
+
+            wait_until(pong, 10, f"cluster node {p}")
         subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
                         "--cluster-yes"], check=True, capture_output=True, timeout=30)
         wait_until(lambda: "cluster_state:ok" in subprocess.run(

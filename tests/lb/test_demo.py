@@ -46,8 +46,10 @@ def test_demo_serves_predictions_and_stops_cleanly(tmp_path: Path, logs_dir: Pat
         demo.signal(signal.SIGINT)
         assert demo.popen.wait(30) == 0, demo.log()
         for pid in workers:
-            wait_until(lambda pid=pid: not os.path.exists(f"/proc/{pid}")
-                       or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
-                       15.0, f"worker {pid} to exit")
+            def exited(pid: int = pid) -> bool:
+                return (not os.path.exists(f"/proc/{pid}")
+                        or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2])
+
+            wait_until(exited, 15.0, f"worker {pid} to exit")
     finally:
         demo.stop()

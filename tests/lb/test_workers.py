@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from tests.lb.conftest import Pool
-from tests.procs import ProxyProc, http, node, wait_until
+from tests.procs import ProxyProc, RedisServer, http, node, wait_until
 
 
 def _pid_of_stats(admin: str) -> int:
@@ -19,7 +19,7 @@ def _pid_of_stats(admin: str) -> int:
 
 
 def test_workers_share_the_port_and_stop_together(logs_dir: Path, hp2_pool: Pool,
-                                                  redis_server) -> None:  # type: ignore[no-untyped-def]
+                                                  redis_server: RedisServer) -> None:
     p = ProxyProc(logs_dir, [node("a", hp2_pool.fast[0])], name="proxy-workers", workers=2,
                   cache={"backend": "tiered", "redis_url": redis_server.url})
     try:
@@ -40,6 +40,9 @@ def test_workers_share_the_port_and_stop_together(logs_dir: Path, hp2_pool: Pool
         p.proc.signal(signal.SIGTERM)
         assert p.proc.popen.wait(30) == 0, p.proc.log()
         for pid in pids:
-            wait_until(lambda pid=pid: not os.path.exists(f"/proc/{pid}"), 10, f"{pid} to exit")
+            def exited(pid: int = pid) -> bool:
+                return not os.path.exists(f"/proc/{pid}")
+
+            wait_until(exited, 10, f"{pid} to exit")
     finally:
         p.stop()
