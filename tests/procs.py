@@ -20,7 +20,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_MODELS = ROOT / "tests" / "data" / "models"
@@ -323,7 +326,7 @@ def read_config(path: Path) -> dict[str, Any]:
     return doc
 
 
-def scrape(admin_url: str) -> dict[str, Any]:
+def scrape(admin_url: str) -> dict[str, Metric]:
     """GET /metrics parsed by prometheus_client: {family name: Metric}."""
     from prometheus_client.parser import text_string_to_metric_families
 
