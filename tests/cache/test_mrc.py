@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+from typing import cast
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ from cache.tinylfu import TinyLfuStore
 def zipf_trace(n_keys: int, n_refs: int, seed: int, s: float = 0.9) -> list[int]:
     rng = np.random.default_rng(seed)
     p = np.arange(1, n_keys + 1, dtype=float) ** -s
-    return rng.permutation(n_keys)[rng.choice(n_keys, size=n_refs, p=p / p.sum())].tolist()
+    return cast(list[int],
+                rng.permutation(n_keys)[rng.choice(n_keys, size=n_refs, p=p / p.sum())].tolist())
 
 
 def with_scans(trace: list[int], first_new: int, every: int = 10_000, scan: int = 5_000

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import numpy as np
@@ -93,13 +93,13 @@ def _close(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     """Equal up to float32 rounding. TensorFlow sums a batch of 64 rows in another
     order than a batch of one, so the last digits may differ (1.2e-6 on 0.57 seen
     under load); a reply that belongs to another row differs far more."""
-    return np.abs(got - want) <= ATOL + RTOL * np.abs(want)
+    return cast(np.ndarray, np.abs(got - want) <= ATOL + RTOL * np.abs(want))
 
 
 def _all_distinguishable(expected: np.ndarray) -> bool:
     """Whether no row's answer is `_close` to another row's: then a reply given to
     the wrong client cannot pass the value check."""
-    same = _close(expected[:, None, :], expected[None, :, :]).all(axis=2)
+    same = cast(np.ndarray, _close(expected[:, None, :], expected[None, :, :]).all(axis=2))
     np.fill_diagonal(same, False)
     return not same.any()
 
@@ -118,7 +118,7 @@ def test_concurrent_mixed_requests_each_get_their_own_answer(
     assert _all_distinguishable(expected)
     plan = _plan(rows)
     results = asyncio.run(_send(proxy.url, plan))
-    wrong = []
+    wrong: list[tuple[Any, ...]] = []
     for item, (status, doc) in zip(plan, results, strict=True):
         if item["bad"]:
             if status != 400 or set(doc) != {"error"}:

@@ -118,7 +118,7 @@ def test_merge_repeated_value_fields(dtype: int, field: str, np_type: Any) -> No
     rng = np.random.default_rng(7)
     arrays = []
     for rows in [1, 1, 2, 1, 3]:
-        a = rng.integers(-1000, 1000, size=(rows, 2, 3))
+        a: np.ndarray = rng.integers(-1000, 1000, size=(rows, 2, 3))
         if np_type == np.bool_:
             a = a > 0
         elif np.issubdtype(np_type, np.unsignedinteger):
@@ -213,7 +213,8 @@ def test_split_real_response_per_member() -> None:
         resp = predict_pb2.PredictResponse.FromString(part.body)
         assert resp.model_spec == predict_pb2.PredictResponse.FromString(
             reply.body).model_spec
-        expected = {"y": y, "ids": ids, "flags": flags, "names": names, "scores": scores}
+        expected: dict[str, np.ndarray] = {"y": y, "ids": ids, "flags": flags, "names": names,
+                                           "scores": scores}
         assert set(resp.outputs) == set(expected)
         for alias, whole in expected.items():
             got = tf.make_ndarray(resp.outputs[alias])
@@ -396,7 +397,8 @@ def test_pbwire_packed_helpers() -> None:
         pbwire.count_varints(bytes(run)[:2])                    # cut inside the -1
     with pytest.raises(BadRequest):
         pbwire.varint_offsets(run, [5])
-    mixed = [(pbwire.LEN, memoryview(b"\x01\x02")), (pbwire.VARINT, 300)]
+    mixed: list[tuple[int, pbwire.Value]] = [(pbwire.LEN, memoryview(b"\x01\x02")),
+                                             (pbwire.VARINT, 300)]
     assert pbwire.packed_payload(mixed, pbwire.VARINT) == b"\x01\x02\xac\x02"
     assert pbwire.packed_payload([(pbwire.I32, memoryview(b"abcd"))], pbwire.VARINT) is None
     assert pbwire.packed_payload([(pbwire.LEN, memoryview(b"abc"))], pbwire.I32) is None
