@@ -17,7 +17,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import kubernetes_validate
@@ -87,7 +87,8 @@ def container_port(c: Obj, port: int | str) -> int:
 
 def target_port(c: Obj, service_port: Obj) -> int:
     """The container port a Service port sends to."""
-    return container_port(c, service_port.get("targetPort", service_port["port"]))
+    return container_port(c, cast("int | str",
+                                  service_port.get("targetPort", service_port["port"])))
 
 
 def config_map(objs: list[Obj]) -> tuple[Obj, str]:

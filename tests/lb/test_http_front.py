@@ -55,7 +55,7 @@ def _read_replies(sock: socket.socket, count: int, timeout: float = 10.0) -> lis
     """Read `count` complete HTTP/1.1 replies (Content-Length framed) from `sock`."""
     sock.settimeout(timeout)
     buf = b""
-    out = []
+    out: list[Reply] = []
     while len(out) < count:
         while b"\r\n\r\n" not in buf:
             chunk = sock.recv(65536)

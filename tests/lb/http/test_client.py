@@ -133,6 +133,7 @@ async def never_answer(conn: RawConn, _: int) -> None:
 
 async def peer(request: web.Request) -> web.Response:
     await asyncio.sleep(float(request.query.get("ms", 0)) / 1000)
+    assert request.transport is not None
     return web.json_response({"port": request.transport.get_extra_info("peername")[1]})
 
 
