@@ -109,7 +109,7 @@ class _Zone:
         return reply
 
 
-class _Handler(DNSHandler):
+class _Handler(DNSHandler):  # type: ignore[misc]  # dnslib is untyped: DNSHandler is Any
     """dnslib's handler, plus "drop", and a truncation that keeps the question
     (dnslib's own drops it, and a client rightly ignores such a reply)."""
 
