@@ -222,9 +222,11 @@ class ReloadConfig(_Strict):
 class HedgeConfig(_Strict):
     """Hedged requests: an idempotent call that waited longer than its node's p95
     (per node and model, at least `min_delay_ms`) is also sent to the best other
-    node; the first good answer wins. Hedges are at most `max_ratio` of requests."""
+    node; the first good answer wins. Hedges are at most `max_ratio` of requests.
+    Off unless enabled (as in Envoy and gRPC): the copies help when nodes have
+    spare capacity, and add to the queues when they do not (README, Benchmarks)."""
 
-    enabled: bool = True
+    enabled: bool = False
     max_ratio: Annotated[float, Field(ge=0, le=1)] = 0.05
     min_delay_ms: Positive = 5.0
     quantile: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
