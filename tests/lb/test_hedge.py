@@ -19,7 +19,7 @@ def test_quantile_is_the_p95_of_recent_samples() -> None:
 
 
 def test_no_hedge_until_a_node_has_enough_samples_and_never_below_the_floor() -> None:
-    h = HedgePolicy(HedgeConfig(min_delay_ms=5.0))
+    h = HedgePolicy(HedgeConfig(enabled=True, min_delay_ms=5.0))
     for _ in range(MIN_SAMPLES - 1):
         h.observe("a", "m", 0.001)
     assert h.delay("a", "m") is None           # cold: no guess
@@ -32,7 +32,7 @@ def test_no_hedge_until_a_node_has_enough_samples_and_never_below_the_floor() ->
 
 
 def test_budget_caps_hedges_at_max_ratio_of_requests() -> None:
-    h = HedgePolicy(HedgeConfig(max_ratio=0.05))
+    h = HedgePolicy(HedgeConfig(enabled=True, max_ratio=0.05))
     granted = 0
     for i in range(2000):                      # 2000 requests over 2 s
         now = i / 1000.0
