@@ -205,6 +205,10 @@ def _wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 class Bench:
     """Owns every process of one benchmark run."""
 
@@ -215,6 +219,9 @@ class Bench:
         self.workers: list[subprocess.Popen[bytes]] = []
         self.others: list[subprocess.Popen[bytes]] = []
         self._groups: set[int] = set()
+        # `kill` or `timeout` stops the run like Ctrl-C: the caller's `finally:
+        # bench.close()` runs, and no worker or nginx outlives it.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
     def mnist_model(self) -> Path:
         base = OUT / "models" / "mnist"
