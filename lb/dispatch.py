@@ -133,14 +133,33 @@ class _Race(Generic[A]):
         if self.out.done():
             return
         tried = self.flow.tried
-        node = self.dispatcher.hedge_target(self.call, self.transport, tried, self.atts[0].node)
+        primary = self.atts[0]
+        node = self.dispatcher.hedge_target(self.call, self.transport, tried, primary.node)
         if node is None:
+            self._recheck(primary)
+            return
+        if not self.dispatcher.hedging.spend(time.monotonic()):
             return
         tried.append(node)
         try:
             self.start(node, cut=self.atts[0].cut, hedge=True)
         except LbError as exc:
             log.debug("hedge on %s not sent: %s", node.name, exc)
+
+    def _recheck(self, primary: _Attempt[A]) -> None:
+        """No other node was better when the hedge was due. At the p95, before the primary
+        counts as stalled, its score did not show the stall yet: look again just past the
+        stall threshold, then every threshold while it waits (a stalled primary's score
+        grows with the stall's age), within the try's deadline."""
+        stalled = self.dispatcher.stall_delay(self.call, primary.node)
+        if stalled is None:
+            return
+        now = time.monotonic()
+        at = primary.start + stalled + 0.001            # strictly past the threshold
+        if at <= now:
+            at = now + stalled
+        if at < self.try_at:
+            self.arm(at - now)
 
     def _answered(self, fut: asyncio.Future[A]) -> None:
         if self.out.done():
@@ -300,11 +319,19 @@ class Dispatcher:
         delay = self.hedging.delay(node.name, call.model)
         if delay is None:
             return None
-        tau = node.tau.value
-        if tau is not None and call.units > 0:      # or once it counts as stalled
-            stalled = self.cfg.policy.stall_factor * tau * call.units
-            delay = min(delay, max(stalled, self.hedging.cfg.min_delay_ms / 1000.0))
+        stalled = self.stall_delay(call, node)
+        if stalled is not None:                     # or once it counts as stalled
+            delay = min(delay, stalled)
         return None if time.monotonic() + delay >= try_at else delay
+
+    def stall_delay(self, call: Call, node: Node) -> float | None:
+        """Seconds after which `call` counts as stalled on `node` (`policy.stall_factor`
+        × τ × units, at least `hedge.min_delay_ms`); None while τ is unknown."""
+        tau = node.tau.value
+        if tau is None or call.units <= 0:
+            return None
+        return max(self.cfg.policy.stall_factor * tau * call.units,
+                   self.hedging.cfg.min_delay_ms / 1000.0)
 
     def hedge_target(self, call: Call, transport: Transport[Any], tried: list[Node],
                      primary: Node) -> Node | None:
@@ -312,8 +339,8 @@ class Dispatcher:
         cap, not tried yet, and expected to finish sooner than what is left on the
         primary (its score for the request is below the primary's score now, which
         counts the primary's stall from the age of its oldest request); None when
-        there is none or the budget is spent. A copy sent to a node that is no better
-        would only add load where queues are already long."""
+        there is none. A copy sent to a node that is no better would only add load
+        where queues are already long. The caller spends the hedge budget."""
         node = self.pool.pick(call.units, tried, call.model, call.version,
                               explicit=call.pinned, usable=transport.usable,
                               spare=self.cfg.upstream.pool_size)
@@ -324,7 +351,7 @@ class Dispatcher:
         if there >= here:
             self.hedging.no_better += 1
             return None
-        return node if self.hedging.spend(time.monotonic()) else None
+        return node
 
     def passive(self, node: Node, ok: bool, now: float) -> None:
         """Passive outlier detection after each attempt (from `_Attempt.settle`)."""

@@ -62,7 +62,7 @@ class HedgePolicy:
         self.budget = RetryBudget(ratio=cfg.max_ratio, min_per_s=0.0, ttl_s=BUDGET_WINDOW_S)
         self.sent = 0           # hedges sent
         self.won = 0            # hedges whose answer was the one returned
-        self.no_better = 0      # due, but no other node was expected to finish sooner
+        self.no_better = 0      # checks of a due hedge that found no node expected sooner
 
     def reconfigure(self, cfg: HedgeConfig) -> None:
         self.cfg = cfg
