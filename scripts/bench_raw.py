@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripts import wrkload
 from scripts.benchenv import (
     NOISE_NOTE,
     OUT,
@@ -94,13 +94,6 @@ FRONT = """
     }}
 """
 
-LUA_POST = """
-local f = assert(io.open("{body}", "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
-"""
 
 
 def predict_body() -> bytes:
@@ -163,25 +156,6 @@ def verify(url: str, body: bytes, want_hit: bool) -> list[str]:
     return problems
 
 
-def wrk(exe: str, url: str, seconds: float, connections: int,
-        lua: Path | None) -> dict[str, Any]:
-    cmd = [exe, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
-    if lua is not None:
-        cmd += ["-s", str(lua)]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True,
-                         timeout=seconds + 30).stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)", out, re.M)
-    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-    return {"rps": float(rps.group(1)) if rps else float("nan"),
-            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-            "socket_errors": sum(int(g) for g in sock.groups()) if sock else 0,
-            "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan"),
-            "raw": out if not rps else ""}
-
-
 def measure(exe: str, url: str, args: argparse.Namespace, lua: Path,
             get: bool) -> dict[str, Any]:
     row: dict[str, Any] = {}
@@ -190,8 +164,8 @@ def measure(exe: str, url: str, args: argparse.Namespace, lua: Path,
         runs.append(("GET", f"{url}/v1/models/{MODEL}", None))
     runs.append(("POST", f"{url}/v1/models/{MODEL}:predict", lua))
     for verb, target, script in runs:
-        wrk(exe, target, args.warmup, args.connections, script)
-        row[verb] = wrk(exe, target, args.seconds, args.connections, script)
+        wrkload.run(exe, target, args.warmup, args.connections, script)
+        row[verb] = wrkload.run(exe, target, args.seconds, args.connections, script)
     return row
 
 
@@ -217,8 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     body_path = OUT / "raw_predict.json"
     OUT.mkdir(exist_ok=True)
     body_path.write_bytes(body)
-    lua = OUT / "raw_post.lua"
-    lua.write_text(LUA_POST.format(body=body_path))
+    lua = wrkload.post_script(OUT / "raw_post.lua", body_path)
     results: dict[str, Any] = {"body_bytes": len(body), "seconds": args.seconds,
                                "connections": args.connections, "rounds": args.rounds,
                                "rows": {}}

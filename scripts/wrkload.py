@@ -1,0 +1,60 @@
+"""wrk, the closed-loop load generator in C, for the benchmarks under scripts/.
+
+Called by `bench_raw.py` (the data path) and `bench_batching.py` (closed-loop
+saturation). wrk is not the bottleneck a Python generator is on a 2-core box;
+it is installed with apt-get when missing (`benchenv.ensure_tool`).
+
+Guarantees: `run` never raises for a wrk that failed or printed nothing it could
+read: the figures are NaN and `raw` holds wrk's output.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+LUA_POST = """
+local f = assert(io.open("{body}", "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+_SCALE = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def post_script(path: Path, body_path: Path) -> Path:
+    """Write a wrk Lua script at `path` that POSTs the bytes of `body_path` as JSON."""
+    path.write_text(LUA_POST.format(body=body_path))
+    return path
+
+
+def _ms(out: str, pct: str) -> float:
+    m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)", out, re.M)
+    return float(m.group(1)) * _SCALE[m.group(2)] if m else float("nan")
+
+
+def run(exe: str, url: str, seconds: float, connections: int,
+        lua: Path | None) -> dict[str, Any]:
+    """One `wrk -t1 -cN -dSs --latency` run: requests/s, p50/p99 (ms), errors."""
+    cmd = [exe, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+    if lua is not None:
+        cmd += ["-s", str(lua)]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True,
+                         timeout=seconds + 30).stdout
+    return parse(out)
+
+
+def parse(out: str) -> dict[str, Any]:
+    """The figures of wrk's `--latency` report (NaN where it has none)."""
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {"rps": float(rps.group(1)) if rps else float("nan"),
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": sum(int(g) for g in sock.groups()) if sock else 0,
+            "p50_ms": _ms(out, "50"), "p99_ms": _ms(out, "99"),
+            "raw": out if not rps else ""}
