@@ -28,7 +28,7 @@ loop with Poisson arrivals (scripts/loadgen.py).
    (plus 50 in columnar format, mixed in), against direct calls to one worker:
    every prediction within 1e-5 (float32 rounding), columnar replies `{"outputs": ...}`.
 4. The batching proxy's `/stats` "batching" section, when it has one.
-5. Closed loop with wrk (-t1, 16/64/128/256 connections, 6 s each): the open-loop
+5. Closed loop with wrk (-t1, 4/16/64/128/256 connections, 6 s each): the open-loop
    generator is Python and shares the 2 cores, so it saturates near 1 300 req/s,
    before batching can show; wrk does not. Per contender: the best predictions/s
    with p99 <= 50 ms and no errors, and the peak, both / nginx's.
@@ -514,7 +514,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--no-confirm", dest="confirm", action="store_false",
                         help="stop at the first failed step without running it again")
-    parser.add_argument("--closed-connections", default="16,64,128,256",
+    parser.add_argument("--closed-connections", default="4,16,64,128,256",
                         help="wrk client counts of the closed-loop runs")
     args = parser.parse_args()
     args.closed_connections = [int(c) for c in args.closed_connections.split(",")]
