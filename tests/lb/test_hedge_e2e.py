@@ -139,6 +139,8 @@ def test_hedges_rescue_stalls_within_budget_and_leak_nothing(
     assert hedge["sent"] <= int(MAX_RATIO * calls + 1e-9), (hedge, calls)
     # The control really met a stall; the hedged run did not wait it out.
     assert worst["control"] >= 0.6 * STALL_MS, worst
-    assert worst["hedged"] * 2.5 <= worst["control"], worst
+    # Hedged / control worst: 0.09-0.2 alone, 0.41 once inside the full suite on 2 busy
+    # cores; 0.99 when hedges did not look again at the stall threshold (the bug).
+    assert worst["hedged"] * 2 <= worst["control"], worst
     assert len(hedged.load) <= hedged.received <= len(hedged.load) + hedges
     assert hedged.received / len(hedged.load) <= 1 + MAX_RATIO + 0.02
