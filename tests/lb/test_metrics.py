@@ -133,18 +133,19 @@ def test_node_cache_and_config_values(proxy: ProxyProc) -> None:
 
 
 def test_json_access_log(proxy: ProxyProc) -> None:
-    http("POST", f"{proxy.url}/v1/models/{HP2}:predict", {"instances": [123.5]})
+    path = f"/v1/models/{HP2}:predict"
 
     def lines() -> list[dict[str, object]]:
         out = []
         for line in proxy.proc.log_path.read_text().splitlines():
             if line.startswith("{"):
                 out.append(json.loads(line))
-        return out
+        return [r for r in out if r["path"] == path]
 
-    wait_until(lambda: any(r["path"] == f"/v1/models/{HP2}:predict" for r in lines()),
-               5.0, "an access log line")
-    rec = [r for r in lines() if r["path"] == f"/v1/models/{HP2}:predict"][-1]
+    before = len(lines())              # other tests' predicts went through this proxy
+    http("POST", f"{proxy.url}{path}", {"instances": [123.5]})
+    wait_until(lambda: len(lines()) > before, 5.0, "this request's access log line")
+    rec = lines()[before]
     assert set(rec) >= {"ts", "remote", "method", "status", "bytes", "ms", "model", "node",
                         "cache"}
     assert rec["method"] == "POST" and rec["model"] == HP2 and rec["node"] in ("a", "b")
