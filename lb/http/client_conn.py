@@ -264,21 +264,21 @@ class Conn(asyncio.Protocol):
         # Built without __init__ (a frame less per response), as in _response.
         self.result = resp = _new(Response)
         resp.status = status
-        chunks = self.chunks
-        if chunks is None:
-            resp.body = self.body
-        else:
-            resp.body = b"".join(chunks)
-            self.chunks = None
+        resp.body = self._take_body()
         resp.content_type = self.ctype
         resp.headers = self.headers
         self.keep_alive = self.parser.should_keep_alive()
 
     def _response(self, status: int) -> Response:
+        return Response(status, self._take_body(), self.ctype, self.headers)
+
+    def _take_body(self) -> bytes:
+        """The body received: the one piece, or the pieces joined (and dropped)."""
         chunks = self.chunks
+        if chunks is None:
+            return self.body
         self.chunks = None
-        body = self.body if chunks is None else b"".join(chunks)
-        return Response(status, body, self.ctype, self.headers)
+        return b"".join(chunks)
 
     # -- outcomes ------------------------------------------------------------------------
 

@@ -173,13 +173,7 @@ class Pipeline(asyncio.Protocol):
         finally:
             self._dispatching = False
         if self._active is None and not queue and not self._closed:
-            if self._phase == IDLE and not (self._paused or self._input_done):
-                # the common case of _idle, inline: start the keep-alive clock
-                self._deadline = deadline = self._loop.time() + self._lim.keepalive_s
-                if deadline < self._timer_at:
-                    self._rearm(deadline)
-            else:
-                self._idle()
+            self._settled()
 
     def _app_failed(self, ex: Exchange, exc: Exception) -> None:
         req = ex.request
@@ -188,6 +182,19 @@ class Pipeline(asyncio.Protocol):
         self._server.errors[500] += 1
         ex.respond(500, error_body(MESSAGES[500]))
 
+    def _settled(self) -> None:
+        """Called by `_dispatch` and `send_reply` when nothing is active or queued: the
+        common case (idle, reading, not paused) only starts the keep-alive clock."""
+        if self._phase == IDLE and not (self._paused or self._input_done):
+            self._keepalive_clock()
+        else:
+            self._idle()
+
+    def _keepalive_clock(self) -> None:
+        self._deadline = deadline = self._loop.time() + self._lim.keepalive_s
+        if deadline < self._timer_at:
+            self._rearm(deadline)
+
     def _idle(self) -> None:
         """Nothing queued or in flight: resume reading, start the keep-alive clock, or
         let a client waiting on 100-continue send its body."""
@@ -195,9 +202,7 @@ class Pipeline(asyncio.Protocol):
             self._unpause(PAUSE_QUEUE)
         if self._phase == IDLE:
             if not self._input_done:
-                self._deadline = deadline = self._loop.time() + self._lim.keepalive_s
-                if deadline < self._timer_at:
-                    self._rearm(deadline)
+                self._keepalive_clock()
         elif self._phase == WAIT100:
             self._transport.write(CONTINUE)
             self._arm(BODY, self._loop.time() + self._lim.body_timeout_s)
@@ -231,13 +236,8 @@ class Pipeline(asyncio.Protocol):
             return          # the loop in _dispatch goes on
         elif self._queue:
             self._dispatch()
-        elif self._phase == IDLE and not (self._paused or self._input_done):
-            # the common case of _idle, inline: start the keep-alive clock
-            self._deadline = deadline = self._loop.time() + self._lim.keepalive_s
-            if deadline < self._timer_at:
-                self._rearm(deadline)
         else:
-            self._idle()
+            self._settled()
 
     # --- timer, flow control, closing -----------------------------------------------
 
