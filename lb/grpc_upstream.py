@@ -37,11 +37,11 @@ from lb.nodes import Node
 log = logging.getLogger("lb.grpc")
 
 OK = grpc.StatusCode.OK
-# Codes that count as the node's failure in its stats (like an HTTP 5xx).
+# Codes that count as the node's failure in its stats (like an HTTP 5xx);
+# DEADLINE_EXCEEDED depends on whose deadline it was (`GrpcTransport.verdict`).
 NODE_FAILURES = frozenset({
     grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNIMPLEMENTED,
-    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.DATA_LOSS,
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS,
 })
 
 
@@ -166,8 +166,12 @@ class GrpcTransport:
             return GOOD
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:      # a full batch queue
             return BUSY
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED and cut_by_try_timeout:
-            return UNAVAILABLE
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            # The attempt's deadline was ours: a per-try timeout is the node's slowness
+            # (retried elsewhere); otherwise it was the client's own deadline, which
+            # the node cannot be blamed for (no error, no ejection). The channel may
+            # report it a moment before the front cancels the call at that deadline.
+            return UNAVAILABLE if cut_by_try_timeout else CLIENT_ERROR
         return NODE_ERROR if code in NODE_FAILURES else CLIENT_ERROR
 
     def body(self, answer: GrpcReply) -> bytes:
