@@ -212,18 +212,20 @@ class NodePool:
         belongs to the version its key names).
         """
         now = self._clock()
+        # One pass for the common case (this runs for every attempt): the healthy ones.
         pool = [n for n in self.nodes.values()
-                if n not in exclude and (usable is None or usable(n))]
-        healthy = [n for n in pool if n.available(now)]
+                if n.healthy and now >= n.outlier.ejected_until and n not in exclude
+                and (usable is None or usable(n))]
         if spare is not None:
-            pool = [n for n in healthy if n.inflight < spare]
-        elif healthy:
-            pool = healthy
+            pool = [n for n in pool if n.inflight < spare]
+        elif not pool:                          # none healthy: try them all
+            pool = [n for n in self.nodes.values()
+                    if n not in exclude and (usable is None or usable(n))]
         if not pool:
             return None
-        if model is not None and version is not None:
-            serving = [n for n in pool if (n.serves(model, version) if explicit
-                                           else n.latest_version(model) == version)]
+        if model is not None and version is not None and len(pool) > 1:
+            serving = ([n for n in pool if n.serves(model, version)] if explicit
+                       else [n for n in pool if n.latest.get(model) == version])
             pool = serving or pool
         return pool[self._choose(pool, units, now)]
 

@@ -121,8 +121,14 @@ def least_load(cands: Sequence[Candidate], units: float, rng: random.Random,
     to the same node whenever τ differs a little (herding)."""
     if not cands:
         raise ValueError("no candidates")
-    ref = least_tau(cands)
-    # One pass (this runs for every request): the score of each, and the least.
+    # Plain loops, no helper calls for the common case: this runs for every request.
+    ref = math.inf
+    for c in cands:
+        tau = c.tau
+        if tau is not None and tau < ref:
+            ref = tau
+    if ref == math.inf:
+        ref = 1.0                           # = least_tau(cands)
     scores = []
     best = math.inf
     for c in cands:
@@ -134,10 +140,22 @@ def least_load(cands: Sequence[Candidate], units: float, rng: random.Random,
         if score < best:
             best = score
     limit = best + abs(best) * max(band, _REL_TIE) + 1e-15
-    ties = [i for i, score in enumerate(scores) if score <= limit]
-    if len(ties) == 1:
-        return ties[0]
-    return _weighted_choice(ties, [c.weight for c in cands], rng)
+    total = 0.0                             # ties, chosen in proportion to weight
+    last = ties = 0
+    for i, score in enumerate(scores):
+        if score <= limit:
+            total += cands[i].weight
+            last = i
+            ties += 1
+    if ties == 1:
+        return last
+    x = rng.random() * total
+    for i, score in enumerate(scores):
+        if score <= limit:
+            x -= cands[i].weight
+            if x < 0:
+                return i
+    return last
 
 
 def least_conn(cands: Sequence[Candidate], units: float, rng: random.Random) -> int:

@@ -10,8 +10,10 @@ status and body. Besides TF Serving's paths it answers `GET /healthz`
 (liveness) and `GET /readyz` (200 while a node is healthy and the proxy is not
 draining) for orchestrators.
 
-A request whose body repeats one the cache answered before is answered
-synchronously from the in-process tier (`_hit`): no Task, no JSON parse, no
+A POST that goes straight to a node (no cache work, no batching) is not
+parsed: its rows, for w_j, are estimated from its size (`lb.routes.RowSizes`),
+and the node checks it. A request whose body repeats one the cache answered
+before is answered synchronously from the in-process tier (`_hit`): no Task, no JSON parse, no
 key (`lb.rest_keys` remembers which key those bytes made).
 
 Guarantees: one Task per request that is not answered synchronously, and none
@@ -44,7 +46,7 @@ from lb.nodes import NodePool
 from lb.observe import CLIENT_CLOSED, Recorder, model_of
 from lb.rest_keys import RestKeys
 from lb.rest_upstream import RestPayload, RestTransport
-from lb.routes import Route, parse_body, parse_cache_control, parse_path
+from lb.routes import Route, RowSizes, parse_body, parse_cache_control, parse_path
 
 log = logging.getLogger("lb.error")
 
@@ -72,6 +74,7 @@ class RestFront:
         self._headers: dict[tuple[XCache, str | None], bytes] = {}
         self._routes: dict[str, tuple[Route, str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.sizes = RowSizes()
 
     # -- entry --------------------------------------------------------------------
 
@@ -121,13 +124,22 @@ class RestFront:
             raise NotFound(f"Malformed request: {req.method} {req.path}")
         if route.verb is None:
             raise BadRequest("POST needs a :predict, :classify or :regress path")
-        body = parse_body(req.body, route.verb)
-        payload = RestPayload("POST", forward_path, req.body, body, route.verb)
-        call = self._call(route, payload, body.rows * cfg.model(route.model).cost, deadline)
-        call.rows = body.rows
+        payload = RestPayload("POST", forward_path, req.body, None, route.verb)
+        call = self._call(route, payload, 0.0, deadline)
         if (cc := req.header(b"cache-control")) is not None:
             call.directives = parse_cache_control(cc.decode("latin-1"))
-        return call, self.core.direct(call, cacheable=True)
+        x_cache = self.core.direct(call, cacheable=True)
+        # Straight to a node, the body is parsed only to count its rows: estimated from
+        # its size instead, except for the bodies that keep the estimate true.
+        rows = None if x_cache is None else self.sizes.rows(route.model, route.verb,
+                                                            len(req.body))
+        if rows is None:
+            payload.parsed = body = parse_body(req.body, route.verb)
+            rows = body.rows
+            self.sizes.learn(route.model, route.verb, len(req.body), rows)
+        call.rows = rows
+        call.units = rows * cfg.model(route.model).cost
+        return call, x_cache
 
     # -- the direct path: the first attempt without a Task ---------------------------
 

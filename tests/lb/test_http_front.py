@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from lb.routes import RowSizes
 from tests.lb.conftest import SLOW_MS, Pool
 from tests.procs import ProxyProc, http, node, scrape, wait_until
 
@@ -164,6 +165,22 @@ def test_limits_and_malformed_requests_get_the_error_shape(
     assert headers["content-type"] == "application/json"
     assert set(json.loads(reply)) == {"error"}
     assert http("GET", f"{proxy.url}/v1/models/{HP2}")[0] == 200        # still serving
+
+
+@pytest.mark.parametrize("bad", [b"{not json", b'{"instances": 3}', b"[1, 2]"])
+def test_bodies_sent_unparsed_are_still_checked(proxy: ProxyProc, bad: bytes) -> None:
+    """With no cache work, the proxy counts a body's rows from its size once it has
+    parsed a few (lb.routes.RowSizes): a malformed body then reaches the node, whose
+    400 must come back in the same {"error"} shape, and the next body still works."""
+    url = f"{proxy.url}{PREDICT.decode()}"
+    good = b'{"instances": [1.0, 2.0, 5.0]}'
+    for _ in range(RowSizes.WARM + 2):
+        status, _h, reply = http("POST", url, good)
+        assert (status, json.loads(reply)) == (200, {"predictions": [2.5, 3.0, 4.5]})
+    status, _h, reply = http("POST", url, bad)
+    assert status == 400, reply
+    assert set(json.loads(reply)) == {"error"}
+    assert http("POST", url, good)[0] == 200
 
 
 def test_slow_body_gets_408_and_an_idle_connection_is_closed(proxy: ProxyProc) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lb.errors import BadRequest, NotFound
-from lb.routes import parse_body, parse_cache_control, parse_path
+from lb.routes import RowSizes, parse_body, parse_cache_control, parse_path
 
 
 @pytest.mark.parametrize(("path", "model", "version", "label", "verb", "meta"), [
@@ -66,3 +66,45 @@ def test_cache_control() -> None:
     d = parse_cache_control("No-Store, max-age=0")
     assert (d.lookup, d.store) == (False, False)
     assert parse_cache_control("only-if-cached").only_if_cached
+
+
+def _rows_body(rows: int, width: int = 100) -> bytes:
+    row = b"[%s]" % b", ".join([b"0.2500"] * width)
+    return b'{"instances": [%s]}' % b", ".join([row] * rows)
+
+
+def test_row_sizes_parse_until_warm_then_estimate_from_size() -> None:
+    sizes = RowSizes()
+    for _ in range(RowSizes.WARM):
+        body = _rows_body(1)
+        assert sizes.rows("m", "predict", len(body)) is None        # a parse is due
+        sizes.learn("m", "predict", len(body), parse_body(body, "predict").rows)
+    for rows in (1, 2, 8, 64):
+        assert sizes.rows("m", "predict", len(_rows_body(rows))) == rows
+    assert sizes.rows("other", "predict", 100) is None               # per model
+    assert sizes.rows("m", "classify", 100) is None                  # and per verb
+
+
+def test_row_sizes_keep_parsing_one_body_in_every() -> None:
+    sizes = RowSizes()
+    body = _rows_body(2)
+    for _ in range(RowSizes.WARM):
+        sizes.learn("m", "predict", len(body), 2)
+    answers = [sizes.rows("m", "predict", len(body)) for _ in range(3 * RowSizes.EVERY)]
+    due = [i for i, a in enumerate(answers) if a is None]
+    assert due == list(range(RowSizes.EVERY - 1, 3 * RowSizes.EVERY))   # until learned
+    assert all(a == 2 for a in answers[:RowSizes.EVERY - 1])
+    sizes.learn("m", "predict", len(body), 2)
+    assert sizes.rows("m", "predict", len(body)) == 2                # learned: estimates
+    for _ in range(40):                                              # rows twice as wide
+        sizes.learn("m", "predict", len(_rows_body(1, width=200)), 1)
+    assert sizes.rows("m", "predict", len(_rows_body(4, width=200))) == 4   # it follows
+
+
+def test_row_sizes_of_small_rows_stay_proportional() -> None:
+    sizes = RowSizes()
+    for _ in range(RowSizes.WARM):
+        sizes.learn("m", "predict", len(_rows_body(1, width=4)), 1)
+    for rows in (2, 8, 64):
+        estimate = sizes.rows("m", "predict", len(_rows_body(rows, width=4)))
+        assert estimate is not None and abs(estimate - rows) <= 0.15 * rows
