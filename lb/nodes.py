@@ -50,6 +50,8 @@ class Node:
     # start times of attempts in flight, oldest first (stall detection); an entry is
     # [start, units, open] and is dropped lazily once closed
     flights: deque[list[float]] = field(default_factory=deque)
+    view: policy.Candidate = field(default_factory=lambda: policy.Candidate(1.0, 0.0, 0, None),
+                                   repr=False, compare=False)
 
     @classmethod
     def from_config(cls, cfg: NodeConfig, pcfg: PolicyConfig) -> Node:
@@ -139,16 +141,27 @@ class Node:
         return known is not None and version in known
 
     def candidate(self, now: float, opolicy: OutlierPolicy) -> policy.Candidate:
-        """What the policy sees of this node now (called for every pick: kept lean)."""
+        """What the policy sees of this node now (called for every pick: kept lean). The
+        same object each time, refreshed: valid until the next call, which the policy's
+        synchronous functions never outlive."""
         flights = self.flights
         while flights and not flights[0][2]:
             flights.popleft()
-        age, units = (now - flights[0][0], flights[0][1]) if flights else (0.0, 0.0)
-        weight = (self.weight if self.outlier.admitted_at is None
-                  else self.weight * self.outlier.ramp(now, opolicy))
+        c = self.view                   # one per node, refreshed: no object per pick
+        if flights:
+            c.oldest_age = now - flights[0][0]
+            c.oldest_units = flights[0][1]
+        else:
+            c.oldest_age = c.oldest_units = 0.0
+        c.weight = (self.weight if self.outlier.admitted_at is None
+                    else self.weight * self.outlier.ramp(now, opolicy))
+        c.inflight_units = self.inflight_units
+        c.inflight = self.inflight
         tau = self.tau
-        return policy.Candidate(weight, self.inflight_units, self.inflight, tau.value,
-                                now - tau.stamp, tau.samples, age, units)
+        c.tau = tau.value
+        c.tau_age = now - tau.stamp
+        c.tau_n = tau.samples
+        return c
 
 
 class NodePool:

@@ -133,7 +133,9 @@ def least_load(cands: Sequence[Candidate], units: float, rng: random.Random,
     best = math.inf
     for c in cands:
         tau = c.tau
-        if tau is None or tau > ref or c.oldest_units > 0:
+        if tau is None:
+            tau = ref
+        if tau > ref or c.oldest_units > 0:
             tau = effective_tau(c, ref, decay_s, stall_factor)
         score = (c.inflight_units + units) * tau / c.weight
         scores.append(score)

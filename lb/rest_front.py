@@ -104,7 +104,7 @@ class RestFront:
 
     def _spawn(self, ex: Exchange, coro: Coroutine[Any, Any, None]) -> None:
         task = self.core.dispatcher.running_loop().create_task(coro)
-        ex.on_abort = _canceller(task)          # the client left: cancel its request
+        ex.on_abort = task.cancel               # the client left: cancel its request
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -158,7 +158,7 @@ class RestFront:
             self._fail(ex, exc, start)
             return
         fut.add_done_callback(functools.partial(self._landed, ex, call, flow, x_cache, start))
-        ex.on_abort = _canceller(fut)
+        ex.on_abort = fut.cancel
 
     def _landed(self, ex: Exchange, call: Call, flow: Flow, x_cache: XCache, start: float,
                 fut: asyncio.Future[Response]) -> None:
@@ -305,8 +305,3 @@ class RestFront:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-
-def _canceller(fut: asyncio.Future[Any]) -> Callable[[], None]:
-    def cancel() -> None:
-        fut.cancel()
-    return cancel

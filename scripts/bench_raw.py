@@ -6,8 +6,10 @@ Three nginx `return 200` stubs (one process each, worker_processes 1) speak
 enough of TF Serving's REST API: model status (version 1 AVAILABLE), minimal
 metadata and a fixed 10-float prediction. In front of them, measured one after
 the other: nginx `proxy_pass` least_conn with upstream keep-alive, a naive aiohttp
-proxy (scripts/naive_proxy.py), tfserving-lb with cache none, with the memory
-cache answering every request from the cache (X-Cache: HIT), and
+proxy (scripts/naive_proxy.py), a lean httptools + uvloop proxy without
+features (scripts/lean_proxy.py: Python's ceiling on this machine), tfserving-lb
+with cache none, with the memory cache answering every request from the cache
+(X-Cache: HIT), and
 `serve --workers 2` with cache none; hedging off (nginx does not hedge).
 All contenders are started and checked first (200 and the right body); then,
 in interleaved rounds (3; a burst of someone else's load hits one round of
@@ -119,10 +121,11 @@ def start_nginx_front(bench: Bench, ports: list[int]) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def start_naive(bench: Bench, ports: list[int]) -> str:
+def start_script(bench: Bench, ports: list[int], script: str) -> str:
+    """A peer proxy of scripts/ (naive_proxy.py, lean_proxy.py) in front of the stubs."""
     port = free_port()
-    log = open(bench.logs / "naive_proxy.log", "wb")  # noqa: SIM115 - the child owns it
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("naive_proxy.py")),
+    log = open(bench.logs / f"{Path(script).stem}.log", "wb")  # noqa: SIM115 - the child owns it
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name(script)),
                              "--port", str(port), *(f"http://127.0.0.1:{p}" for p in ports)],
                             stdout=log, stderr=subprocess.STDOUT)
     log.close()
@@ -175,7 +178,11 @@ Contender = tuple[str, Callable[[Bench, list[int]], str], bool, bool]   # name, 
 
 CONTENDERS: list[Contender] = [
     (NGINX_ROW, start_nginx_front, True, False),
-    ("naive aiohttp proxy (30 lines, uvloop)", start_naive, True, False),
+    ("naive aiohttp proxy (30 lines, uvloop)",
+     lambda b, p: start_script(b, p, "naive_proxy.py"), True, False),
+    # Not a product: how far Python on uvloop goes when a proxy does nothing else.
+    ("lean httptools proxy (no features)", lambda b, p: start_script(b, p, "lean_proxy.py"),
+     True, False),
     ("tfserving-lb, cache none", lambda b, p: start_lb(b, p, "none"), True, False),
     ("tfserving-lb, memory cache, all HIT", lambda b, p: start_lb(b, p, "memory"), False, True),
     ("tfserving-lb --workers 2, cache none", lambda b, p: start_lb(b, p, "none", 2), True, False),

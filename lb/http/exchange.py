@@ -53,7 +53,7 @@ class Exchange:
         self._done = False
         self._error: tuple[int, bytes] | None = None    # a reply the server makes itself
         self.request = request
-        self.on_abort: Callable[[], None] | None = None
+        self.on_abort: Callable[[], object] | None = None
         self.status = 0                 # of the reply, for the access log
         self.written = 0                # bytes of the reply
 
