@@ -43,6 +43,11 @@ from lb.nodes import Node, NodePool
 from lb.retry import RetryBudget
 
 log = logging.getLogger("lb.dispatch")
+# Node clients time attempts on the loop's clock, which uvloop keeps in whole
+# milliseconds and reads once per iteration: an attempt that the call's deadline
+# cut can end a little before that deadline by time.monotonic(). It is still the
+# deadline that ended it (504), not a lack of nodes (503).
+CLOCK_SLACK_S = 0.01
 A = TypeVar("A")
 
 
@@ -291,7 +296,7 @@ class Dispatcher:
         """No attempt is left: the last answer if a node gave one, else the error."""
         if flow.answered is not None:
             return flow.answered
-        if call.deadline.at <= time.monotonic():
+        if call.deadline.at - time.monotonic() <= CLOCK_SLACK_S:
             raise DeadlineExceeded("Deadline exceeded") from flow.error
         if flow.error is None:
             raise Unavailable("no node available")
