@@ -39,13 +39,13 @@ it shares the 2 cores), and the generator alone against a 0.2 ms simulated node.
 Writes bench-out/bench_batching.{json,png}; exits 1 when a contender answers
 wrong or the correctness check fails. 127.0.0.1 only; bounded in time (a full
 run about 3 minutes, `--quick` about 1.5); every process is stopped on the way
-out (scripts/benchenv.py's Bench).
+out (scripts/benchenv.py's Bench). The answer checks are in
+scripts/batching_check.py, the report and the chart in scripts/batching_report.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import os
@@ -54,45 +54,36 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.digits import load_digits_28x28
 from scripts import wrkload
-from scripts.bench_raw import start_nginx_front
-from scripts.benchenv import (
-    OUT,
-    Bench,
-    ensure_tool,
-    http_get,
-    latency_chart,
-    proxy_stats,
-    settle_workers,
-    worker_counts,
+from scripts.batching_check import MODEL, check_contenders, correctness, predict_url
+from scripts.batching_report import (
+    BATCHING,
+    LB,
+    LB_BATCH,
+    LOW_SHARE,
+    MIN_ACHIEVED,
+    NGINX,
+    P99_MS,
+    chart,
+    report,
+    step_line,
 )
-from scripts.loadgen import Result, burst, open_loop, run, schedule
+from scripts.bench_raw import start_nginx_front
+from scripts.benchenv import OUT, Bench, ensure_tool, proxy_stats, settle_workers, worker_counts
+from scripts.loadgen import Result, open_loop, run, schedule
 
-MODEL = "mnist"
-P99_MS = 50.0
-MIN_ACHIEVED = 0.95
-LOW_SHARE = 0.2
 LATE_MS = 10.0             # a sender lag p99 past this distorts the latencies
-TOLERANCE = 1e-5         # float32: a batch of 64 sums in another order than a batch of 1
-BATCHING = {"max_rows": 64, "max_delay_ms": 2}
-NGINX, LB, LB_BATCH = "nginx least_conn", "tfserving-lb", "tfserving-lb +batching"
-JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def digit_rows() -> list[list[float]]:
     """Every bundled digit as a 784-float row; values are k/16, exact at 4 places."""
     images, _ = load_digits_28x28()
     return [[round(float(v), 4) for v in row] for row in images]
-
-
-def predict_url(base: str) -> str:
-    return f"{base}/v1/models/{MODEL}:predict"
 
 
 # -- load steps ----------------------------------------------------------------------
@@ -164,21 +155,6 @@ def start_contenders(bench: Bench, workers: list[str]) -> tuple[dict[str, str], 
     return urls, batch_admin
 
 
-def check_contenders(urls: dict[str, str], worker: str, body: bytes) -> dict[str, list[str]]:
-    """What is wrong with each contender's answer to one predict (empty: nothing)."""
-    status, _h, raw = http_get(predict_url(worker), method="POST", body=body,
-                               headers=JSON_HEADERS, timeout=10.0)
-    want = first_row(status, raw, "predictions")
-    problems: dict[str, list[str]] = {}
-    for name, url in urls.items():
-        status, _h, raw = http_get(predict_url(url), method="POST", body=body,
-                                   headers=JSON_HEADERS, timeout=10.0)
-        got = first_row(status, raw, "predictions")
-        same = got is not None and want is not None and np.allclose(got, want, atol=TOLERANCE)
-        problems[name] = [] if same else [f"predict: {status} {raw[:80]!r}"]
-    return problems
-
-
 def search(rig: Rig, urls: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     """Per contender: every step, its best good step and the rate it stopped at."""
     rows: dict[str, Any] = {n: {"steps": [], "good": None, "stop_rps": None} for n in urls}
@@ -220,72 +196,6 @@ def attempt(rig: Rig, row: dict[str, Any], name: str, url: str, rate: float,
         if step["good"]:
             return True
     return False
-
-
-def step_line(s: dict[str, Any]) -> str:
-    verdict = "ok" if s["good"] else "FAIL " + ", ".join(s["why"])
-    return (f"achieved {s['achieved_rps']:7.1f}/s  p50 {s['p50_ms']:6.2f}  "
-            f"p99 {s['p99_ms']:7.2f} ms"
-            f"  fail {s['failed']}  rows/call {s['rows_per_call']}  on-sched "
-            f"{s['on_schedule']:.3f}  lag99 {s['send_lag_p99_ms']:.1f} ms"
-            f"{'  GEN-LATE' if s['gen_late'] else ''}  load {s['load1']:.1f}  {verdict}")
-
-
-# -- correctness ---------------------------------------------------------------------
-
-
-def first_row(status: int, raw: bytes, key: str) -> list[float] | None:
-    """Row 0 of a one-row 200 reply whose only key is `key` (when that holds a dict
-    of outputs, the model's only one); None for anything else."""
-    try:
-        doc = orjson.loads(raw) if status == 200 else None
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(doc, dict) or set(doc) != {key}:
-        return None
-    value = doc[key]
-    if isinstance(value, dict) and len(value) == 1:
-        value = next(iter(value.values()))
-    return value[0] if isinstance(value, list) and value else None
-
-
-def correctness(rig: Rig, url: str, rows: list[list[float]], seed: int) -> dict[str, Any]:
-    """500 random digits (and 50 columnar, mixed in) through `url` at once, against
-    direct calls to one worker with the same rows."""
-    rng = np.random.default_rng(seed)
-    picks = [int(i) for i in rng.choice(len(rows), size=min(500, len(rows)), replace=False)]
-    sends = [("instances", i) for i in picks] + [("inputs", i) for i in picks[:50]]
-    order = [int(k) for k in rng.permutation(len(sends))]
-    direct = asyncio.run(burst(predict_url(rig.workers[0]), [rig.bodies[i] for i in picks],
-                               limit=8))
-    want = {i: first_row(st, raw, "predictions") for i, (st, raw) in zip(picks, direct,
-                                                                          strict=True)}
-    before = settle_workers(rig.workers)
-    bodies = [orjson.dumps({sends[k][0]: [rows[sends[k][1]]]}) for k in order]
-    through = asyncio.run(burst(predict_url(url), bodies, limit=128))
-    rig.counts = after = settle_workers(rig.workers)
-    out: dict[str, Any] = {"sent": len(sends), "bad_status": 0, "missing": 0}
-    diffs: dict[str, list[float]] = {"instances": [], "inputs": []}
-    for k, (status, raw) in zip(order, through, strict=True):
-        fmt, i = sends[k]
-        got = first_row(status, raw, "predictions" if fmt == "instances" else "outputs")
-        expected = want[i]
-        if status != 200:
-            out["bad_status"] += 1
-        elif got is None or expected is None or len(got) != len(expected):
-            out["missing"] += 1
-        else:
-            diffs[fmt].append(float(np.max(np.abs(np.subtract(got, expected)))))
-    calls = after[0] - before[0]
-    out.update(rows_compared=len(diffs["instances"]), columnar_compared=len(diffs["inputs"]),
-               max_abs_diff=max(diffs["instances"], default=float("nan")),
-               columnar_max_abs_diff=max(diffs["inputs"], default=float("nan")),
-               backend_calls=calls,
-               rows_per_call=round((after[1] - before[1]) / calls, 2) if calls else None)
-    out["ok"] = bool(out["bad_status"] == out["missing"] == 0
-                     and out["rows_compared"] == len(picks) and out["columnar_compared"] == 50
-                     and max(diffs["instances"] + diffs["inputs"]) <= TOLERANCE)
-    return out
 
 
 # -- the generator alone, the proxy's own counters -----------------------------------
@@ -377,130 +287,6 @@ def closed_loop(urls: dict[str, str], body: bytes, args: argparse.Namespace) -> 
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
-
-
-# -- report --------------------------------------------------------------------------
-
-
-def _ms(x: float) -> str:
-    return f"{x:+.2f} ms" if x == x else "—"
-
-
-def report_sustained(res: dict[str, Any], args: argparse.Namespace) -> None:
-    rows = res["contenders"]
-    base = rows[NGINX]["good"]["achieved_rps"] if rows[NGINX]["good"] else float("nan")
-    print(f"\n1. highest rate with p99 <= {P99_MS:.0f} ms, no errors, achieved >= "
-          f"{MIN_ACHIEVED:.0%} (Poisson, {args.seconds:g} s per step, x{args.factor:g} from "
-          f"{args.start_rate:g}/s, one refining step; a failed step "
-          f"{'is run again' if args.confirm else 'is not repeated'}), predictions/s:")
-    print(f"   {'contender':24} {'sustained':>9} {'/nginx':>7} {'offered':>7} {'p50 ms':>7} "
-          f"{'p99 ms':>7} {'rows/call':>9}  stopped by")
-    for name, row in rows.items():
-        fails = [", ".join(s["why"]) for s in row["steps"] if s["offered_rps"] == row["stop_rps"]]
-        stop = ("--max-rate reached" if row["capped"]
-                else f"{row['stop_rps']:.0f}/s: {'; '.join(fails)}")
-        g = row["good"]
-        if g is None:
-            print(f"   {name:24} {'—':>9} {'—':>7}  no good step  stopped by {stop}")
-            continue
-        print(f"   {name:24} {g['achieved_rps']:9.1f} {g['achieved_rps'] / base:7.3f} "
-              f"{g['offered_rps']:7.0f} {g['p50_ms']:7.2f} {g['p99_ms']:7.2f} "
-              f"{g['rows_per_call']:9}  {stop}")
-    late = sorted({f"{n} at {s['offered_rps']:.0f}/s" for n, r in rows.items()
-                   for s in r["steps"] if s["gen_late"]})
-    if late:
-        print(f"   GEN-LATE (the generator fell behind its schedule; those latencies include "
-              f"its own lag): {'; '.join(late)}")
-
-
-def report_low(res: dict[str, Any]) -> None:
-    low = res.get("low")
-    if not low:
-        print("\n2. skipped: nginx sustained no step")
-        return
-    base = low[NGINX]["p50_ms"]
-    print(f"\n2. at {LOW_SHARE:.0%} of nginx's sustained rate ({res['low_rate']:.0f}/s, Poisson):")
-    print(f"   {'contender':24} {'p50 ms':>7} {'p99 ms':>7} {'p50-nginx':>10} {'rows/call':>9} "
-          f"{'fail':>4}")
-    for name, s in low.items():
-        print(f"   {name:24} {s['p50_ms']:7.2f} {s['p99_ms']:7.2f} "
-              f"{_ms(s['p50_ms'] - base):>10} {s['rows_per_call']:9} {s['failed']:4d}"
-              f"{'  GEN-LATE' if s['gen_late'] else ''}")
-    if LB in low and LB_BATCH in low:
-        added = low[LB_BATCH]["p50_ms"] - low[LB]["p50_ms"]
-        print(f"   batching adds {_ms(added)} to tfserving-lb's p50 "
-              f"({'within' if added <= 1.0 else 'OVER'} the 1 ms target); "
-              f"{_ms(low[LB_BATCH]['p50_ms'] - base)} over nginx's")
-
-
-def report_checks(res: dict[str, Any]) -> None:
-    c = res.get("correctness")
-    if c:
-        print(f"\n3. correctness, {c['sent']} single-row requests at once through "
-              f"{LB_BATCH} vs direct calls to one worker: {c['rows_compared']} row-format "
-              f"predictions, max abs diff {c['max_abs_diff']:.3g}; {c['columnar_compared']} "
-              f"columnar -> {{\"outputs\"}}, max abs diff {c['columnar_max_abs_diff']:.3g}; "
-              f"bad status {c['bad_status']}, missing/misshapen {c['missing']}; rows per "
-              f"backend call {c['rows_per_call']}: {'OK' if c['ok'] else 'FAILED'} "
-              f"(tolerance {TOLERANCE:g})")
-    print(f"\n4. /stats \"batching\" of {LB_BATCH} (cumulative):")
-    for phase in ("after_search", "after_low", "after_correctness"):
-        key = f"batching_{phase}"
-        if key in res:
-            print(f"   {phase.replace('_', ' ')}: {json.dumps(res[key])}")
-    if all(res.get(f"batching_{p}") is None for p in ("after_search", "after_low")):
-        print("   (none: this proxy has no \"batching\" section, so it does not batch yet and "
-              "the two tfserving-lb rows run the same code, differing by noise only)")
-    g = res.get("generator")
-    if g:
-        print(f"\ngenerator alone at {g['rate']:.0f}/s (0.2 ms simulated node, no proxy): "
-              f"achieved {g['achieved_rps']:.0f}/s, on-sched {g['on_schedule']:.3f}, lag99 "
-              f"{g['send_lag_p99_ms']:.1f} ms, p50 {g['p50_ms']:.2f} ms, p99 {g['p99_ms']:.2f} "
-              f"ms, failed {g['failed']}{'  LATE' if g['gen_late'] else ''}")
-
-
-def report(res: dict[str, Any], args: argparse.Namespace) -> None:
-    print(f"\n3 MNIST workers (1 inference thread each), one 784-float row per request, "
-          f"{args.connections} client sessions; contenders: {NGINX} (keep-alive), {LB} and "
-          f"{LB_BATCH} ({BATCHING}), cache none, hedging off")
-    print("NOTE: the load generator, the proxy and the workers share the 2 cores of a "
-          "shared, noisy box: only ratios from one run compare, not absolute figures")
-    print("load average (1/5/15 min) at start: "
-          + " ".join(f"{x:.2f}" for x in res["load1_start"])
-          + ", at end: " + " ".join(f"{x:.2f}" for x in res.get("load1_end", [])))
-    for name, problems in res["problems"].items():
-        if problems:
-            print(f"FLAGGED {name}: {'; '.join(problems)}")
-    if "contenders" in res:
-        report_sustained(res, args)
-        report_low(res)
-    if "closed" in res:
-        report_closed(res["closed"], args)
-    report_checks(res)
-
-
-def report_closed(closed: dict[str, Any], args: argparse.Namespace) -> None:
-    print(f"\n5. closed loop, wrk -t1 -c{{{','.join(map(str, args.closed_connections))}}} "
-          f"-d{args.closed_seconds:g}s (predictions/s; best: p99 <= {P99_MS:g} ms, no errors):")
-    nginx = closed.get(NGINX, {})
-    base_best = (nginx.get("best") or {}).get("rps", float("nan"))
-    base_peak = max((r["rps"] for r in nginx.get("runs", [])), default=float("nan"))
-    print(f"   {'contender':24} {'best':>8} {'/nginx':>7} {'at c':>5} {'peak':>8} {'/nginx':>7}")
-    for name, row in closed.items():
-        best = row["best"] or {"rps": float("nan"), "connections": "—"}
-        peak = max((r["rps"] for r in row["runs"]), default=float("nan"))
-        print(f"   {name:24} {best['rps']:8.0f} {best['rps'] / base_best:7.2f} "
-              f"{best['connections']:>5} {peak:8.0f} {peak / base_peak:7.2f}")
-
-
-def chart(res: dict[str, Any]) -> Path:
-    curves = {}
-    for name, row in res.get("contenders", {}).items():
-        steps = row["steps"] + ([res["low"][name]] if name in res.get("low", {}) else [])
-        curves[name] = [(s["achieved_rps"], s["p50_ms"], s["p99_ms"]) for s in steps]
-    return latency_chart(OUT / "bench_batching.png",
-                         "3 MNIST workers, one row per request, Poisson", curves, P99_MS,
-                         xlabel="predictions/s achieved (open loop)")
 
 
 def main() -> int:

@@ -41,15 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts import wrkload
 from scripts.benchenv import (
-    NOISE_NOTE,
     OUT,
     Bench,
     _wait_http,
-    bar_chart,
     ensure_tool,
     free_port,
     http_get,
 )
+from scripts.charts import NOISE_NOTE, bar_chart
 
 MODEL = "mnist"
 PREDICTION = {"predictions": [[0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.55]]}
