@@ -13,8 +13,8 @@ draining) for orchestrators.
 A POST that goes straight to a node (no cache work, no batching) is not
 parsed: its rows, for w_j, are estimated from its size (`lb.routes.RowSizes`),
 and the node checks it. A request whose body repeats one the cache answered
-before is answered synchronously from the in-process tier (`_hit`): no Task, no JSON parse, no
-key (`lb.rest_keys` remembers which key those bytes made).
+before is answered synchronously from the in-process tier (`_hit`): no Task,
+no JSON parse, no key (`lb.rest_keys` remembers which key those bytes made).
 
 Guarantees: one Task per request that is not answered synchronously, and none
 for cache hits from the in-process tier, `/healthz` and `/readyz`; a client
