@@ -27,6 +27,17 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """What every chart ends with: the noise footnote, the layout, the PNG at 120 dpi
+    (its directory made), the figure closed; returns `path`."""
+    fig.text(0.01, 0.01, NOISE_NOTE, fontsize=6)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def bar_chart(path: Path, title: str, labels: list[str], series: dict[str, list[float]],
               ylabel: str) -> Path:
     """Grouped bars: one group per label, one bar per series (NaN: no bar)."""
@@ -41,12 +52,7 @@ def bar_chart(path: Path, title: str, labels: list[str], series: dict[str, list[
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend()
-    fig.text(0.01, 0.01, NOISE_NOTE, fontsize=6)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def cdf_chart(path: Path, title: str, curves: dict[str, list[float]]) -> Path:
@@ -74,12 +80,7 @@ def cdf_chart(path: Path, title: str, curves: dict[str, list[float]]) -> Path:
     ax.legend(fontsize=7)
     for a in (ax, tail):
         a.grid(True, which="both", alpha=0.3)
-    fig.text(0.01, 0.01, NOISE_NOTE, fontsize=6)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def latency_chart(path: Path, title: str, curves: dict[str, list[tuple[float, float, float]]],
@@ -104,9 +105,4 @@ def latency_chart(path: Path, title: str, curves: dict[str, list[tuple[float, fl
         ax.set_title(f"{what}: {title}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.text(0.01, 0.01, NOISE_NOTE, fontsize=6)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
