@@ -12,6 +12,7 @@ functions of `lb.policy`.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections import deque
@@ -48,8 +49,11 @@ class Node:
     fresh: bool = False             # added by a reload or DNS: slow start when it serves
     outlier: OutlierState = field(default_factory=OutlierState)
     # start times of attempts in flight, oldest first (stall detection); an entry is
-    # [start, units, open] and is dropped lazily once closed
+    # [start, units, until]: until is inf while open, 0 once closed, and for a ghost
+    # (see `end`) when it lapses; closed and lapsed entries are dropped lazily
     flights: deque[list[float]] = field(default_factory=deque)
+    ghosts: int = 0                 # ghost entries that may still be in `flights`
+    answered_at: float = 0.0        # when an attempt last ended with a reply or an error
     view: policy.Candidate = field(default_factory=lambda: policy.Candidate(1.0, 0.0, 0, None),
                                    repr=False, compare=False)
 
@@ -63,7 +67,7 @@ class Node:
         entry, which the caller hands back to `end`."""
         self.inflight += 1
         self.inflight_units += units
-        flight = [now, units, 1.0]
+        flight = [now, units, math.inf]
         self.flights.append(flight)
         return flight
 
@@ -77,9 +81,20 @@ class Node:
         answers 404 quickly does not look fast and attract traffic.
         `lower_bound`: the attempt was cancelled (a hedge lost, the client
         left); the node took at least `elapsed_s`, which may raise τ, never lower it.
+        Its flight entry stays as a ghost: the node is likely still working on it,
+        so a stalled node whose requests were all rescued by hedges still counts as
+        stalled. A ghost lapses once the node answers anything, or at twice the age
+        it had when cancelled.
         """
         units = flight[1]
-        flight[2] = 0.0
+        if lower_bound:
+            flight[2] = now + elapsed_s
+            self.ghosts += 1
+        else:
+            flight[2] = 0.0
+            self.answered_at = now
+            if self.ghosts:
+                self._lay_ghosts()
         self.inflight -= 1
         self.inflight_units = max(self.inflight_units - units, 0.0)
         self.requests += 1
@@ -93,10 +108,17 @@ class Node:
             self.window.add(now, units, elapsed_s)
             self.tau.update(elapsed_s / units, now)
 
-    def oldest(self) -> list[float] | None:
-        """The flight entry of the oldest attempt still open, or None."""
+    def _lay_ghosts(self) -> None:
+        """The node answered: the work of cancelled attempts no longer counts as stuck."""
+        for flight in self.flights:
+            if flight[2] != math.inf:
+                flight[2] = 0.0
+        self.ghosts = 0
+
+    def oldest(self, now: float) -> list[float] | None:
+        """The flight entry of the oldest attempt still open (or a ghost), or None."""
         flights = self.flights
-        while flights and not flights[0][2]:
+        while flights and flights[0][2] <= now:
             flights.popleft()
         return flights[0] if flights else None
 
@@ -145,11 +167,11 @@ class Node:
         same object each time, refreshed: valid until the next call, which the policy's
         synchronous functions never outlive."""
         flights = self.flights
-        while flights and not flights[0][2]:
+        while flights and flights[0][2] <= now:
             flights.popleft()
         c = self.view                   # one per node, refreshed: no object per pick
-        if flights:
-            c.oldest_age = now - flights[0][0]
+        if flights:     # its age since the node last answered: its time in service
+            c.oldest_age = now - max(flights[0][0], self.answered_at)
             c.oldest_units = flights[0][1]
         else:
             c.oldest_age = c.oldest_units = 0.0
