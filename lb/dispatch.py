@@ -110,15 +110,17 @@ class _Race(Generic[A]):
     first good (or final) answer and sets `flow.node` to the node that gave it;
     cancels whatever is still running when done."""
 
-    __slots__ = ("atts", "call", "dispatcher", "flow", "out", "timer", "transport", "try_at")
+    __slots__ = ("atts", "call", "dispatcher", "flow", "out", "p95_at", "timer", "transport",
+                 "try_at")
 
     def __init__(self, dispatcher: Dispatcher, call: Call, transport: Transport[A],
-                 flow: Flow, try_at: float) -> None:
+                 flow: Flow, try_at: float, p95_at: float) -> None:
         self.dispatcher = dispatcher
         self.call = call
         self.transport = transport
         self.flow = flow
         self.try_at = try_at
+        self.p95_at = p95_at                # when the first attempt reaches its node's p95
         self.atts: list[_Attempt[A]] = []
         self.timer: asyncio.TimerHandle | None = None
         self.out: asyncio.Future[A] = dispatcher.loop.create_future()
@@ -130,41 +132,36 @@ class _Race(Generic[A]):
         self.atts.append(att)
         att.fut.add_done_callback(self._answered)
 
-    def arm(self, delay: float) -> None:
-        self.timer = self.dispatcher.loop.call_later(delay, self._hedge)
+    def arm(self, at: float) -> None:
+        """Look at the hedge again at `at` (time.monotonic()), if within the try."""
+        if at < self.try_at:
+            self.timer = self.dispatcher.loop.call_later(at - time.monotonic(), self._hedge)
 
     def _hedge(self) -> None:
+        """A hedge may be due: the first attempt reached its node's p95 (a plain hedge),
+        or its node counts as stalled now (a rescue, which the budget favours). Else,
+        or when no other node is better now, or the budget said no: look again at the
+        next moment one of them can change (`Dispatcher.hedge_check`)."""
         self.timer = None
         if self.out.done():
             return
-        tried = self.flow.tried
-        primary = self.atts[0]
-        node = self.dispatcher.hedge_target(self.call, self.transport, tried, primary.node)
-        if node is None:
-            self._recheck(primary)
-            return
-        if not self.dispatcher.hedging.spend(time.monotonic()):
-            return
-        tried.append(node)
-        try:
-            self.start(node, cut=self.atts[0].cut, hedge=True)
-        except LbError as exc:
-            log.debug("hedge on %s not sent: %s", node.name, exc)
-
-    def _recheck(self, primary: _Attempt[A]) -> None:
-        """No other node was better when the hedge was due. At the p95, before the primary
-        counts as stalled, its score did not show the stall yet: look again just past the
-        stall threshold, then every threshold while it waits (a stalled primary's score
-        grows with the stall's age), within the try's deadline."""
-        stalled = self.dispatcher.stall_delay(self.call, primary.node)
-        if stalled is None:
-            return
         now = time.monotonic()
-        at = primary.start + stalled + 0.001            # strictly past the threshold
-        if at <= now:
-            at = now + stalled
-        if at < self.try_at:
-            self.arm(at - now)
+        primary = self.atts[0]
+        dispatcher = self.dispatcher
+        rescue = dispatcher.stalled(primary.node, now)
+        if rescue or now >= self.p95_at:
+            node = dispatcher.hedge_target(self.call, self.transport, self.flow.tried,
+                                           primary.node)
+            if node is not None and dispatcher.hedging.spend(now, rescue):
+                self.flow.tried.append(node)
+                try:
+                    self.start(node, cut=primary.cut, hedge=True)
+                except LbError as exc:
+                    log.debug("hedge on %s not sent: %s", node.name, exc)
+                return
+        at = dispatcher.hedge_check(self.call, primary.node, primary.start, self.p95_at, now)
+        if at is not None:
+            self.arm(at)
 
     def _answered(self, fut: asyncio.Future[A]) -> None:
         if self.out.done():
@@ -267,12 +264,14 @@ class Dispatcher:
         flow.node = node
         try_s = min(left, self._try_limit)
         flow.cut = try_s < left
-        delay = self._hedge_delay(call, node, now + try_s)
-        if delay is None:                   # the common case: one attempt, no extra future
+        p95 = self._hedge_p95(call, node)
+        if p95 is None:                     # the common case: one attempt, no extra future
             return _Attempt(self, node, call, transport, try_s, flow.cut, False).fut
-        race: _Race[A] = _Race(self, call, transport, flow, now + try_s)
+        race: _Race[A] = _Race(self, call, transport, flow, now + try_s, now + p95)
         race.start(node, flow.cut)
-        race.arm(delay)
+        at = self.hedge_check(call, node, now, now + p95, now)
+        if at is not None:
+            race.arm(at)
         return race.out
 
     def outcome(self, flow: Flow, fut: asyncio.Future[A],
@@ -317,25 +316,61 @@ class Dispatcher:
                 return done
         return self.finish(flow, call)
 
-    def _hedge_delay(self, call: Call, node: Node, try_at: float) -> float | None:
+    def _hedge_p95(self, call: Call, node: Node) -> float | None:
+        """The hedge delay of `call` on `node` (its p95 for the model), None: no hedging."""
         if (not self.hedging.cfg.enabled or not call.idempotent
                 or not self.cfg.model(call.model).hedge):
             return None
-        delay = self.hedging.delay(node.name, call.model)
-        if delay is None:
-            return None
+        return self.hedging.delay(node.name, call.model)
+
+    def hedge_check(self, call: Call, node: Node, start: float, p95_at: float,
+                    now: float) -> float | None:
+        """When to look at a hedge for `call`, which started on `node` at `start`: the
+        first of its p95, the moment it counts as stalled itself, and the moment its
+        node does (by the node's oldest request in flight, which may be much older:
+        a stall is rescued from its start, not one threshold per request); past all
+        of those, every threshold while it waits. None while τ is unknown and the
+        p95 has passed."""
         stalled = self.stall_delay(call, node)
-        if stalled is not None:                     # or once it counts as stalled
-            delay = min(delay, stalled)
-        return None if time.monotonic() + delay >= try_at else delay
+        moments = [p95_at] if p95_at > now else []
+        if stalled is not None:
+            moments.append(start + stalled + 0.001)     # strictly past the threshold
+        node_at = self.stall_at(node)
+        if node_at is not None:
+            moments.append(node_at + 0.001)
+        later = [t for t in moments if t > now]
+        if later:
+            return min(later)
+        return None if stalled is None else now + stalled
 
     def stall_delay(self, call: Call, node: Node) -> float | None:
         """Seconds after which `call` counts as stalled on `node` (`policy.stall_factor`
         × τ × units, at least `hedge.min_delay_ms`); None while τ is unknown."""
-        tau = node.tau.value
-        if tau is None or call.units <= 0:
+        return self._threshold(node, call.units)
+
+    def stall_at(self, node: Node) -> float | None:
+        """When `node` counts as stalled for a rescue (time.monotonic()): it has answered
+        nothing for `policy.stall_factor` × τ × the units of its oldest request in
+        flight, since that request started. (Old requests alone are not a stall: a
+        busy node queues, and answers its queue one after the other.) None while τ
+        is unknown or nothing with units is in flight."""
+        oldest = node.oldest(time.monotonic())
+        if oldest is None:
             return None
-        return max(self.cfg.policy.stall_factor * tau * call.units,
+        threshold = self._threshold(node, oldest[1])
+        if threshold is None:
+            return None
+        return max(oldest[0], node.answered_at) + threshold
+
+    def stalled(self, node: Node, now: float) -> bool:
+        at = self.stall_at(node)
+        return at is not None and at <= now
+
+    def _threshold(self, node: Node, units: float) -> float | None:
+        tau = node.tau.value
+        if tau is None or units <= 0:
+            return None
+        return max(self.cfg.policy.stall_factor * tau * units,
                    self.hedging.cfg.min_delay_ms / 1000.0)
 
     def hedge_target(self, call: Call, transport: Transport[Any], tried: list[Node],

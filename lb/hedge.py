@@ -29,6 +29,7 @@ REFRESH = 16          # recompute the quantile every this many samples
 MIN_SAMPLES = 32
 MAX_MODELS = 256
 BUDGET_WINDOW_S = 10.0
+RESCUE_RESERVE = 0.5  # of the budget's allowance, kept from plain hedges for rescues
 
 
 @dataclass(slots=True)
@@ -63,6 +64,7 @@ class HedgePolicy:
         self.sent = 0           # hedges sent
         self.won = 0            # hedges whose answer was the one returned
         self.no_better = 0      # checks of a due hedge that found no node expected sooner
+        self.rescues = 0        # hedges sent because the first node counted as stalled
 
     def reconfigure(self, cfg: HedgeConfig) -> None:
         self.cfg = cfg
@@ -95,16 +97,21 @@ class HedgePolicy:
         if self.cfg.enabled:
             self.budget.deposit(now)
 
-    def spend(self, now: float) -> bool:
-        """Take one hedge from the budget; counts it as sent when granted."""
-        if self.budget.try_spend(now):
+    def spend(self, now: float, rescue: bool = False) -> bool:
+        """Take one hedge from the budget; counts it as sent when granted. A plain hedge
+        (at the p95) leaves `RESCUE_RESERVE` of the window's allowance to rescues
+        (hedges of requests on a node that counts as stalled), which win far more
+        often: otherwise the p95 hedges of a busy pool spend it all before a stall."""
+        keep = 0.0 if rescue else RESCUE_RESERVE * self.budget.allowance(now)
+        if self.budget.try_spend(now, keep):
             self.sent += 1
+            self.rescues += rescue
             return True
         return False
 
     def stats(self, now: float) -> dict[str, float | int | bool]:
         return {"enabled": self.cfg.enabled, "sent": self.sent, "won": self.won,
-                "no_better": self.no_better,
+                "rescues": self.rescues, "no_better": self.no_better,
                 "budget_rejections": self.budget.rejected,
                 "budget_available": round(max(self.budget.available(now), 0.0), 2),
                 "max_ratio": self.cfg.max_ratio}

@@ -181,6 +181,8 @@ def _flow_metrics(proxy: Proxy) -> Iterator[Metric]:
     h = d.hedging
     yield _counter("hedges", "Hedged copies sent to a second node", h.sent)
     yield _counter("hedges_won", "Hedged copies whose answer was returned", h.won)
+    yield _counter("hedge_rescues", "Hedges sent because the first node counted as stalled",
+                   h.rescues)
     yield _counter("hedge_budget_rejections", "Hedges refused by the hedge budget",
                    h.budget.rejected)
     yield _gauge("hedge_budget_available", "Hedges the budget would grant now",

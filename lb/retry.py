@@ -55,13 +55,18 @@ class RetryBudget:
         self._bucket(now)[1] += 1
         self._deposits += 1
 
-    def available(self, now: float) -> float:
+    def allowance(self, now: float) -> float:
+        """What the window allows in all (spent or not)."""
         self._bucket(now)
-        return self._deposits * self.ratio + self.min_per_s * self.ttl_s - self._spent
+        return self._deposits * self.ratio + self.min_per_s * self.ttl_s
 
-    def try_spend(self, now: float) -> bool:
-        """Take one retry from the budget; False (and counted) when it is empty."""
-        if self.available(now) >= 1.0:
+    def available(self, now: float) -> float:
+        return self.allowance(now) - self._spent
+
+    def try_spend(self, now: float, keep: float = 0.0) -> bool:
+        """Take one retry from the budget, leaving at least `keep` in it; False (and
+        counted) when it cannot."""
+        if self.available(now) >= 1.0 + keep:
             self._bucket(now)[2] += 1
             self._spent += 1
             self.retries += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lb.config import HedgeConfig
-from lb.hedge import MIN_SAMPLES, HedgePolicy, Quantile
+from lb.hedge import MIN_SAMPLES, RESCUE_RESERVE, HedgePolicy, Quantile
 
 
 def test_quantile_is_the_p95_of_recent_samples() -> None:
@@ -37,9 +37,28 @@ def test_budget_caps_hedges_at_max_ratio_of_requests() -> None:
     for i in range(2000):                      # 2000 requests over 2 s
         now = i / 1000.0
         h.deposit(now)
-        granted += h.spend(now)                # every request asks for a hedge
+        granted += h.spend(now, rescue=True)   # every request asks for a rescue
     assert granted <= 0.05 * 2000 + 1
     assert granted >= 0.05 * 2000 - 2
-    assert h.sent == granted and h.budget.rejected == 2000 - granted
+    assert h.sent == h.rescues == granted and h.budget.rejected == 2000 - granted
     stats = h.stats(2.0)
     assert stats["sent"] == granted and stats["max_ratio"] == 0.05
+
+
+def test_plain_hedges_leave_a_reserve_for_rescues() -> None:
+    """Hedges at the p95 take at most (1 - RESCUE_RESERVE) of the budget; what they
+    leave is there for the requests of a node that stalls."""
+    h = HedgePolicy(HedgeConfig(enabled=True, max_ratio=0.05))
+    plain = rescued = 0
+    for i in range(2000):
+        now = i / 1000.0
+        h.deposit(now)
+        plain += h.spend(now)                  # every request asks for a plain hedge
+    allowed = 0.05 * 2000 * (1 - RESCUE_RESERVE)
+    assert allowed - 2 <= plain <= allowed + 1
+    assert h.rescues == 0
+    for _ in range(200):                       # then a stall: its requests are rescued
+        rescued += h.spend(2.0, rescue=True)
+    assert plain + rescued <= 0.05 * 2000 + 1
+    assert plain + rescued >= 0.05 * 2000 - 2
+    assert h.rescues == rescued and h.sent == plain + rescued
