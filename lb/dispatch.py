@@ -6,7 +6,8 @@ future's done-callback → `outcome`, and `send(call, transport, flow)` for
 whatever is left when a retry is needed). `attempt` asks the pool for the
 policy's choice and starts an attempt through the front's `Transport`,
 arming a hedge (a copy to the best other node once the first has waited
-longer than its node's p95 for the model, `lb.hedge`) when it may; `outcome`
+longer than its node's p95 for the model, `lb.hedge`, or as soon as its node
+counts as stalled: a rescue, `hedge_check`) when it may; `outcome`
 says whether the answer is final or worth another node (no answer, busy, a
 per-try timeout); attempts go on while `upstream.retries`, the retry budget
 and the call's deadline allow.
