@@ -123,7 +123,6 @@ class Batcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._starting = 0                            # batches not yet handed to a node
         self.stats: dict[str, BatchStats] = {}
-        dispatcher.on_settle = self._capacity
 
     async def submit(self, call: Call, transport: Transport[A], codec: BatchCodec[A],
                      key: Hashable, cfg: BatchingConfig) -> tuple[A, Node]:
@@ -136,6 +135,7 @@ class Batcher:
         queue.members.append(member)
         queue.rows += call.rows
         self._waiting.add(key)
+        self.dispatcher.on_settle = self._capacity      # hooked only while members wait
         if queue.rows >= cfg.max_rows or self._room(transport):
             self._flush(queue)
         else:
@@ -151,18 +151,22 @@ class Batcher:
     def _room(self, transport: Transport[Any]) -> bool:
         """Whether some node could take a batch now, counting batches on their way."""
         now = time.monotonic()
+        usable = transport.usable
         free: int = sum(ROOM - n.inflight for n in self.pool
-                        if n.inflight < ROOM and n.available(now) and transport.usable(n))
+                        if n.inflight < ROOM and n.available(now)
+                        and (usable is None or usable(n)))
         return free > self._starting
 
     def _capacity(self) -> None:
         """An attempt settled (a node may have room now): send what waits."""
-        if not self._waiting:
-            return
         for key in list(self._waiting):
             queue = self._queues[key]
-            if queue.members and self._room(queue.transport):
+            if not queue.members:               # its members left (cancelled)
+                self._waiting.discard(key)
+            elif self._room(queue.transport):
                 self._flush(queue)
+        if not self._waiting:
+            self.dispatcher.on_settle = None
 
     def _flush(self, queue: _Queue[Any], every: bool = False) -> None:
         """Send the oldest members as one batch (and more while full batches wait);
@@ -186,6 +190,8 @@ class Batcher:
                 break
         if not queue.members:
             self._waiting.discard(queue.key)
+            if not self._waiting:
+                self.dispatcher.on_settle = None
             if len(self._queues) > 4 * MAX_MODELS:
                 self._queues.pop(queue.key, None)
         else:

@@ -18,6 +18,7 @@ waits and the batcher all read it); `Deadline.check()` raises the one
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
@@ -117,8 +118,10 @@ class Transport(Protocol[A]):
 
     codec: Any      # its `lb.batcher.BatchCodec`, None when its calls are never batched
 
-    def usable(self, node: Node) -> bool:
-        """Whether `node` can take this front's calls (e.g. has a gRPC address)."""
+    @property
+    def usable(self) -> Callable[[Node], bool] | None:
+        """Whether a node can take this front's calls (e.g. has a gRPC address); None:
+        every node can (the common case: the policy skips the call per node)."""
         ...
 
     def send(self, node: Node, call: Call, timeout_s: float) -> Any:

@@ -90,6 +90,11 @@ class Waits:
                 "max_s": round(self.max_s, 6), "timeouts": self.timeouts}
 
 
+def _batching(cfg: Config) -> frozenset[str]:
+    """The models that batch (`models.M.batching`); the others never wait in a group."""
+    return frozenset(name for name, m in cfg.models.items() if m.batching is not None)
+
+
 class Core:
     """See the module docstring; one per proxy process, shared by both fronts."""
 
@@ -106,9 +111,11 @@ class Core:
         self._probes = probes
         self.rows: Rows | None = None
         self.batcher = Batcher(pool, dispatcher)
+        self._batching = _batching(cfg)
 
     def reconfigure(self, cfg: Config) -> None:
         self.cfg = cfg
+        self._batching = _batching(cfg)
 
     def forward(self, call: Call, transport: Transport[A]) -> Awaitable[tuple[A, Node]]:
         """To a node: through the batcher when the model batches and the call can join a
@@ -141,9 +148,13 @@ class Core:
         straight to the dispatcher — its version resolved without a wait, no cache work
         (cache none, Cache-Control no-store, or the model bypassed), no batching.
         None: run `serve`. It makes the same decisions `serve` would, once."""
-        if call.label is None and not self._resolved(call):
-            return None
-        if self.cfg.model(call.model).batching is not None:
+        if call.label is None:                  # `_resolved`, inline (every request)
+            if call.version is not None:        # named: `serve` checks that it is ready
+                return None
+            call.version = self.pool.latest_version(call.model)
+            if call.version is None:
+                return None
+        if call.model in self._batching:
             return None
         return self._plain(call, cacheable)
 

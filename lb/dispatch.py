@@ -76,31 +76,31 @@ class _Attempt(Generic[A]):
         self.fut.add_done_callback(self.settle)
 
     def settle(self, fut: asyncio.Future[A]) -> None:
+        dispatcher = self.dispatcher
         try:
-            self._settle(fut)
+            now = time.monotonic()
+            elapsed = now - self.start
+            node = self.node
+            if fut.cancelled():
+                node.end(self.flight, elapsed, ok=True, now=now, sample=False,
+                         lower_bound=True)
+                return
+            exc = fut.exception()
+            if exc is not None:
+                node.end(self.flight, elapsed, ok=False, now=now, sample=False)
+                dispatcher.passive(node, False, now)
+                if not isinstance(exc, LbError):
+                    log.error("attempt on %s raised %r", node.name, exc)
+                return
+            verdict = self.verdict()
+            node.end(self.flight, elapsed, ok=verdict.node_ok, now=now, sample=verdict.good)
+            if not verdict.node_ok or node.outlier.failures:
+                dispatcher.passive(node, verdict.node_ok, now)
+            if verdict.good and dispatcher.hedge_on:
+                dispatcher.hedging.observe(node.name, self.model, elapsed)
         finally:
-            if self.dispatcher.on_settle is not None:
-                self.dispatcher.on_settle()
-
-    def _settle(self, fut: asyncio.Future[A]) -> None:
-        now = time.monotonic()
-        elapsed = now - self.start
-        node = self.node
-        if fut.cancelled():
-            node.end(self.flight, elapsed, ok=True, now=now, sample=False, lower_bound=True)
-            return
-        exc = fut.exception()
-        if exc is not None:
-            node.end(self.flight, elapsed, ok=False, now=now, sample=False)
-            self.dispatcher.passive(node, False, now)
-            if not isinstance(exc, LbError):
-                log.error("attempt on %s raised %r", node.name, exc)
-            return
-        verdict = self.verdict()
-        node.end(self.flight, elapsed, ok=verdict.node_ok, now=now, sample=verdict.good)
-        self.dispatcher.passive(node, verdict.node_ok, now)
-        if verdict.good:
-            self.dispatcher.hedging.observe(node.name, self.model, elapsed)
+            if dispatcher.on_settle is not None:    # the batcher, while members wait
+                dispatcher.on_settle()
 
     def verdict(self) -> Verdict:
         return self.transport.verdict(self.fut.result(), self.cut)
@@ -218,6 +218,7 @@ class Dispatcher:
         self.budget = RetryBudget(ratio=up.retry_budget_ratio, min_per_s=up.retry_min_per_s)
         self.hedging = HedgePolicy(cfg.hedge)
         self.on_settle: Callable[[], None] | None = None    # the batcher's capacity hook
+        self.hedge_on = cfg.hedge.enabled
         self._tries = 1 + up.retries
         self._try_limit = up.try_timeout_s or math.inf
         self.loop: Any = None               # the running loop, cached by open()
@@ -237,6 +238,7 @@ class Dispatcher:
         self.budget.ratio = cfg.upstream.retry_budget_ratio
         self.budget.min_per_s = cfg.upstream.retry_min_per_s
         self.hedging.reconfigure(cfg.hedge)
+        self.hedge_on = cfg.hedge.enabled
 
     def open(self, call: Call) -> Flow:
         """Begin dispatching `call`: its deposits to the retry and hedge budgets."""
@@ -244,7 +246,8 @@ class Dispatcher:
             self.running_loop()
         now = time.monotonic()
         self.budget.deposit(now)
-        self.hedging.deposit(now)
+        if self.hedge_on:
+            self.hedging.deposit(now)
         return Flow()
 
     def attempt(self, flow: Flow, call: Call, transport: Transport[A]) -> asyncio.Future[A] | None:
@@ -265,7 +268,7 @@ class Dispatcher:
         flow.node = node
         try_s = min(left, self._try_limit)
         flow.cut = try_s < left
-        p95 = self._hedge_p95(call, node)
+        p95 = self._hedge_p95(call, node) if self.hedge_on else None
         if p95 is None:                     # the common case: one attempt, no extra future
             return _Attempt(self, node, call, transport, try_s, flow.cut, False).fut
         race: _Race[A] = _Race(self, call, transport, flow, now + try_s, now + p95)

@@ -22,7 +22,6 @@ import bisect
 import logging
 import sys
 import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -88,8 +87,9 @@ class Histogram:
 class Recorder:
     """Counts and logs finished client requests; one per proxy process."""
 
-    def __init__(self, log_cfg: Callable[[], LogConfig], history: History | None = None) -> None:
+    def __init__(self, log_cfg: LogConfig, history: History | None = None) -> None:
         self._log_cfg = log_cfg
+        self.access = log_cfg.access    # read on every request: `log` is called only then
         self.history = history
         self._models: set[str] = set()
         self.requests: dict[tuple[str, str, int], int] = {}
@@ -115,10 +115,15 @@ class Recorder:
         if self.history is not None:
             self.history.observe(node, seconds, status)
 
+    def reconfigure(self, log_cfg: LogConfig) -> None:
+        """A reload may switch the access log on or off, or change its format."""
+        self._log_cfg = log_cfg
+        self.access = log_cfg.access
+
     def log(self, remote: str, method: str, path: str, status: int, node: str, cache: str,
             size: int, seconds: float) -> None:
-        """One access log line when `log.access` is on (read live: reload switches it)."""
-        cfg = self._log_cfg()
+        """One access log line. Callers call it only while `access` is True."""
+        cfg = self._log_cfg
         if not cfg.access or not access.isEnabledFor(logging.INFO):
             return
         if cfg.format == "json":

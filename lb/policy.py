@@ -205,6 +205,7 @@ class Tau:
     decay_s: float
     value: float | None = None
     stamp: float = 0.0
+    samples: int = 0        # how many replies τ is made of (TAU_SAMPLES at most)
     _ring: list[float] = field(default_factory=list)
     _sorted: list[float] = field(default_factory=list)
     _next: int = 0
@@ -213,6 +214,7 @@ class Tau:
         ring, ordered = self._ring, self._sorted
         if len(ring) < TAU_SAMPLES:
             ring.append(sample)
+            self.samples = len(ring)
         else:
             old = ring[self._next]
             ring[self._next] = sample
@@ -223,11 +225,6 @@ class Tau:
         self.stamp = now
         return self.value
 
-    @property
-    def samples(self) -> int:
-        """How many replies τ is made of (TAU_SAMPLES at most)."""
-        return len(self._ring)
-
     def raise_to(self, bound: float, now: float) -> None:
         """A lower bound of a sample (a cancelled attempt ran this long): it counts as
         a sample when it is above τ, never to lower it."""
@@ -237,6 +234,7 @@ class Tau:
     def reset(self) -> None:
         """Forget the samples (a node readmitted after an outage starts afresh)."""
         self.value = None
+        self.samples = 0
         self._ring, self._sorted, self._next = [], [], 0
 
 

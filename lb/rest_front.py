@@ -29,13 +29,12 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 import orjson
 
 from lb.call import Call, Deadline, Outcome, XCache
-from lb.config import Config
 from lb.core import Core
 from lb.dispatch import Flow
 from lb.errors import BadRequest, LbError, NotCached, NotFound
@@ -63,12 +62,11 @@ class RestFront:
     """The `App` of the REST front's `HttpServer`; see the module docstring."""
 
     def __init__(self, core: Core, transport: RestTransport, keys: RestKeys,
-                 recorder: Recorder, cfg: Callable[[], Config], pool: NodePool) -> None:
-        self.core = core
+                 recorder: Recorder, pool: NodePool) -> None:
+        self.core = core                # its `cfg` is the running config
         self.transport = transport
         self.keys = keys
         self.recorder = recorder
-        self._cfg = cfg
         self.pool = pool
         self.draining = False
         self._headers: dict[tuple[XCache, str | None], bytes] = {}
@@ -113,19 +111,21 @@ class RestFront:
         to a node (see `_direct`), None when it needs the core's awaits."""
         req = ex.request
         route, forward_path = self._route(req.path)
-        cfg = self._cfg()
-        deadline = Deadline.after(cfg.limits.request_timeout_s)
+        cfg = self.core.cfg
+        deadline = Deadline(time.monotonic() + cfg.limits.request_timeout_s)
         if req.method == "GET":
             if route.verb is not None:
                 raise BadRequest(f"{route.verb} requires POST")
-            call = self._call(route, RestPayload("GET", forward_path), 0.0, deadline)
+            call = Call(route.model, route.version, route.label, route.version is not None,
+                        0.0, deadline, RestPayload("GET", forward_path))
             return call, XCache.BYPASS                  # status and metadata: never cached
         if req.method != "POST":
             raise NotFound(f"Malformed request: {req.method} {req.path}")
         if route.verb is None:
             raise BadRequest("POST needs a :predict, :classify or :regress path")
         payload = RestPayload("POST", forward_path, req.body, None, route.verb)
-        call = self._call(route, payload, 0.0, deadline)
+        call = Call(route.model, route.version, route.label, route.version is not None,
+                    0.0, deadline, payload)
         if (cc := req.header(b"cache-control")) is not None:
             call.directives = parse_cache_control(cc.decode("latin-1"))
         x_cache = self.core.direct(call, cacheable=True)
@@ -256,11 +256,6 @@ class RestFront:
                 self._routes[path] = known
         return known
 
-    @staticmethod
-    def _call(route: Route, payload: RestPayload, units: float, deadline: Deadline) -> Call:
-        return Call(route.model, route.version, route.label, route.version is not None,
-                    units, deadline, payload)
-
     # -- replies ------------------------------------------------------------------
 
     def _reply(self, ex: Exchange, outcome: Outcome[Response], start: float) -> None:
@@ -275,7 +270,7 @@ class RestFront:
         reply = outcome.answer
         ctype = JSON if reply.content_type == "application/json" else reply.content_type.encode()
         ex.respond(reply.status, reply.body, ctype, headers)
-        self._finish(ex, reply.status, outcome.node or "", outcome.x_cache.value,
+        self._finish(ex, reply.status, outcome.node or "", outcome.x_cache,   # a str
                      len(reply.body), start)
 
     def _fail(self, ex: Exchange, exc: LbError, start: float) -> None:
@@ -296,8 +291,10 @@ class RestFront:
         req = ex.request
         known = self._routes.get(req.path)
         model = known[0].model if known is not None else model_of(req.path)
-        self.recorder.record(model, node, status, seconds)
-        self.recorder.log(req.remote, req.method, req.path, status, node, cache, size, seconds)
+        recorder = self.recorder
+        recorder.record(model, node, status, seconds)
+        if recorder.access:
+            recorder.log(req.remote, req.method, req.path, status, node, cache, size, seconds)
 
     async def close(self) -> None:
         """Cancel requests still running (after the server's grace period)."""

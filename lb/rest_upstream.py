@@ -131,19 +131,19 @@ class RestUpstream:
 class RestTransport:
     """The core's `Transport` for REST calls (payload: `RestPayload`)."""
 
+    usable: Callable[[Node], bool] | None = None      # every node speaks REST
+
     def __init__(self, upstream: RestUpstream, codec: Any = None) -> None:
         self.upstream = upstream
         self.codec = codec
-
-    def usable(self, node: Node) -> bool:
-        return True
 
     def send(self, node: Node, call: Call, timeout_s: float) -> asyncio.Future[Response]:
         p: RestPayload = call.payload
         return self.upstream.send(node, p.method, p.path, p.body, timeout_s)
 
     def verdict(self, answer: Response, cut_by_try_timeout: bool) -> Verdict:
-        return rest_verdict(answer.status)
+        verdict = _VERDICTS.get(answer.status)          # 200: no second call
+        return verdict if verdict is not None else rest_verdict(answer.status)
 
     def body(self, answer: Response) -> bytes:
         return answer.body

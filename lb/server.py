@@ -98,9 +98,9 @@ class Proxy:
         self.signatures = Signatures(self._fetch_metadata)
         self.keys = RestKeys(self.signatures, self.config)
         self.history = History()
-        self.recorder = Recorder(lambda: self.cfg.log, self.history)
+        self.recorder = Recorder(cfg.log, self.history)
         self.rest = RestFront(self.core, self.rest_transport, self.keys, self.recorder,
-                              self.config, self.pool)
+                              self.pool)
         self.grpc: GrpcFront | None = None
         if cfg.listen.grpc:
             grpc_transport = GrpcTransport(self.grpc_upstream)
@@ -176,6 +176,7 @@ class Proxy:
         self.dispatcher.reconfigure(cfg)
         self.core.reconfigure(cfg)
         self.health.reconfigure(cfg.health, list(cfg.models))
+        self.recorder.reconfigure(cfg.log)
         configure_access_log(cfg.log)
 
     # -- lifecycle ----------------------------------------------------------------
