@@ -92,7 +92,7 @@ class _Attempt(Generic[A]):
                 if not isinstance(exc, LbError):
                     log.error("attempt on %s raised %r", node.name, exc)
                 return
-            verdict = self.verdict()
+            verdict = self.transport.verdict(fut.result(), self.cut)
             node.end(self.flight, elapsed, ok=verdict.node_ok, now=now, sample=verdict.good)
             if not verdict.node_ok or node.outlier.failures:
                 dispatcher.passive(node, verdict.node_ok, now)

@@ -105,7 +105,8 @@ class Recorder:
 
     def record(self, model: str, node: str, status: int, seconds: float) -> None:
         """Count one finished client request (any front)."""
-        model = self._model_label(model, status)
+        if model not in self._models and model:
+            model = self._model_label(model, status)
         key = (model, node, status)
         self.requests[key] = self.requests.get(key, 0) + 1
         hist = self.latency.get((model, node))

@@ -132,11 +132,16 @@ def least_load(cands: Sequence[Candidate], units: float, rng: random.Random,
     scores = []
     best = math.inf
     for c in cands:
+        # effective_tau(c, ref, decay_s, stall_factor), inline: a call per node per pick
         tau = c.tau
         if tau is None:
             tau = ref
-        if tau > ref or c.oldest_units > 0:
-            tau = effective_tau(c, ref, decay_s, stall_factor)
+        elif tau > ref and c.tau_age > 0:
+            trust = decay_s * min(max(c.tau_n, 1), TAU_SAMPLES) / TAU_SAMPLES
+            tau = ref + (tau - ref) * math.exp(-c.tau_age / trust)
+        held = c.oldest_units
+        if held > 0 and c.oldest_age > stall_factor * tau * held:
+            tau = c.oldest_age / held
         score = (c.inflight_units + units) * tau / c.weight
         scores.append(score)
         if score < best:
@@ -247,9 +252,12 @@ class LoadWindow:
     _sum: float = 0.0
 
     def add(self, now: float, units: float, seconds: float) -> None:
-        self._items.append((now, units * seconds))
-        self._sum += units * seconds
-        self._expire(now)
+        work = units * seconds
+        items = self._items
+        items.append((now, work))
+        self._sum += work
+        if items[0][0] < now - self.window_s:
+            self._expire(now)
 
     def _expire(self, now: float) -> None:
         horizon = now - self.window_s

@@ -52,7 +52,13 @@ class RetryBudget:
 
     def deposit(self, now: float) -> None:
         """A client request arrived (counted once, whatever its attempts)."""
-        self._bucket(now)[1] += 1
+        buckets = self._buckets
+        if (buckets and now - buckets[-1][0] < self.ttl_s / STEPS
+                and buckets[0][0] >= now - self.ttl_s):
+            bucket = buckets[-1]            # the common case: `_bucket` has nothing to do
+        else:
+            bucket = self._bucket(now)
+        bucket[1] += 1
         self._deposits += 1
 
     def allowance(self, now: float) -> float:

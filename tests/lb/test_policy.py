@@ -189,3 +189,28 @@ def test_stale_slow_estimate_relaxes_towards_the_least_tau() -> None:
     assert least_load([*busy, starved], 1.0, rng, decay_s=2.0) != 2
     later = Candidate(1.0, 0.0, 0, 0.200, tau_age=10.0)     # 5 time constants later
     assert least_load([*busy, later], 1.0, rng, decay_s=2.0) == 2
+
+
+def test_least_load_picks_the_least_score_of_every_kind_of_candidate() -> None:
+    """least_load inlines effective_tau for speed: its choice must be the argmin of
+    `score` over candidates of every kind (no τ, stale τ, stalled, slow start)."""
+    from lb.policy import least_tau, score
+
+    rng = random.Random(11)
+    for _ in range(3000):
+        cands = []
+        for _ in range(rng.randint(1, 5)):
+            tau = rng.choice([None, rng.uniform(0.005, 0.2)])
+            held = rng.choice([0.0, rng.uniform(0.5, 4.0)])
+            cands.append(Candidate(weight=rng.choice([1.0, 3.0, rng.uniform(0.1, 1.0)]),
+                                   inflight_units=rng.uniform(0.0, 8.0) if held else 0.0,
+                                   inflight=rng.randint(0, 8), tau=tau,
+                                   tau_age=rng.choice([0.0, rng.uniform(0.0, 30.0)]),
+                                   tau_n=rng.randint(1, TAU_SAMPLES),
+                                   oldest_age=rng.uniform(0.0, 2.0) if held else 0.0,
+                                   oldest_units=held))
+        units, decay, stall = rng.uniform(0.5, 4.0), rng.uniform(1.0, 60.0), 3.0
+        ref = least_tau(cands)
+        scores = [score(c, units, ref, decay, stall) for c in cands]
+        i = least_load(cands, units, rng, decay, stall, band=0.0)
+        assert scores[i] == pytest.approx(min(scores), rel=1e-9)
