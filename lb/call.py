@@ -124,9 +124,12 @@ class Transport(Protocol[A]):
         every node can (the common case: the policy skips the call per node)."""
         ...
 
-    def send(self, node: Node, call: Call, timeout_s: float) -> Any:
+    def send(self, node: Node, call: Call, timeout_s: float,
+             on_done: Callable[[Any], object]) -> Any:
         """Start one attempt; returns an awaitable future of the node's answer (A).
-        Raises or fails with `UpstreamError` when the node gave no answer."""
+        Raises or fails with `UpstreamError` when the node gave no answer. Calls
+        `on_done(future)` once when the future is done, never before returning: REST
+        from inside the I/O callback that ended it, gRPC as a done-callback."""
         ...
 
     def verdict(self, answer: A, cut_by_try_timeout: bool) -> Verdict: ...

@@ -53,27 +53,29 @@ A = TypeVar("A")
 
 
 class _Attempt(Generic[A]):
-    """One send to one node; `settle` closes its books when its future is done."""
+    """One send to one node; `settle` closes its books when its future is done, then
+    calls `then` with the future (the race, or the REST front's direct path)."""
 
     __slots__ = ("cut", "dispatcher", "flight", "fut", "hedge", "model", "node", "start",
-                 "transport")
+                 "then", "transport")
 
     def __init__(self, dispatcher: Dispatcher, node: Node, call: Call,
-                 transport: Transport[A], try_s: float, cut: bool, hedge: bool) -> None:
+                 transport: Transport[A], try_s: float, cut: bool, hedge: bool,
+                 then: Callable[[asyncio.Future[A]], object] | None = None) -> None:
         self.dispatcher = dispatcher
         self.node = node
         self.model = call.model
         self.transport = transport
         self.cut = cut
         self.hedge = hedge
+        self.then = then
         self.start = time.monotonic()
         self.flight = node.begin(call.units, self.start)
         try:
-            self.fut: asyncio.Future[A] = transport.send(node, call, try_s)
+            self.fut: asyncio.Future[A] = transport.send(node, call, try_s, self.settle)
         except BaseException:
             node.end(self.flight, 0.0, ok=False, now=self.start, sample=False)
             raise
-        self.fut.add_done_callback(self.settle)
 
     def settle(self, fut: asyncio.Future[A]) -> None:
         dispatcher = self.dispatcher
@@ -99,6 +101,8 @@ class _Attempt(Generic[A]):
             if verdict.good and dispatcher.hedge_on:
                 dispatcher.hedging.observe(node.name, self.model, elapsed)
         finally:
+            if self.then is not None:
+                self.then(fut)
             if dispatcher.on_settle is not None:    # the batcher, while members wait
                 dispatcher.on_settle()
 
@@ -129,9 +133,9 @@ class _Race(Generic[A]):
 
     def start(self, node: Node, cut: bool, hedge: bool = False) -> None:
         try_s = self.try_at - time.monotonic()
-        att = _Attempt(self.dispatcher, node, self.call, self.transport, try_s, cut, hedge)
+        att = _Attempt(self.dispatcher, node, self.call, self.transport, try_s, cut, hedge,
+                       self._answered)
         self.atts.append(att)
-        att.fut.add_done_callback(self._answered)
 
     def arm(self, at: float) -> None:
         """Look at the hedge again at `at` (time.monotonic()), if within the try."""
@@ -250,11 +254,15 @@ class Dispatcher:
             self.hedging.deposit(now)
         return Flow()
 
-    def attempt(self, flow: Flow, call: Call, transport: Transport[A]) -> asyncio.Future[A] | None:
+    def attempt(self, flow: Flow, call: Call, transport: Transport[A],
+                then: Callable[[asyncio.Future[A]], object] | None = None,
+                ) -> asyncio.Future[A] | None:
         """Start the next attempt of `flow` without an await (pick → attempt, with a hedge
         armed when the node has a p95); None when no attempt is left (deadline, retries,
         retry budget, nodes). The future settles with the node's answer (`flow.node`
-        says whose) or fails with `UpstreamError`."""
+        says whose) or fails with `UpstreamError`; `then(future)` is called once it
+        has, after the node's books are closed (for REST from inside the I/O callback:
+        no loop round trip)."""
         now = time.monotonic()
         left = call.deadline.at - now
         if flow.n >= self._tries or left <= 0 or (flow.n and not self.budget.try_spend(now)):
@@ -270,8 +278,10 @@ class Dispatcher:
         flow.cut = try_s < left
         p95 = self._hedge_p95(call, node) if self.hedge_on else None
         if p95 is None:                     # the common case: one attempt, no extra future
-            return _Attempt(self, node, call, transport, try_s, flow.cut, False).fut
+            return _Attempt(self, node, call, transport, try_s, flow.cut, False, then).fut
         race: _Race[A] = _Race(self, call, transport, flow, now + try_s, now + p95)
+        if then is not None:
+            race.out.add_done_callback(then)
         race.start(node, flow.cut)
         at = self.hedge_check(call, node, now, now + p95, now)
         if at is not None:

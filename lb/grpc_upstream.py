@@ -154,11 +154,14 @@ class GrpcTransport:
     def usable(self, node: Node) -> bool:
         return node.grpc is not None
 
-    def send(self, node: Node, call: Call, timeout_s: float) -> asyncio.Future[GrpcReply]:
+    def send(self, node: Node, call: Call, timeout_s: float,
+             on_done: Callable[[asyncio.Future[GrpcReply]], object]) -> asyncio.Future[GrpcReply]:
         p: GrpcPayload = call.payload
         assert node.grpc is not None
-        return asyncio.ensure_future(
+        fut = asyncio.ensure_future(
             self.upstream.call(node.name, node.grpc, p.path, p.raw, timeout_s))
+        fut.add_done_callback(on_done)
+        return fut
 
     def verdict(self, answer: GrpcReply, cut_by_try_timeout: bool) -> Verdict:
         code = answer.code

@@ -148,8 +148,9 @@ class RestFront:
         only a retry (or a wait) needs a Task. Same flow as `Dispatcher.send`."""
         dispatcher = self.core.dispatcher
         flow = dispatcher.open(call)
+        landed = functools.partial(self._landed, ex, call, flow, x_cache, start)
         try:
-            fut = dispatcher.attempt(flow, call, self.transport)
+            fut = dispatcher.attempt(flow, call, self.transport, landed)
             if fut is None:
                 dispatcher.finish(flow, call)          # raises: no node, no time
                 raise LbError("no attempt was made")
@@ -157,7 +158,6 @@ class RestFront:
             self.core.release()
             self._fail(ex, exc, start)
             return
-        fut.add_done_callback(functools.partial(self._landed, ex, call, flow, x_cache, start))
         ex.on_abort = fut.cancel
 
     def _landed(self, ex: Exchange, call: Call, flow: Flow, x_cache: XCache, start: float,

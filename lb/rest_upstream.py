@@ -81,14 +81,16 @@ class RestUpstream:
         return client
 
     def send(self, node: Node, method: str, path: str, body: bytes | None,
-             timeout_s: float) -> asyncio.Future[Response]:
+             timeout_s: float,
+             on_done: Callable[[asyncio.Future[Response]], object] | None = None,
+             ) -> asyncio.Future[Response]:
         loop = self._loop
         if loop is None:        # get_running_loop() costs a getpid() syscall on 3.11
             loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + min(timeout_s, self._read_timeout_s)
         known = self._clients.get(node.name)            # `client`, inline: every attempt
         client = known[1] if known is not None and known[0] == node.rest else self.client(node)
-        return client.send(method, path, body, deadline)
+        return client.send(method, path, body, deadline, b"", on_done)
 
     async def get(self, node: Node, path: str, timeout_s: float) -> Response:
         """One GET (health probes, metadata); raises UpstreamError."""
@@ -139,9 +141,10 @@ class RestTransport:
         self.upstream = upstream
         self.codec = codec
 
-    def send(self, node: Node, call: Call, timeout_s: float) -> asyncio.Future[Response]:
+    def send(self, node: Node, call: Call, timeout_s: float,
+             on_done: Callable[[asyncio.Future[Response]], object]) -> asyncio.Future[Response]:
         p: RestPayload = call.payload
-        return self.upstream.send(node, p.method, p.path, p.body, timeout_s)
+        return self.upstream.send(node, p.method, p.path, p.body, timeout_s, on_done)
 
     def verdict(self, answer: Response, cut_by_try_timeout: bool) -> Verdict:
         verdict = _VERDICTS.get(answer.status)          # 200: no second call

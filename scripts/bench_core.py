@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,11 @@ class FakeExchange:
         self.done_fut.set_result(None)
 
 
-def instant_send(node: Node, call: Call, timeout_s: float) -> asyncio.Future[Response]:
+def instant_send(node: Node, call: Call, timeout_s: float,
+                 on_done: Callable[[asyncio.Future[Response]], object]) -> asyncio.Future[Response]:
     fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
     fut.set_result(REPLY if call.payload.method == "POST" else STATUS)
+    fut.add_done_callback(on_done)
     return fut
 
 

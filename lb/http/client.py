@@ -21,6 +21,7 @@ import logging
 import math
 import ssl
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -92,15 +93,20 @@ class NodeClient:
     # -- public API ------------------------------------------------------------------------
 
     def send(self, method: str, path: str, body: bytes | None, deadline: float,
-             headers: bytes = b"") -> asyncio.Future[Response]:
+             headers: bytes = b"",
+             on_done: Callable[[asyncio.Future[Response]], object] | None = None,
+             ) -> asyncio.Future[Response]:
         """Start one exchange; the future fails with UpstreamTimeout past `deadline`
         (a loop.time() value). Cancelling the future aborts the exchange at once.
         `headers` are extra lines b"Name: value\\r\\n" (not Host, Content-Length or
-        Content-Type, which this adds)."""
+        Content-Type, which this adds). `on_done(future)` is called once when it is
+        done: from inside the I/O callback that ended it, or from the loop when it
+        failed before it started; never before `send` returns."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         ex = Exchange(loop=loop)
+        ex.on_done = None
         try:
             if self._closing:
                 raise UpstreamConnectError(self.name, "client is closed")
@@ -111,6 +117,8 @@ class NodeClient:
             self._failed += 1
             ex.set_exception(exc if isinstance(exc, LbError)
                              else BadRequest(f"cannot forward {method} {path!r}: {exc}"))
+            if on_done is not None:
+                ex.add_done_callback(on_done)       # after send returns
             return ex
         if body is None:
             ex.data = b"%s%s\r\n" % (head, headers)
@@ -131,13 +139,18 @@ class NodeClient:
             if transport is not None and not transport.is_closing():
                 self._reused += 1
                 conn.start(ex)
-                return ex
+                break
             self._discard(conn, abort=True)
-        if self._open < self.limits.max_connections:
-            self._open += 1
-            self._connect(ex)
-        else:
-            self._waiters.append(ex)    # a slot passes to it when one frees
+        else:                           # none: a new one, or queued for a slot
+            if self._open < self.limits.max_connections:
+                self._open += 1
+                self._connect(ex)
+            else:
+                self._waiters.append(ex)    # a slot passes to it when one frees
+        if not ex.done():
+            ex.on_done = on_done
+        elif on_done is not None:       # a write failed at once: after send returns
+            ex.add_done_callback(on_done)
         return ex
 
     def stats(self) -> dict[str, int]:
@@ -263,6 +276,7 @@ class NodeClient:
                 self._sweeper = loop.call_at(now + self.limits.keepalive_s, self._sweep)
         if not ex.done():
             ex.set_result(resp)
+            ex.report()
 
     def exchange_failed(self, conn: Conn, ex: Exchange, got_bytes: bool, why: str) -> None:
         if not got_bytes and conn.uses > 0 and not self._closing:
@@ -311,6 +325,7 @@ class NodeClient:
         if err is not None:
             self._failed += 1
             ex.set_exception(err)
+            ex.report()
 
     # -- the deadline timer ----------------------------------------------------------------
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -25,6 +27,7 @@ _JSON = "application/json"
 _NO_BODY = (204, 304)
 _WATCHED = frozenset((b"content-type", b"content-length", b"transfer-encoding"))
 _new = object.__new__
+log = logging.getLogger("lb.http.client")
 
 
 @dataclass(slots=True)     # not frozen: built per request, treat as immutable
@@ -54,9 +57,12 @@ class Exchange(asyncio.Future[Response]):
 
     While it runs it is queued for a slot (`task` and `conn` None), connecting (`task`)
     or on a connection (`conn`). `cancel()` aborts it synchronously, so the caller's pool
-    slot is free when cancel returns."""
+    slot is free when cancel returns. `on_done`, when set, is called once with the
+    exchange as soon as it is done (`report`), from inside the I/O callback that ended
+    it: no loop round trip, unlike a done-callback."""
 
-    __slots__ = ("conn", "connect_timer", "data", "deadline", "head", "owner", "task")
+    __slots__ = ("conn", "connect_timer", "data", "deadline", "head", "on_done", "owner",
+                 "task")
 
     owner: Owner
     data: bytes
@@ -66,11 +72,25 @@ class Exchange(asyncio.Future[Response]):
     connect_timer: asyncio.TimerHandle | None     # set with `task`
     conn: Conn | None
 
+    on_done: Callable[[Exchange], object] | None
+
     def cancel(self, msg: Any | None = None) -> bool:
         if not super().cancel(msg):
             return False
         self.owner.abort(self, None)
+        self.report()
         return True
+
+    def report(self) -> None:
+        """Hand the finished exchange to `on_done`, once. What it raises is logged, as
+        the loop logs a done-callback's error: it must not break the connection."""
+        done = self.on_done
+        if done is not None:
+            self.on_done = None
+            try:
+                done(self)
+            except Exception:
+                log.exception("on_done of an exchange with %s failed", self.owner)
 
 
 class Conn(asyncio.Protocol):

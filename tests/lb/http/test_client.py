@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import shutil
 import socket
 import ssl
@@ -719,3 +720,85 @@ def test_request_lines_are_cached_per_method_and_path(run: Any) -> None:
             assert client.stats()["failed"] == 2
             await client.close()
     run(main())
+
+
+# -- on_done: the exchange reports itself, without a loop round trip ----------------------
+
+
+def test_on_done_is_called_once_from_the_io_callback_that_ends_the_exchange(run: Any) -> None:
+    """An answer, a deadline and a cancel each call on_done once with the finished
+    future, and before any done-callback of the loop has run; never inside send."""
+    async def main() -> None:
+        async with raw_server(serve_forever) as (url, _conns):
+            client = node(url)
+            seen: list[tuple[str, bool, bool]] = []
+            loop_saw: list[str] = []
+
+            in_io: list[bool] = []
+
+            def on_done(what: str) -> Callable[[asyncio.Future[Response]], None]:
+                def done(fut: asyncio.Future[Response]) -> None:
+                    seen.append((what, fut.done(), bool(loop_saw)))
+                    in_io.append(any(f.function == "data_received" for f in inspect.stack()))
+                return done
+
+            fut = client.send("GET", "/a", None, asyncio.get_running_loop().time() + 5,
+                              on_done=on_done("answer"))
+            fut.add_done_callback(lambda _f: loop_saw.append("answer"))
+            assert seen == []                       # not before send returned
+            assert (await fut).status == 200
+            assert seen == [("answer", True, False)]     # before the loop's callbacks
+            assert in_io == [True]          # inside the connection's data_received
+        async with raw_server(never_answer) as (url, _conns):
+            client = node(url)
+            loop_saw.clear()
+            late = client.send("GET", "/b", None, asyncio.get_running_loop().time() + 0.1,
+                               on_done=on_done("deadline"))
+            late.add_done_callback(lambda _f: loop_saw.append("deadline"))
+            with pytest.raises(UpstreamTimeout):
+                await late
+            loop_saw.clear()
+            gone = client.send("GET", "/c", None, asyncio.get_running_loop().time() + 5,
+                               on_done=on_done("cancel"))
+            gone.add_done_callback(lambda _f: loop_saw.append("cancel"))
+            gone.cancel()
+            await asyncio.sleep(0.01)
+            assert seen[1:] == [("deadline", True, False), ("cancel", True, False)]
+            await client.close()
+    run(main())
+
+
+def test_on_done_of_an_exchange_that_fails_before_starting_runs_after_send(run: Any) -> None:
+    async def main() -> None:
+        async with raw_server(serve_forever) as (url, _conns):
+            client = node(url)
+            seen: list[bool] = []
+            loop = asyncio.get_running_loop()
+            fut = client.send("GET", "/a", None, loop.time() - 1,
+                              on_done=lambda f: seen.append(f.done()))
+            assert seen == []                       # not inside send, although done
+            with pytest.raises(UpstreamTimeout):
+                await fut
+            await asyncio.sleep(0)
+            assert seen == [True]
+            await client.close()
+    run(main())
+
+
+def test_on_done_that_raises_is_logged_and_the_connection_serves_on(
+        run: Any, caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with raw_server(serve_forever) as (url, conns):
+            client = node(url)
+
+            def broken(_fut: asyncio.Future[Response]) -> None:
+                raise RuntimeError("a bug in the caller")
+
+            fut = client.send("GET", "/a", None, asyncio.get_running_loop().time() + 5,
+                              on_done=broken)
+            assert (await fut).status == 200
+            assert (await call(client, "/b")).status == 200
+            assert len(conns) == 1 and client.stats()["reused"] == 1
+            await client.close()
+    run(main())
+    assert "on_done of an exchange" in caplog.text
