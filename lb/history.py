@@ -70,19 +70,6 @@ class _Second:
         self.samples: list[float] = []
 
 
-def _add(acc: _Second, seconds: float, status: int) -> None:
-    acc.count += 1
-    if status >= ERROR_STATUS:
-        acc.errors += 1
-    samples = acc.samples
-    if len(samples) < RESERVOIR:
-        samples.append(seconds)
-        return
-    slot = int(random.random() * acc.count)
-    if slot < RESERVOIR:
-        samples[slot] = seconds
-
-
 def _ms(ordered: list[float], q: float) -> float | None:
     """Nearest-rank percentile in milliseconds; None without samples."""
     if not ordered:
@@ -126,8 +113,18 @@ class History:
         acc = self._by_node.get(node)
         if acc is None:
             acc = self._by_node[node] = _Second()
-        _add(self._total, seconds, status)
-        _add(acc, seconds, status)
+        error = status >= ERROR_STATUS
+        for each in (self._total, acc):         # the whole, and the node's series
+            each.count += 1
+            if error:
+                each.errors += 1
+            samples = each.samples
+            if len(samples) < RESERVOIR:
+                samples.append(seconds)
+            else:                               # a uniform reservoir of the second
+                slot = int(random.random() * each.count)
+                if slot < RESERVOIR:
+                    samples[slot] = seconds
 
     # -- once a second ----------------------------------------------------------
 

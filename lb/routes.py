@@ -115,7 +115,9 @@ class RowSizes:
     the garbage of 784 floats) would only count rows for w_j. `rows` answers None
     when a parse is due: until a model has `WARM` parsed bodies, and then for one
     body in `EVERY` (and every one after it until a parse is learned), so the
-    estimate follows the traffic; `learn` takes what a parse found. Bytes per row
+    estimate follows the traffic; `learn` takes what a parse found. While the
+    parses agree with the estimate, the interval doubles, up to `MAX_EVERY`; a
+    parse that does not brings it back to `EVERY`. Bytes per row
     are counted past an `ENVELOPE` of the keys around the rows, so the estimate is
     exact for rows of one size (one model, one input shape) once they are much
     larger than that (a 784-float row is 5.4 KB), and proportional to bytes
@@ -126,12 +128,14 @@ class RowSizes:
 
     WARM = 8
     EVERY = 32
+    MAX_EVERY = 1024
     ENVELOPE = 16           # len(b'{"instances":[]}')
     MAX_ENTRIES = 4096
     __slots__ = ("_known",)
 
     def __init__(self) -> None:
-        # (model, verb) -> [bytes per row (EWMA), bodies parsed, bodies since the last]
+        # (model, verb) -> [bytes per row (EWMA), bodies parsed, bodies since the last,
+        #                   the interval between parses]
         self._known: dict[tuple[str, str], list[float]] = {}
 
     def rows(self, model: str, verb: str, size: int) -> int | None:
@@ -139,7 +143,7 @@ class RowSizes:
         if known is None or known[1] < self.WARM:
             return None
         known[2] += 1
-        if known[2] >= self.EVERY:
+        if known[2] >= known[3]:
             return None
         return max(round((size - self.ENVELOPE) / known[0]), 1)
 
@@ -149,8 +153,11 @@ class RowSizes:
         known = self._known.get(key)
         if known is None:
             if len(self._known) < self.MAX_ENTRIES:
-                self._known[key] = [per_row, 1.0, 0.0]
+                self._known[key] = [per_row, 1.0, 0.0, self.EVERY]
             return
+        if known[1] >= self.WARM:       # did the estimate get this body right?
+            agreed = max(round((size - self.ENVELOPE) / known[0]), 1) == rows
+            known[3] = min(known[3] * 2, self.MAX_EVERY) if agreed else self.EVERY
         known[0] += (per_row - known[0]) * (0.5 if known[1] < self.WARM else 0.1)
         known[1] += 1
         known[2] = 0.0

@@ -108,3 +108,27 @@ def test_row_sizes_of_small_rows_stay_proportional() -> None:
     for rows in (2, 8, 64):
         estimate = sizes.rows("m", "predict", len(_rows_body(rows, width=4)))
         assert estimate is not None and abs(estimate - rows) <= 0.15 * rows
+
+
+def test_row_sizes_parse_less_often_while_the_estimate_holds() -> None:
+    """Each parse that agrees doubles the interval (up to MAX_EVERY); one that does not
+    brings it back to EVERY."""
+    sizes = RowSizes()
+    body = _rows_body(2)
+    for _ in range(RowSizes.WARM):
+        sizes.learn("m", "predict", len(body), 2)
+
+    def next_due() -> int:
+        n = 1
+        while sizes.rows("m", "predict", len(body)) is not None:
+            n += 1
+        return n
+
+    intervals = []
+    for _ in range(8):
+        intervals.append(next_due())
+        sizes.learn("m", "predict", len(body), 2)               # the parse agrees
+    assert intervals == [32, 64, 128, 256, 512, 1024, 1024, 1024]
+    next_due()
+    sizes.learn("m", "predict", len(body), 7)                   # it does not
+    assert next_due() == RowSizes.EVERY
