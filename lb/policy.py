@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 _REL_TIE = 1e-9
+_exp = math.exp         # a global, not an attribute lookup, in least_load's loop
 TAU_SAMPLES = 31        # replies τ is the median of (Tau)
 
 
@@ -137,8 +138,9 @@ def least_load(cands: Sequence[Candidate], units: float, rng: random.Random,
         if tau is None:
             tau = ref
         elif tau > ref and c.tau_age > 0:
-            trust = decay_s * min(max(c.tau_n, 1), TAU_SAMPLES) / TAU_SAMPLES
-            tau = ref + (tau - ref) * math.exp(-c.tau_age / trust)
+            n = c.tau_n                     # min(max(tau_n, 1), TAU_SAMPLES), without calls
+            n = TAU_SAMPLES if n >= TAU_SAMPLES else n if n >= 1 else 1
+            tau = ref + (tau - ref) * _exp(-c.tau_age * TAU_SAMPLES / (decay_s * n))
         held = c.oldest_units
         if held > 0 and c.oldest_age > stall_factor * tau * held:
             tau = c.oldest_age / held
@@ -243,27 +245,45 @@ class Tau:
         self._ring, self._sorted, self._next = [], [], 0
 
 
+WINDOW_STEPS = 100      # buckets per LoadWindow
+
+
 @dataclass(slots=True)
 class LoadWindow:
-    """Σ w_j · t_j and the request count over the last `window_s` seconds."""
+    """Σ w_j · t_j and the request count over the last `window_s` seconds.
+
+    Counted in `WINDOW_STEPS` time buckets, not one entry per request: `add` runs
+    on every reply, and a window of entries would hold every request of the last
+    `window_s` seconds (160 000 at 16 000 req/s), each touched twice, when cold.
+    A completion leaves the window `window_s` after its bucket began (up to one
+    bucket, window_s / WINDOW_STEPS, early)."""
 
     window_s: float
-    _items: deque[tuple[float, float]] = field(default_factory=deque)
+    _buckets: deque[list[float]] = field(default_factory=deque)   # [start, work, count]
     _sum: float = 0.0
+    _count: int = 0
 
     def add(self, now: float, units: float, seconds: float) -> None:
         work = units * seconds
-        items = self._items
-        items.append((now, work))
+        buckets = self._buckets
+        if not buckets or now - buckets[-1][0] >= self.window_s / WINDOW_STEPS:
+            buckets.append([now, 0.0, 0.0])
+            if buckets[0][0] < now - self.window_s:
+                self._expire(now)
+        bucket = buckets[-1]
+        bucket[1] += work
+        bucket[2] += 1
         self._sum += work
-        if items[0][0] < now - self.window_s:
-            self._expire(now)
+        self._count += 1
 
     def _expire(self, now: float) -> None:
         horizon = now - self.window_s
-        while self._items and self._items[0][0] < horizon:
-            self._sum -= self._items.popleft()[1]
-        if not self._items:
+        buckets = self._buckets
+        while buckets and buckets[0][0] < horizon:
+            _, work, count = buckets.popleft()
+            self._sum -= work
+            self._count -= int(count)
+        if not buckets:
             self._sum = 0.0   # no float drift accumulates across idle periods
 
     def work(self, now: float) -> float:
@@ -273,4 +293,4 @@ class LoadWindow:
 
     def count(self, now: float) -> int:
         self._expire(now)
-        return len(self._items)
+        return self._count

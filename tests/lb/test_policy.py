@@ -214,3 +214,17 @@ def test_least_load_picks_the_least_score_of_every_kind_of_candidate() -> None:
         scores = [score(c, units, ref, decay, stall) for c in cands]
         i = least_load(cands, units, rng, decay, stall, band=0.0)
         assert scores[i] == pytest.approx(min(scores), rel=1e-9)
+
+
+def test_load_window_memory_is_bounded_by_its_buckets() -> None:
+    """A busy node's window holds buckets, not one entry per request; the sums agree
+    with the seed's formula over the completions of the window."""
+    win = LoadWindow(window_s=10.0)
+    samples = [(i * 0.001, 2.0, 0.004) for i in range(20_000)]      # 1 000 req/s, 20 s
+    for now, units, seconds in samples:
+        win.add(now, units, seconds)
+    assert len(win._buckets) <= 101
+    now = samples[-1][0]
+    kept = [(u, t) for at, u, t in samples if at >= now - 10.0]
+    assert win.count(now) == pytest.approx(len(kept), rel=0.011)       # one bucket early
+    assert win.work(now) == pytest.approx(seed_load(kept, 1.0), rel=0.011)
