@@ -69,7 +69,8 @@ class History(Protocol):
 
 
 class Histogram:
-    """Cumulative-at-scrape latency histogram: bucket counts, sum and count."""
+    """Cumulative-at-scrape latency histogram: bucket counts, sum and count (filled in
+    by `Recorder.record`)."""
 
     __slots__ = ("buckets", "count", "sum")
 
@@ -77,11 +78,6 @@ class Histogram:
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.sum = 0.0
         self.count = 0
-
-    def observe(self, seconds: float) -> None:
-        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.sum += seconds
-        self.count += 1
 
 
 class Recorder:
@@ -112,7 +108,9 @@ class Recorder:
         hist = self.latency.get((model, node))
         if hist is None:
             hist = self.latency[(model, node)] = Histogram()
-        hist.observe(seconds)
+        hist.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        hist.sum += seconds
+        hist.count += 1
         if self.history is not None:
             self.history.observe(node, seconds, status)
 

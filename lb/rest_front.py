@@ -178,7 +178,7 @@ class RestFront:
             self._spawn(ex, self._retry(ex, call, flow, x_cache, start))    # send()
             return
         self.core.release()
-        self._reply(ex, Outcome(done[0], x_cache, done[1].name), start)
+        self._answer(ex, done[0], x_cache, done[1].name, start)
 
     async def _retry(self, ex: Exchange, call: Call, flow: Flow, x_cache: XCache,
                      start: float) -> None:
@@ -259,19 +259,21 @@ class RestFront:
     # -- replies ------------------------------------------------------------------
 
     def _reply(self, ex: Exchange, outcome: Outcome[Response], start: float) -> None:
-        key = (outcome.x_cache, outcome.node)
+        self._answer(ex, outcome.answer, outcome.x_cache, outcome.node, start)
+
+    def _answer(self, ex: Exchange, reply: Response, x_cache: XCache, node: str | None,
+                start: float) -> None:
+        key = (x_cache, node)
         headers = self._headers.get(key)
         if headers is None:
-            headers = b"X-Cache: " + outcome.x_cache.value.encode() + b"\r\n"
-            if outcome.node is not None:
-                headers += b"X-Node: " + outcome.node.encode() + b"\r\n"
+            headers = b"X-Cache: " + x_cache.value.encode() + b"\r\n"
+            if node is not None:
+                headers += b"X-Node: " + node.encode() + b"\r\n"
             if len(self._headers) < 4096:
                 self._headers[key] = headers
-        reply = outcome.answer
         ctype = JSON if reply.content_type == "application/json" else reply.content_type.encode()
         ex.respond(reply.status, reply.body, ctype, headers)
-        self._finish(ex, reply.status, outcome.node or "", outcome.x_cache,   # a str
-                     len(reply.body), start)
+        self._finish(ex, reply.status, node or "", x_cache, len(reply.body), start)  # a str
 
     def _fail(self, ex: Exchange, exc: LbError, start: float) -> None:
         """The one place an LbError becomes a client reply."""

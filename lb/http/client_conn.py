@@ -234,13 +234,13 @@ class Conn(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         self.headers.append((name, value))
-        if name in _WATCHED:
+        if name == b"content-type":        # in every response: no second call for it
+            self.ctype = value.decode("latin-1")
+        elif name in _WATCHED:
             self._watch(name, value)
 
     def _watch(self, name: bytes, value: bytes) -> None:
-        if name == b"content-type":
-            self.ctype = value.decode("latin-1")
-        elif name == b"content-length":
+        if name == b"content-length":
             self.framed = True
             if value.isdigit() and int(value) > self.max_body:
                 self.error = f"response of {int(value)} bytes exceeds max_response_bytes"
@@ -284,7 +284,12 @@ class Conn(asyncio.Protocol):
         # Built without __init__ (a frame less per response), as in _response.
         self.result = resp = _new(Response)
         resp.status = status
-        resp.body = self._take_body()
+        chunks = self.chunks                # _take_body(), inline: once per response
+        if chunks is None:
+            resp.body = self.body
+        else:
+            resp.body = b"".join(chunks)
+            self.chunks = None
         resp.content_type = self.ctype
         resp.headers = self.headers
         self.keep_alive = self.parser.should_keep_alive()

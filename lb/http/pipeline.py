@@ -186,7 +186,10 @@ class Pipeline(asyncio.Protocol):
         """Called by `_dispatch` and `send_reply` when nothing is active or queued: the
         common case (idle, reading, not paused) only starts the keep-alive clock."""
         if self._phase == IDLE and not (self._paused or self._input_done):
-            self._keepalive_clock()
+            # _keepalive_clock(), inline: once per reply
+            self._deadline = deadline = self._loop.time() + self._lim.keepalive_s
+            if deadline < self._timer_at:
+                self._rearm(deadline)
         else:
             self._idle()
 
