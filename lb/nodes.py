@@ -262,6 +262,11 @@ class NodePool:
             serving = ([n for n in pool if n.serves(model, version)] if explicit
                        else [n for n in pool if n.latest.get(model) == version])
             pool = serving or pool
+        if len(pool) > 1 and self.policy_name == "least_load":     # _choose, inline
+            pcfg = self._pcfg
+            cands = [n.candidate(now, self.outlier) for n in pool]
+            return pool[policy.least_load(cands, units, self._rng, pcfg.ewma_decay_s,
+                                          pcfg.stall_factor, pcfg.tie_band)]
         return pool[self._choose(pool, units, now)]
 
     def _choose(self, pool: Sequence[Node], units: float, now: float) -> int:

@@ -138,16 +138,18 @@ class ServerConnection(Pipeline):
         name = name.lower()
         self._headers.append((name, value))
         if name in _WATCHED:
-            self._watch(name, value)
+            if name == b"content-length":      # in every POST: no second call for it
+                try:
+                    self._content_length = length = int(value)
+                except ValueError:
+                    self._stop(400, "Malformed HTTP request: invalid Content-Length")
+                self._watched |= _LENGTH if length <= self._lim.max_body_bytes else _TOO_LARGE
+            else:
+                self._watch(name, value)
 
     def _watch(self, name: bytes, value: bytes) -> None:
-        if name == b"content-length":
-            try:
-                self._content_length = length = int(value)
-            except ValueError:
-                self._stop(400, "Malformed HTTP request: invalid Content-Length")
-            self._watched |= _LENGTH if length <= self._lim.max_body_bytes else _TOO_LARGE
-        elif name == b"expect":
+        """Expect and Connection (Content-Length is handled by on_header itself)."""
+        if name == b"expect":
             if value.lower() == b"100-continue":
                 self._watched |= _EXPECT
         else:
