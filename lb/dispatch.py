@@ -1,8 +1,8 @@
 """Sending one call to nodes: pick, attempt, hedge, retry. Both fronts, one place.
 
 Called by `lb.core` and the batcher (`send`), and by the REST front's direct
-path, which runs the same steps without a Task (`open` → `attempt` → the
-future's done-callback → `outcome`, and `send(call, transport, flow)` for
+path, which runs the same steps without a Task (`open` → `attempt(then=...)`
+→ `then(future)` → `outcome`, and `send(call, transport, flow)` for
 whatever is left when a retry is needed). `attempt` asks the pool for the
 policy's choice and starts an attempt through the front's `Transport`,
 arming a hedge (a copy to the best other node once the first has waited
@@ -14,7 +14,8 @@ and the call's deadline allow.
 
 Guarantees:
 * every attempt is bracketed by `Node.begin`/`Node.end` in exactly one place,
-  `_Attempt.settle`, a done-callback of the attempt's future: whether it was
+  `_Attempt.settle`, which the transport calls once the attempt's future is
+  done (REST: from the I/O callback that ended it): whether it was
   answered, failed, timed out or was cancelled (a hedge that lost, a client
   that left), the node's in-flight counters return and outlier detection sees
   the outcome once;

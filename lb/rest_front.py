@@ -144,8 +144,9 @@ class RestFront:
     # -- the direct path: the first attempt without a Task ---------------------------
 
     def _direct(self, ex: Exchange, call: Call, x_cache: XCache, start: float) -> None:
-        """Start the dispatcher's first attempt now and answer from its done-callback;
-        only a retry (or a wait) needs a Task. Same flow as `Dispatcher.send`."""
+        """Start the dispatcher's first attempt now and answer from its `then` (called
+        from the node connection's I/O callback); only a retry (or a wait) needs a
+        Task. Same flow as `Dispatcher.send`."""
         dispatcher = self.core.dispatcher
         flow = dispatcher.open(call)
         landed = functools.partial(self._landed, ex, call, flow, x_cache, start)
