@@ -10,10 +10,12 @@ every Redis call has a deadline.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cache.memory import MemoryStore
-from cache.redis_store import RedisStore
+
+if TYPE_CHECKING:       # the Redis client library loads only with a Redis backend
+    from cache.redis_store import RedisStore
 
 
 class TieredStore:
