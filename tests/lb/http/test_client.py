@@ -181,6 +181,13 @@ async def call(client: NodeClient, path: str, body: bytes | None = None,
     return await client.send(method or ("GET" if body is None else "POST"), path, body, deadline)
 
 
+def start(client: NodeClient, path: str, within_s: float,
+          on_done: Callable[[asyncio.Future[Response]], object]) -> asyncio.Future[Response]:
+    """A GET whose future is not awaited here, with `on_done` (the on_done tests)."""
+    return client.send("GET", path, None, asyncio.get_running_loop().time() + within_s,
+                       on_done=on_done)
+
+
 async def port_of(client: NodeClient, ms: int = 0) -> int:
     resp = await call(client, f"/peer?ms={ms}")
     assert resp.status == 200, resp
@@ -742,8 +749,7 @@ def test_on_done_is_called_once_from_the_io_callback_that_ends_the_exchange(run:
                     in_io.append(any(f.function == "data_received" for f in inspect.stack()))
                 return done
 
-            fut = client.send("GET", "/a", None, asyncio.get_running_loop().time() + 5,
-                              on_done=on_done("answer"))
+            fut = start(client, "/a", 5, on_done("answer"))
             fut.add_done_callback(lambda _f: loop_saw.append("answer"))
             assert seen == []                       # not before send returned
             assert (await fut).status == 200
@@ -752,14 +758,12 @@ def test_on_done_is_called_once_from_the_io_callback_that_ends_the_exchange(run:
         async with raw_server(never_answer) as (url, _conns):
             client = node(url)
             loop_saw.clear()
-            late = client.send("GET", "/b", None, asyncio.get_running_loop().time() + 0.1,
-                               on_done=on_done("deadline"))
+            late = start(client, "/b", 0.1, on_done("deadline"))
             late.add_done_callback(lambda _f: loop_saw.append("deadline"))
             with pytest.raises(UpstreamTimeout):
                 await late
             loop_saw.clear()
-            gone = client.send("GET", "/c", None, asyncio.get_running_loop().time() + 5,
-                               on_done=on_done("cancel"))
+            gone = start(client, "/c", 5, on_done("cancel"))
             gone.add_done_callback(lambda _f: loop_saw.append("cancel"))
             gone.cancel()
             await asyncio.sleep(0.01)
@@ -773,9 +777,7 @@ def test_on_done_of_an_exchange_that_fails_before_starting_runs_after_send(run: 
         async with raw_server(serve_forever) as (url, _conns):
             client = node(url)
             seen: list[bool] = []
-            loop = asyncio.get_running_loop()
-            fut = client.send("GET", "/a", None, loop.time() - 1,
-                              on_done=lambda f: seen.append(f.done()))
+            fut = start(client, "/a", -1, lambda f: seen.append(f.done()))
             assert seen == []                       # not inside send, although done
             with pytest.raises(UpstreamTimeout):
                 await fut
@@ -794,8 +796,7 @@ def test_on_done_that_raises_is_logged_and_the_connection_serves_on(
             def broken(_fut: asyncio.Future[Response]) -> None:
                 raise RuntimeError("a bug in the caller")
 
-            fut = client.send("GET", "/a", None, asyncio.get_running_loop().time() + 5,
-                              on_done=broken)
+            fut = start(client, "/a", 5, broken)
             assert (await fut).status == 200
             assert (await call(client, "/b")).status == 200
             assert len(conns) == 1 and client.stats()["reused"] == 1
