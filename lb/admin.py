@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from lb import native
 from lb.config import split_hostport
 from lb.dashboard import handle_dashboard, history_handler
 from lb.metrics import CONTENT_TYPE
@@ -44,7 +45,7 @@ def stats_doc(proxy: Proxy) -> dict[str, Any]:
     cache["coalescing"] = proxy.core.flights.stats()
     flow = proxy.dispatcher.stats()
     return {"nodes": proxy.pool.stats(), "cache": cache, "policy": proxy.pool.policy_name,
-            "pid": os.getpid(), "config": proxy.status.as_dict(),
+            "pid": os.getpid(), "data_path": native.kind(), "config": proxy.status.as_dict(),
             "retries": {"retries": flow["retries"],
                         "budget_rejections": flow["budget_rejections"]},
             "hedge": flow["hedge"], "waits": proxy.core.waits.as_dict(),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -126,11 +126,11 @@ class RowSizes:
     at most `MAX_ENTRIES`.
     """
 
-    WARM = 8
-    EVERY = 32
-    MAX_EVERY = 1024
-    ENVELOPE = 16           # len(b'{"instances":[]}')
-    MAX_ENTRIES = 4096
+    WARM: Final = 8
+    EVERY: Final = 32
+    MAX_EVERY: Final = 1024
+    ENVELOPE: Final = 16    # len(b'{"instances":[]}')
+    MAX_ENTRIES: Final = 4096
     __slots__ = ("_known",)
 
     def __init__(self) -> None:

@@ -28,6 +28,7 @@ from aiohttp import web
 from cache.adaptive import AdaptiveController, AdaptiveParams
 from cache.result_cache import ResultCache
 from cache.store import make_store
+from lb import native
 from lb.config import Config, NodeConfig, load_config, split_hostport
 from lb.core import Core
 from lb.discovery import DnsDiscovery
@@ -198,9 +199,9 @@ class Proxy:
         await self._http.start(host, port)
         if self.grpc is not None and cfg.listen.grpc:
             await self.grpc.start(cfg.listen.grpc)
-        log.info("listening: rest %s, grpc %s, admin %s; %d nodes, cache %s",
+        log.info("listening: rest %s, grpc %s, admin %s; %d nodes, cache %s; data path %s",
                  cfg.listen.rest, cfg.listen.grpc, cfg.listen.admin, len(cfg.nodes),
-                 cfg.cache.backend)
+                 cfg.cache.backend, native.kind())
 
     async def serve_admin(self, app: web.Application) -> None:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)

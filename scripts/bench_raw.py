@@ -39,6 +39,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lb import native
 from scripts import wrkload
 from scripts.benchenv import (
     OUT,
@@ -133,11 +134,18 @@ def start_script(bench: Bench, ports: list[int], script: str) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def start_lb(bench: Bench, ports: list[int], cache: str, workers: int = 1) -> str:
+def start_lb(bench: Bench, ports: list[int], cache: str, workers: int = 1,
+             pure: bool = False) -> str:
+    """tfserving-lb in front of the stubs; `pure`: its data path run as Python, not the
+    compiled build (lb/native.py), which must then be present and in use."""
     nodes = [{"name": f"n{i}", "rest": f"http://127.0.0.1:{p}"} for i, p in enumerate(ports)]
-    url, _admin, _proc = bench.start_proxy(
-        f"raw-{cache}-w{workers}", nodes, workers=workers, cache={"backend": cache},
+    url, admin, _proc = bench.start_proxy(
+        f"raw-{cache}-w{workers}{'-pure' if pure else ''}", nodes, workers=workers,
+        env={native.PURE_ENV: "1"} if pure else {}, cache={"backend": cache},
         hedge={"enabled": False}, policy={"name": "least_load"})
+    kind = orjson.loads(http_get(f"{admin}/stats")[2])["data_path"]
+    if kind != ("python" if pure else "compiled"):
+        raise RuntimeError(f"data path {kind}: run scripts/build_native.py")
     return url
 
 
@@ -183,6 +191,9 @@ CONTENDERS: list[Contender] = [
     ("lean httptools proxy (no features)", lambda b, p: start_script(b, p, "lean_proxy.py"),
      True, False),
     ("tfserving-lb, cache none", lambda b, p: start_lb(b, p, "none"), True, False),
+    # The same code run as Python (TFSERVING_LB_PURE=1): what the compiled build gains.
+    ("tfserving-lb, cache none, as Python", lambda b, p: start_lb(b, p, "none", pure=True),
+     True, False),
     ("tfserving-lb, memory cache, all HIT", lambda b, p: start_lb(b, p, "memory"), False, True),
     ("tfserving-lb --workers 2, cache none", lambda b, p: start_lb(b, p, "none", 2), True, False),
     # Not a contender: the ceiling of one backend, to show the stubs are not the limit.

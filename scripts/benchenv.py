@@ -273,10 +273,11 @@ class Bench:
         return f"http://127.0.0.1:{port}"
 
     def start_proxy(self, name: str, nodes: list[dict[str, Any]], *, workers: int = 1,
-                    ready: bool = True,
+                    ready: bool = True, env: dict[str, str] | None = None,
                     **sections: Any) -> tuple[str, str, subprocess.Popen[bytes]]:
-        """`tfserving-lb serve [--workers N]` with these nodes; returns (url, admin url,
-        process). With `ready`, returns once every process sees every node healthy."""
+        """`tfserving-lb serve [--workers N]` with these nodes and `env` added to the
+        environment; returns (url, admin url, process). With `ready`, returns once
+        every process sees every node healthy."""
         rest, admin = free_port(), free_port()
         doc = {"listen": {"rest": f"127.0.0.1:{rest}", "grpc": None,
                           "admin": f"127.0.0.1:{admin}"}, "nodes": nodes, **sections}
@@ -288,7 +289,7 @@ class Bench:
             cmd += ["--workers", str(workers)]
         # Its own session: the supervisor's children can be stopped as one group.
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env={**os.environ, **(env or {})})
         log.close()
         self.others.append(proc)
         self._groups.add(proc.pid)

@@ -35,6 +35,9 @@ stamp=".venv/.installed-$extra-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
     echo "setup: installing tfserving-lb[$extra] into .venv (TensorFlow takes a minute)" >&2
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".[$extra]"
+    .venv/bin/python -m pip install -q -e ".[$extra,native]"
     touch "$stamp"
 fi
+# The data path compiled with mypyc (lb/native.py), rebuilt only when its sources
+# changed; without it (no C compiler, say) the same code runs as Python, slower.
+.venv/bin/python scripts/build_native.py || echo "setup: the data path runs as Python" >&2

@@ -3,3 +3,7 @@
 `lb.http.server`: the client-facing protocol of the REST front.
 `lb.http.client`: keep-alive connection pools to the nodes.
 """
+
+from lb.native import activate
+
+activate(__name__, __path__)    # see lb.native

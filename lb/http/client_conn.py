@@ -13,6 +13,7 @@ connection unusable; it never decides about retries or error classes itself.
 
 from __future__ import annotations
 
+import _asyncio  # noqa: F401 - mypyc refers to Future's home module, which must be imported
 import asyncio
 import contextlib
 import logging
@@ -23,10 +24,15 @@ from typing import Any, Protocol, cast
 
 import httptools
 
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:                     # running as Python without mypy installed
+    def mypyc_attr(*_a: Any, **_k: Any) -> Callable[[type], type]:  # type: ignore[misc]
+        return lambda cls: cls
+
 _JSON = "application/json"
 _NO_BODY = (204, 304)
 _WATCHED = frozenset((b"content-type", b"content-length", b"transfer-encoding"))
-_new = object.__new__
 log = logging.getLogger("lb.http.client")
 
 
@@ -51,6 +57,7 @@ class Owner(Protocol):
     def abort(self, ex: Exchange, err: Exception | None) -> None: ...
 
 
+@mypyc_attr(native_class=False)        # compiled, it stays a Python subclass of Future
 class Exchange(asyncio.Future[Response]):
     """One request and the future of its response (no Task and no timer per call: the
     owner's one deadline timer watches every exchange).
@@ -281,17 +288,13 @@ class Conn(asyncio.Protocol):
         status = self.status
         if status < 200 or self.result is not None:
             return                     # 1xx interim response: the real one follows
-        # Built without __init__ (a frame less per response), as in _response.
-        self.result = resp = _new(Response)
-        resp.status = status
         chunks = self.chunks                # _take_body(), inline: once per response
         if chunks is None:
-            resp.body = self.body
+            body = self.body
         else:
-            resp.body = b"".join(chunks)
+            body = b"".join(chunks)
             self.chunks = None
-        resp.content_type = self.ctype
-        resp.headers = self.headers
+        self.result = Response(status, body, self.ctype, self.headers)
         self.keep_alive = self.parser.should_keep_alive()
 
     def _response(self, status: int) -> Response:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from itertools import chain
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import httptools
 
@@ -48,7 +48,6 @@ _TOO_LARGE = 16     # a Content-Length above max_body_bytes
 _TARGETS: dict[bytes, tuple[str, bytes]] = {}
 _TARGET_CACHE_SIZE = 4096
 _TARGET_CACHE_URL = 256
-_new = object.__new__
 _HASH = ord("#")
 _UNARMED = -1.0     # _deadline of a phase entered in the chunk being parsed
 
@@ -171,16 +170,8 @@ class ServerConnection(Pipeline):
         keep_alive = parser.should_keep_alive()
         url = self._url
         target = _TARGETS.get(url) or self._target(url)
-        # Built without __init__ (a frame less per request); the fields are Request's.
-        self._req = req = _new(Request)
-        req.method = method
-        req.path, req.query = target
-        req.headers = headers
-        req.body = b""
-        req.version = "1.1"
-        req.keep_alive = keep_alive
-        req.remote = self._remote
-        req.start = self._start
+        self._req = req = Request(method, target[0], target[1], headers, b"", "1.1",
+                                  keep_alive, self._remote, self._start)
         watched = self._watched
         # any bit but _LENGTH (the lowest), or HTTP/1.0 and Connection: close
         if (watched > _LENGTH or not keep_alive) and self._unusual(req, watched):
@@ -218,15 +209,7 @@ class ServerConnection(Pipeline):
             req.body = b"".join(parts)
             self._parts = None
         self._body = b""
-        # Built without __init__, as the Request; the fields are Exchange's.
-        ex = _new(Exchange)
-        ex._conn = self
-        ex._done = False
-        ex._error = None
-        ex.request = req
-        ex.on_abort = None
-        ex.status = 0
-        ex.written = 0
+        ex = Exchange(self, req)
         if self._last:
             self._input_done = True
         self._phase = IDLE              # busy: no keep-alive clock until the reply
@@ -305,7 +288,8 @@ class ServerConnection(Pipeline):
         if url == b"*":
             return url, b""
         try:                            # absolute-form
-            parsed = httptools.parse_url(url)
+            # Any: its path and query are None when absent, whatever the stubs say
+            parsed: Any = httptools.parse_url(url)
         except httptools.HttpParserInvalidURLError:
             self._stop(400, "Malformed HTTP request: invalid URL")
         return parsed.path or b"/", parsed.query or b""

@@ -156,7 +156,10 @@ def test_sigterm_finishes_requests_in_flight(logs_dir: Path, hp2_pool: Pool) -> 
 def test_every_node_down_tries_them_all_then_answers_503(logs_dir: Path) -> None:
     p = ProxyProc(logs_dir, [node("x", f"http://127.0.0.1:{free_port()}"),
                              node("y", f"http://127.0.0.1:{free_port()}")],
-                  name="proxy-alldown", cache={"backend": "none"})
+                  name="proxy-alldown", cache={"backend": "none"},
+                  # Nodes that never answered a probe may be starting: the request waits
+                  # for one first. Its default 10 s raced the client's 10 s timeout.
+                  limits={"queue_timeout_s": 1.0})
     try:
         from tests.procs import http
         status, hdrs, raw = http("POST", f"{p.url}/v1/models/{HP2}:predict", {"instances": [1]})
