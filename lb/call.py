@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 
 from lb.errors import DeadlineExceeded
+from lb.native import mypyc_attr
 from lb.nodes import Node
 from lb.routes import Directives
 
@@ -103,6 +104,7 @@ class Call:
     decision: Any = None        # the adaptive cache's Decision, once made (lb.core)
 
 
+@mypyc_attr(native_class=False)     # compiled, a generic dataclass does not load
 @dataclass(slots=True)     # not frozen: built per request, treat as immutable
 class Outcome(Generic[A]):
     """The core's answer to a call: the reply, what the cache did, who answered."""

@@ -23,17 +23,25 @@ import hashlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+try:
+    from mypy_extensions import mypyc_attr as mypyc_attr  # with mypy (the `native` extra)
+except ImportError:                         # running as Python without mypy
+    def mypyc_attr(*_a: Any, **_k: Any) -> Callable[[type], type]:  # type: ignore[misc]
+        return lambda cls: cls
 
 log = logging.getLogger("lb.native")
 
-# The modules a request passes through on the REST front's direct path. Not here:
-# lb/call.py (its generic dataclass fails to load when compiled).
+# The modules a request passes through on the REST front's direct path.
 MODULES = (
-    "lb/core.py", "lb/dispatch.py", "lb/history.py", "lb/nodes.py", "lb/observe.py",
-    "lb/policy.py", "lb/rest_front.py", "lb/rest_upstream.py", "lb/routes.py",
-    "lb/http/client.py", "lb/http/client_conn.py", "lb/http/exchange.py", "lb/http/pipeline.py",
-    "lb/http/server_protocol.py",
+    "lb/call.py", "lb/core.py", "lb/dispatch.py", "lb/history.py", "lb/nodes.py",
+    "lb/observe.py", "lb/outlier.py", "lb/policy.py", "lb/rest_front.py",
+    "lb/rest_upstream.py", "lb/retry.py", "lb/routes.py",
+    "lb/http/client.py", "lb/http/client_conn.py", "lb/http/exchange.py",
+    "lb/http/pipeline.py", "lb/http/server_protocol.py",
 )
 ROOT = Path(__file__).resolve().parent.parent
 PURE_ENV = "TFSERVING_LB_PURE"

@@ -24,11 +24,7 @@ from typing import Any, Protocol, cast
 
 import httptools
 
-try:
-    from mypy_extensions import mypyc_attr
-except ImportError:                     # running as Python without mypy installed
-    def mypyc_attr(*_a: Any, **_k: Any) -> Callable[[type], type]:  # type: ignore[misc]
-        return lambda cls: cls
+from lb.native import mypyc_attr
 
 _JSON = "application/json"
 _NO_BODY = (204, 304)
