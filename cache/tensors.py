@@ -25,12 +25,15 @@ import struct
 from array import array
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 from cache.errors import TensorDecodeError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+# numpy (about 10 MB of RSS) is imported by the functions that use it, when a key is
+# first made in tensor mode: a proxy whose cache is off never loads it.
 
 # TF dtype name -> little-endian numpy dtype, for the dtypes TF Serving's JSON accepts.
 _INT_DTYPES = {
@@ -40,7 +43,8 @@ _INT_DTYPES = {
 _FLOAT_DTYPES = {"DT_FLOAT": "<f4", "DT_DOUBLE": "<f8"}
 # Largest integer each float type holds exactly (TF Serving's IsLosslessDecimal).
 _FLOAT_MAX_INT = {"DT_FLOAT": (1 << 24) - 1, "DT_DOUBLE": (1 << 53) - 1}
-_FLOAT_MAX = {"DT_FLOAT": float(np.finfo(np.float32).max), "DT_DOUBLE": float("inf")}
+_FLOAT_MAX = {"DT_FLOAT": 3.4028234663852886e38,         # float(np.finfo(np.float32).max)
+              "DT_DOUBLE": float("inf")}
 _LEN = struct.Struct("<Q")
 _LIST_TYPES = frozenset({list, tuple})
 _IS_INT = int.__instancecheck__      # C-level per element, for map(); bools are refused first
@@ -111,6 +115,7 @@ def _walk(value: Any) -> tuple[tuple[int, ...], list[Any], set[type]]:
 
 
 def _floats(leaves: list[Any], kinds: set[type], dtype: str) -> bytes:
+    import numpy as np
     if not kinds <= {int, float}:
         raise TensorDecodeError(f"{dtype} takes numbers only")
     if int in kinds:
@@ -127,6 +132,7 @@ def _ints_as_floats(leaves: list[Any], mixed: bool, limit: int,
     """float64 of numbers some of which are JSON ints, which must be at most `limit`
     in magnitude (exact in the dtype). The check runs on the float64 values: with
     limit = 2**k - 1 <= 2**53 - 1, float(v) > limit exactly when v > limit."""
+    import numpy as np
     try:
         wide = np.array(leaves, dtype=np.float64)    # C-level, faster than array("d") for ints
     except OverflowError as exc:                      # an int beyond float64: beyond any limit
@@ -141,6 +147,7 @@ def _ints_as_floats(leaves: list[Any], mixed: bool, limit: int,
 
 
 def _ints(leaves: list[Any], kinds: set[type], dtype: str) -> bytes:
+    import numpy as np
     if not kinds <= {int}:
         raise TensorDecodeError(f"{dtype} takes JSON integers only")
     try:
