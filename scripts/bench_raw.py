@@ -8,8 +8,9 @@ metadata and a fixed 10-float prediction. In front of them, measured one after
 the other: nginx `proxy_pass` least_conn with upstream keep-alive, a naive aiohttp
 proxy (scripts/naive_proxy.py), a lean httptools + uvloop proxy without
 features (scripts/lean_proxy.py: Python's ceiling on this machine), tfserving-lb
-with cache none, with the memory cache answering every request from the cache
-(X-Cache: HIT), and
+with cache none (its compiled data path, lb/native.py: it refuses to run
+without it), the same run as Python (TFSERVING_LB_PURE=1), with the memory
+cache answering every request from the cache (X-Cache: HIT), and
 `serve --workers 2` with cache none; hedging off (nginx does not hedge).
 All contenders are started and checked first (200 and the right body); then,
 in interleaved rounds (3; a burst of someone else's load hits one round of
