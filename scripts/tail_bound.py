@@ -1,0 +1,207 @@
+"""What the best dispatcher could reach in bench_policy's simulated scenarios: a bound.
+
+    python scripts/tail_bound.py [--seconds 600] [--seed 7]
+
+Called by hand (no processes, no sockets, one core for about a minute); the
+figures it prints are quoted in the closing notes of the tail-latency work.
+
+It replays the nodes of `scripts/simnode.py` in a discrete-event model, exactly:
+each node serves at most `slots` requests at once, queues the rest FIFO, draws
+each request's work from a lognormal with the node's mean and sigma 0.5, and
+makes no progress (and sends no reply) during its stall windows. Open-loop
+Poisson arrivals at 70 % of capacity, as bench_policy sends them, and no proxy
+overhead at all. The dispatchers:
+
+* `least_conn` / `weighted least_conn`: nginx's, least in flight (/ weight);
+* `least_load (exact tau)`: tfserving-lb's formula with every node's true mean
+  time as τ and no stall detection — the policy with perfect learning;
+* `oracle (queues)`: knows each node's queue and the remaining work of every
+  request on it, and sends a request where it is expected to finish first
+  (the request's own work is known only by its mean) — the best any
+  non-clairvoyant policy can do without hedging, greedily;
+* `oracle (clairvoyant)`: knows also what this request's work will be on every
+  node and where the stalls fall — a lower bound for hedging policies too:
+  a hedge only exists to discover what this oracle already knows.
+
+Every ratio is to `least_conn` in the same run, as bench_policy reports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+SIGMA = 0.5
+
+
+@dataclass
+class Node:
+    mean_s: float
+    weight: float = 1.0
+    stall_s: float = 0.0          # stall length
+    every_s: float = 0.0          # stall period (0: never)
+    slots: int = 2
+    free: list[float] = field(default_factory=list)      # when each slot is next free
+    finishes: list[float] = field(default_factory=list)  # replies not sent yet
+
+    def __post_init__(self) -> None:
+        self.free = [0.0] * self.slots
+
+    def advance(self, start: float, work: float) -> float:
+        """When `work` seconds of service starting at `start` end, stalls skipped."""
+        if self.every_s <= 0:
+            return start + work
+        t = start
+        while True:
+            k = math.floor(t / self.every_s)
+            stall_end = k * self.every_s + self.stall_s
+            if t < stall_end:                      # inside a stall: wait it out
+                t = stall_end
+            next_stall = (k + 1) * self.every_s
+            if t + work <= next_stall:
+                return t + work
+            work -= next_stall - t
+            t = next_stall
+
+    def finish_if_sent(self, now: float, work: float) -> float:
+        return self.advance(max(now, min(self.free)), work)
+
+    def send(self, now: float, work: float) -> float:
+        i = self.free.index(min(self.free))
+        done = self.advance(max(now, self.free[i]), work)
+        self.free[i] = done
+        self.finishes.append(done)
+        return done - now
+
+    def inflight(self, now: float) -> int:
+        self.finishes = [f for f in self.finishes if f > now]
+        return len(self.finishes)
+
+
+def draw(rng: random.Random, mean_s: float) -> float:
+    mu = math.log(mean_s) - SIGMA * SIGMA / 2          # lognormal with this mean
+    return rng.lognormvariate(mu, SIGMA)
+
+
+Policy = Callable[[list[Node], float, list[float], random.Random], int]
+
+
+def least_conn(weighted: bool) -> Policy:
+    def pick(nodes: list[Node], now: float, _work: list[float], rng: random.Random) -> int:
+        scores = [n.inflight(now) / (n.weight if weighted else 1.0) for n in nodes]
+        best = min(scores)
+        return rng.choice([i for i, s in enumerate(scores) if s == best])
+    return pick
+
+
+def least_load(nodes: list[Node], now: float, _work: list[float], rng: random.Random) -> int:
+    scores = [(n.inflight(now) + 1) * n.mean_s / n.weight for n in nodes]
+    best = min(scores)
+    return rng.choice([i for i, s in enumerate(scores) if s <= best * (1 + 1e-9)])
+
+
+def oracle_queues(nodes: list[Node], now: float, _work: list[float], _rng: random.Random) -> int:
+    ends = [n.finish_if_sent(now, n.mean_s) for n in nodes]
+    return ends.index(min(ends))
+
+
+def oracle_clairvoyant(nodes: list[Node], now: float, work: list[float],
+                       _rng: random.Random) -> int:
+    ends = [n.finish_if_sent(now, w) for n, w in zip(nodes, work, strict=True)]
+    return ends.index(min(ends))
+
+
+@dataclass
+class Scenario:
+    title: str
+    means_ms: list[float]
+    weights: list[float]
+    stall: tuple[int, float, float] | None = None        # node, ms, every s
+
+    def nodes(self) -> list[Node]:
+        out = [Node(m / 1000.0, w) for m, w in zip(self.means_ms, self.weights, strict=True)]
+        if self.stall is not None:
+            i, ms, every = self.stall
+            out[i].stall_s, out[i].every_s = ms / 1000.0, every
+        return out
+
+    @property
+    def rate(self) -> float:
+        return 0.7 * sum(2 / (m / 1000.0) for m in self.means_ms)
+
+
+SCENARIOS = {
+    "slow331": Scenario("one node 3x slower, weights 3:3:1", [20, 20, 60], [3, 3, 1]),
+    "slow111": Scenario("one node 3x slower, equal weights", [20, 20, 60], [1, 1, 1]),
+    "stall": Scenario("one node stalls 200 ms every 2 s", [20, 20, 20], [1, 1, 1],
+                      stall=(2, 200.0, 2.0)),
+}
+
+
+def simulate(sc: Scenario, policy: Policy, seconds: float, seed: int,
+             hedge_after_ms: float | None = None) -> list[float]:
+    """Latencies (ms) of every request of a `seconds`-long Poisson run.
+
+    With `hedge_after_ms`, a request not answered by then also goes to the other
+    node where it would finish first (a fresh draw of its work there), and the
+    first answer counts. Optimistic on purpose: the copy takes no capacity from
+    anyone, and it sees the queues as they were when the request arrived."""
+    arrivals, works = random.Random(seed), random.Random(seed + 1)
+    rng, hedges = random.Random(seed + 2), random.Random(seed + 3)
+    nodes = sc.nodes()
+    now, out = 0.0, []
+    while now < seconds:
+        now += arrivals.expovariate(sc.rate)
+        work = [draw(works, n.mean_s) for n in nodes]
+        i = policy(nodes, now, work, rng)
+        ms = 1000.0 * nodes[i].send(now, work[i])
+        if hedge_after_ms is not None and ms > hedge_after_ms:
+            at = now + hedge_after_ms / 1000.0
+            copy = min(n.finish_if_sent(at, draw(hedges, n.mean_s))
+                       for j, n in enumerate(nodes) if j != i)
+            ms = min(ms, 1000.0 * (copy - now))
+        out.append(ms)
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+POLICIES: list[tuple[str, Policy]] = [
+    ("least_conn", least_conn(False)),
+    ("weighted least_conn", least_conn(True)),
+    ("least_load (exact tau)", least_load),
+    ("oracle (queues)", oracle_queues),          # rows[3]: the hedged row builds on it
+    ("oracle (clairvoyant)", oracle_clairvoyant),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=600.0, help="simulated, per policy")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    for key, sc in SCENARIOS.items():
+        print(f"\n{key}: {sc.title}, Poisson {sc.rate:.0f} req/s, {args.seconds:g} s simulated")
+        print(f"{'dispatcher':24} {'p50':>7} {'p99':>7} {'p99.9':>7} {'p99/lc':>7} "
+              f"{'p99.9/lc':>8}")
+        rows = [(name, simulate(sc, policy, args.seconds, args.seed))
+                for name, policy in POLICIES]
+        p95 = pct(rows[3][1], 0.95)           # of oracle (queues): 5 % of requests hedge
+        rows.append((f"{rows[3][0]} + hedges", simulate(sc, oracle_queues, args.seconds,
+                                                      args.seed, hedge_after_ms=p95)))
+        base = pct(rows[0][1], 0.99), pct(rows[0][1], 0.999)
+        for name, lat in rows:
+            p50, p99, p999 = pct(lat, 0.5), pct(lat, 0.99), pct(lat, 0.999)
+            print(f"{name:24} {p50:7.1f} {p99:7.1f} {p999:7.1f} {p99 / base[0]:6.2f}x "
+                  f"{p999 / base[1]:7.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
