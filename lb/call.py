@@ -44,11 +44,14 @@ class XCache(StrEnum):
 DEFAULT_DIRECTIVES = Directives()
 
 
-@dataclass(slots=True)     # not frozen: built per request, treat as immutable
+@dataclass(slots=True, init=False)     # built per request, treat as immutable
 class Deadline:
     """The instant (time.monotonic()) by which a request must be answered."""
 
     at: float
+
+    def __init__(self, at: float) -> None:     # written out: compiled (see Call)
+        self.at = at
 
     @classmethod
     def after(cls, seconds: float) -> Deadline:
@@ -86,9 +89,13 @@ UNAVAILABLE = Verdict(node_ok=False, retry=True, good=False)      # 503
 NODE_ERROR = Verdict(node_ok=False, retry=False, good=False)      # other 5xx
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Call:
-    """One client request as the core sees it (see the module docstring)."""
+    """One client request as the core sees it (see the module docstring).
+
+    Its `__init__` is written out, not generated: mypyc compiles what a class
+    defines, and a dataclass's generated methods run as Python (a frame per
+    call). The same holds for the other classes built on every request."""
 
     model: str
     version: int | None         # explicit or resolved; None: by label, or unknown model
@@ -102,6 +109,23 @@ class Call:
     idempotent: bool = True     # may be hedged
     rows: int = 1
     decision: Any = None        # the adaptive cache's Decision, once made (lb.core)
+
+    def __init__(self, model: str, version: int | None, label: str | None, pinned: bool,
+                 units: float, deadline: Deadline, payload: Any,
+                 directives: Directives = DEFAULT_DIRECTIVES, key: str | None = None,
+                 idempotent: bool = True, rows: int = 1, decision: Any = None) -> None:
+        self.model = model
+        self.version = version
+        self.label = label
+        self.pinned = pinned
+        self.units = units
+        self.deadline = deadline
+        self.payload = payload
+        self.directives = directives
+        self.key = key
+        self.idempotent = idempotent
+        self.rows = rows
+        self.decision = decision
 
 
 @mypyc_attr(native_class=False)     # compiled, a generic dataclass does not load

@@ -58,12 +58,16 @@ class Probes(Protocol):
     def model_seen(self, model: str) -> None: ...
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Plan:
     """What the cache may do with a call: its whole-request key, or one key per row."""
 
     key: str | None = None
     rows: list[str] | None = None
+
+    def __init__(self, key: str | None = None, rows: list[str] | None = None) -> None:
+        self.key = key      # written out: compiled (lb.call.Call says why)
+        self.rows = rows
 
 
 PlanFn = Callable[[Call], Awaitable[Plan | None]]

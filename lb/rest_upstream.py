@@ -47,7 +47,7 @@ def rest_verdict(status: int) -> Verdict:
     return NODE_ERROR if status >= 500 else CLIENT_ERROR
 
 
-@dataclass(slots=True)     # not frozen: built per request, treat as immutable
+@dataclass(slots=True, init=False)     # built per request, treat as immutable
 class RestPayload:
     """What a REST attempt sends; `body` is the client's bytes, passed through."""
 
@@ -56,6 +56,15 @@ class RestPayload:
     body: bytes | None = None
     parsed: Body | None = None      # the parsed body of a POST (keys, rows, batching)
     verb: str | None = None
+
+    def __init__(self, method: str, path: str, body: bytes | None = None,
+                 parsed: Body | None = None, verb: str | None = None) -> None:
+        # written out: compiled (lb.call.Call says why)
+        self.method = method
+        self.path = path
+        self.body = body
+        self.parsed = parsed
+        self.verb = verb
 
 
 class RestUpstream:

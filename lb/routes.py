@@ -60,12 +60,20 @@ def parse_path(path: str) -> Route:
                  label=m["label"], verb=m["verb"], metadata=m["meta"] is not None)
 
 
-@dataclass(slots=True)     # not frozen: built per request, treat as immutable
+@dataclass(slots=True, init=False)     # built per request, treat as immutable
 class Body:
     doc: dict[str, Any]
     rows: int
     signature_name: str
     columnar: bool = False     # predict with "inputs" (replies with "outputs")
+
+    def __init__(self, doc: dict[str, Any], rows: int, signature_name: str,
+                 columnar: bool = False) -> None:
+        # written out: compiled (lb.call.Call says why)
+        self.doc = doc
+        self.rows = rows
+        self.signature_name = signature_name
+        self.columnar = columnar
 
 
 def _rows_of_inputs(inputs: Any) -> int:

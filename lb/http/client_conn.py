@@ -32,7 +32,7 @@ _WATCHED = frozenset((b"content-type", b"content-length", b"transfer-encoding"))
 log = logging.getLogger("lb.http.client")
 
 
-@dataclass(slots=True)     # not frozen: built per request, treat as immutable
+@dataclass(slots=True, init=False)     # built per request, treat as immutable
 class Response:
     """A node's complete response; `headers` has lower-case names, in arrival order."""
 
@@ -40,6 +40,14 @@ class Response:
     body: bytes
     content_type: str          # the node's Content-Type, "application/json" when absent
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def __init__(self, status: int, body: bytes, content_type: str,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        # written out: mypyc compiles it, a dataclass's generated __init__ runs as Python
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = [] if headers is None else headers
 
 
 class Owner(Protocol):

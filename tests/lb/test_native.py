@@ -54,3 +54,19 @@ def test_the_pure_switch_runs_every_module_as_python() -> None:
     assert kind == "python"
     assert dispatch == str(ROOT / "lb" / "dispatch.py")
     assert server == str(ROOT / "lb" / "http" / "server_protocol.py")
+
+
+def test_the_objects_built_per_request_are_built_by_compiled_code() -> None:
+    """A dataclass's generated __init__ runs as Python even in a compiled module (a
+    frame per request): these classes write theirs out, and the build compiles it."""
+    classes = ("lb.call.Call", "lb.call.Deadline", "lb.rest_upstream.RestPayload",
+               "lb.http.client_conn.Response", "lb.core.Plan", "lb.routes.Body")
+    check = ("import importlib, sys, lb.dispatch, lb.native; print(lb.native.kind()); "
+             "[print(hasattr(getattr(importlib.import_module(m), c).__init__, '__code__')) "
+             "for m, c in (a.rsplit('.', 1) for a in sys.argv[1:])]")
+    full = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
+    done = subprocess.run([sys.executable, "-c", check, *classes], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=60, check=True)
+    kind, *interpreted = done.stdout.split()
+    assert kind == "compiled"
+    assert interpreted == ["False"] * len(classes), dict(zip(classes, interpreted, strict=True))
