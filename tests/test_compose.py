@@ -90,15 +90,56 @@ def test_proxy_replicas_publish_the_configured_ports(compose: dict[str, Any]) ->
     assert len(published) == len(set(published))                      # no host port twice
 
 
-def test_dockerfile_installs_the_proxy_without_tensorflow(compose: dict[str, Any]) -> None:
-    builds = {(s["build"]["context"], s["build"]["dockerfile"]) for s in _proxies(compose).values()}
+def _dockerfile(services: dict[str, Any]) -> tuple[Path, str]:
+    """(build context, the Dockerfile's instructions without comments)."""
+    builds = {(s["build"]["context"], s["build"]["dockerfile"])
+              for s in _proxies(services).values()}
     ((context, dockerfile),) = builds
     text = (ROOT / context / dockerfile).read_text()
-    code = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
-    assert "pip install ." in code and "[tf]" not in code and "tensorflow" not in code.lower()
-    assert "/etc/tfserving-lb/lb.yaml" in text
-    for line in text.splitlines():
-        if line.startswith("COPY"):
+    return ROOT / context, "\n".join(ln for ln in text.splitlines()
+                                     if ln.strip() and not ln.lstrip().startswith("#"))
+
+
+def _stages(code: str) -> list[list[str]]:
+    """The instructions of each stage, FROM first."""
+    stages: list[list[str]] = []
+    for line in code.replace("\\\n", " ").splitlines():
+        if line.startswith("FROM"):
+            stages.append([])
+        if stages:
+            stages[-1].append(line)
+    return stages
+
+
+def test_dockerfile_installs_the_proxy_without_tensorflow(compose: dict[str, Any]) -> None:
+    context, code = _dockerfile(compose)
+    assert "[tf]" not in code and "tensorflow" not in code.lower()
+    assert "/etc/tfserving-lb/lb.yaml" in code
+    for line in code.splitlines():
+        if line.startswith("COPY") and "--from=" not in line:
             for src in line.split()[1:-1]:
-                assert (ROOT / context / src).exists(), src
+                assert (context / src).exists(), src
     assert Path(ROOT / "scripts" / "docker" / "lb.yaml").is_file()
+
+
+def test_the_image_runs_the_data_path_compiled(compose: dict[str, Any]) -> None:
+    """A build stage with a C compiler runs scripts/build_native.py; the image copies
+    its build beside the sources the proxy runs from, and both stages start from the
+    same image (lb.native loads a build only with the Python that made it)."""
+    _context, code = _dockerfile(compose)
+    build, final = _stages(code)
+    assert build[0].split()[1] == final[0].split()[1]          # the same base image
+    name = build[0].split()[-1]
+    assert build[0].split()[-2].upper() == "AS"
+    workdir = {ln.split()[1] for stage in (build, final) for ln in stage
+               if ln.startswith("WORKDIR")}
+    assert len(workdir) == 1                                     # /src in both
+    assert any("gcc" in ln for ln in build if ln.startswith("RUN"))
+    run = " ".join(ln for ln in build if ln.startswith("RUN"))
+    assert '".[native]"' in run and "scripts/build_native.py" in run
+    # Editable: lb.native.ROOT is the source directory, where the build is copied.
+    assert any("pip install -e ." in ln for ln in final if ln.startswith("RUN"))
+    copies = [ln.split() for ln in final if ln.startswith(f"COPY --from={name}")]
+    assert copies == [["COPY", f"--from={name}", f"{workdir.pop()}/build/native",
+                       "./build/native"]]
+    assert not any("mypy" in ln or "[native]" in ln for ln in final)
