@@ -135,21 +135,34 @@ def proxy_stats(admin: str, processes: int = 1, timeout: float = 10.0) -> dict[i
     return found
 
 
+HEDGE_SETTINGS = frozenset({"enabled", "max_ratio"})     # in /stats "hedge": not counters
+
+
 def proxy_report(admin: str | None, processes: int) -> dict[str, Any]:
     """From every process's /stats: the hedge counters summed (None: /stats has no
-    "hedge" key) and the node requests each process sent (the SO_REUSEPORT spread)."""
+    "hedge" key; settings such as max_ratio are the same in each, kept as they are)
+    and the node requests each process sent (the SO_REUSEPORT spread)."""
     if admin is None:
         return {"hedge": None}
     docs = proxy_stats(admin, processes, timeout=10.0)
+    spread = sorted(sum(int(n.get("requests", 0)) for n in d["nodes"]) for d in docs.values())
+    return {"hedge": merge_hedge(list(docs.values())), "processes_seen": len(docs),
+            "requests_per_process": spread}
+
+
+def merge_hedge(docs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The "hedge" sections of several processes' /stats as one: counters summed,
+    settings kept; None when no document has one."""
     hedge: dict[str, Any] | None = None
-    for doc in docs.values():
+    for doc in docs:
         if isinstance(doc.get("hedge"), dict):
             hedge = hedge or {}
             for k, v in doc["hedge"].items():
-                if isinstance(v, int | float) and not isinstance(v, bool):
+                if k in HEDGE_SETTINGS:
+                    hedge[k] = v
+                elif isinstance(v, int | float) and not isinstance(v, bool):
                     hedge[k] = hedge.get(k, 0) + v
-    spread = sorted(sum(int(n.get("requests", 0)) for n in d["nodes"]) for d in docs.values())
-    return {"hedge": hedge, "processes_seen": len(docs), "requests_per_process": spread}
+    return hedge
 
 
 def wait_proxy_ready(admin: str, processes: int = 1, timeout: float = 30.0) -> None:

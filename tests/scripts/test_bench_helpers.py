@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from scripts import simnode
+from scripts.benchenv import merge_hedge
 from scripts.loadgen import open_loop, schedule
 from tests.procs import Proc, free_port, http
 
@@ -106,3 +107,12 @@ def test_open_loop_over_several_sessions_reports_its_own_pace(tmp_path: Path) ->
         assert simnode.read_stats([port])[0]["received"] == 100
     finally:
         proc.stop()
+
+
+def test_hedge_counters_of_several_processes_add_up_and_settings_do_not() -> None:
+    one = {"enabled": True, "sent": 3, "won": 1, "budget_available": 2.5, "max_ratio": 0.05}
+    two = {"enabled": True, "sent": 4, "won": 0, "budget_available": 1.0, "max_ratio": 0.05}
+    merged = merge_hedge([{"hedge": one}, {"hedge": two}, {"pid": 3}])
+    assert merged == {"enabled": True, "sent": 7, "won": 1, "budget_available": 3.5,
+                      "max_ratio": 0.05}
+    assert merge_hedge([{"pid": 1}]) is None
