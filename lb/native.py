@@ -40,7 +40,7 @@ MODULES = (
     "lb/call.py", "lb/core.py", "lb/dispatch.py", "lb/history.py", "lb/nodes.py",
     "lb/observe.py", "lb/outlier.py", "lb/policy.py", "lb/rest_front.py",
     "lb/rest_upstream.py", "lb/retry.py", "lb/routes.py",
-    "lb/http/client.py", "lb/http/client_conn.py", "lb/http/exchange.py",
+    "lb/http/client.py", "lb/http/client_conn.py", "lb/http/exchange.py", "lb/http/outbox.py",
     "lb/http/pipeline.py", "lb/http/server_protocol.py",
 )
 ROOT = Path(__file__).resolve().parent.parent

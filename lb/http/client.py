@@ -35,6 +35,7 @@ from lb.errors import (
     UpstreamTimeout,
 )
 from lb.http.client_conn import Conn, Exchange, Response
+from lb.http.outbox import Outbox
 
 __all__ = ["ClientLimits", "NodeClient", "Response"]
 
@@ -76,6 +77,7 @@ class NodeClient:
         self._prefix = url.path.rstrip("/").encode("ascii")
         self._host_line = b"Host: " + url.netloc.encode("idna") + b"\r\n"
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.outbox = Outbox()                   # requests leave at the end of a loop turn
         self._idle: list[Conn] = []              # LIFO; sorted by idle_since
         self._conns: set[Conn] = set()           # every connection holding a slot
         self._connecting: set[Exchange] = set()

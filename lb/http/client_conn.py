@@ -2,7 +2,8 @@
 
 Called by `lb.http.client.NodeClient`, which owns the pool, the slots and the
 timers; nothing else uses this module. Guarantees: a connection runs at most one
-exchange at a time, writes each request with one `transport.write`, and reports
+exchange at a time, writes each request with one `transport.write` (through its
+owner's `lb.http.outbox.Outbox`, flushed before it closes), and reports
 each exchange it runs exactly once to its owner (unless the owner took it back
 with `abort`): `exchange_done` with a complete
 `Response` (and whether the connection may be reused), or `exchange_failed`
@@ -24,6 +25,7 @@ from typing import Any, Protocol, cast
 
 import httptools
 
+from lb.http.outbox import Outbox
 from lb.native import mypyc_attr
 
 _JSON = "application/json"
@@ -54,6 +56,7 @@ class Owner(Protocol):
     """What a connection reports to (implemented by NodeClient)."""
 
     max_body: int
+    outbox: Outbox
 
     def exchange_done(self, conn: Conn, ex: Exchange, resp: Response, reusable: bool) -> None: ...
     def exchange_failed(self, conn: Conn, ex: Exchange, got_bytes: bool, why: str) -> None: ...
@@ -165,10 +168,7 @@ class Conn(asyncio.Protocol):
         self.status = 0
         transport = self.transport
         assert transport is not None
-        try:
-            transport.write(ex.data)
-        except (OSError, RuntimeError) as exc:   # uvloop raises on a closed handle
-            self._lost(f"write failed: {exc}")
+        self.owner.outbox.write(transport, ex.data)
 
     def is_usable(self) -> bool:
         transport = self.transport
@@ -180,6 +180,7 @@ class Conn(asyncio.Protocol):
             if abort:
                 transport.abort()
             else:
+                self.owner.outbox.flush()
                 transport.close()
 
     # -- asyncio.Protocol ----------------------------------------------------------------

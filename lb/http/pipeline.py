@@ -6,6 +6,8 @@ by `Exchange.respond`, and by `HttpServer.shutdown`. Guarantees:
 - The app holds at most one exchange of a connection at a time; queued ones follow in
   arrival order; each reply is one transport.write; a deep pipeline answered
   synchronously is served by a loop, not by recursion.
+- Replies leave through the server's `lb.http.outbox.Outbox` (every write of the
+  connection does, and it is flushed before the connection is shut or closed).
 - Server-made errors are answered after the replies owed to earlier requests, then the
   connection closes (lingering briefly so the client can read the error).
 - On loss of the connection the exchange in flight gets `on_abort` once; the queue is
@@ -35,6 +37,7 @@ from lb.http.limits import (
 )
 
 if TYPE_CHECKING:
+    from lb.http.outbox import Outbox
     from lb.http.server import HttpServer
 
 log = logging.getLogger("lb.http")
@@ -67,7 +70,7 @@ class Pipeline(asyncio.Protocol):
     """Requests in, replies out, in order; see the module docstring."""
 
     __slots__ = ("_active", "_app", "_closed", "_deadline", "_dispatching", "_input_done",
-                 "_lim", "_loop", "_lost", "_now", "_paused", "_phase", "_queue", "_remote",
+                 "_lim", "_loop", "_lost", "_now", "_out", "_paused", "_phase", "_queue", "_remote",
                  "_req", "_send_timer", "_server", "_shutting", "_timer", "_timer_at",
                  "_transport", "_write_paused")
     _transport: asyncio.Transport
@@ -77,6 +80,7 @@ class Pipeline(asyncio.Protocol):
         self._app = server.app
         self._lim = server.limits
         self._loop = loop
+        self._out: Outbox = server.outbox
         self._remote = ""
         self._now = 0.0
         self._req = Request()           # the one being parsed, once its head is (BODY, WAIT100)
@@ -207,7 +211,7 @@ class Pipeline(asyncio.Protocol):
             if not self._input_done:
                 self._keepalive_clock()
         elif self._phase == WAIT100:
-            self._transport.write(CONTINUE)
+            self._out.write(self._transport, CONTINUE)
             self._arm(BODY, self._loop.time() + self._lim.body_timeout_s)
 
     def send_reply(self, ex: Exchange, status: int, body: bytes, content_type: bytes,
@@ -229,10 +233,7 @@ class Pipeline(asyncio.Protocol):
             data = b"%s%d\r\n%s%s\r\n%s" % (head, len(body), headers, conn, body)
         ex.written = len(data)
         self._active = None
-        try:
-            self._transport.write(data)
-        except (RuntimeError, OSError):
-            return          # uvloop closed the handle; connection_lost is on its way
+        self._out.write(self._transport, data)
         if close:
             self._close(linger=ex._error is not None)
         elif self._dispatching:
@@ -271,6 +272,7 @@ class Pipeline(asyncio.Protocol):
             self._timer_at = deadline
         elif self._closed or self._phase == IDLE:
             self._deadline = INF    # idle keep-alive, or the linger after an error
+            self._out.flush()
             self._transport.close()
         else:
             self._fail(408, MESSAGES[408])
@@ -303,6 +305,7 @@ class Pipeline(asyncio.Protocol):
             return
         self._closed = self._input_done = True
         self._queue.clear()
+        self._out.flush()
         tr = self._transport
         if linger and not self._shutting and tr.can_write_eof():
             tr.write_eof()
@@ -319,6 +322,7 @@ class Pipeline(asyncio.Protocol):
         self._shutting = True
         if self._closed:
             if not self._lost:
+                self._out.flush()
                 self._transport.close()
         elif self._active is None and not self._queue and self._phase == IDLE:
             self._close()

@@ -16,6 +16,7 @@ import contextlib
 
 from lb.http.exchange import App, Exchange, Request
 from lb.http.limits import ServerLimits
+from lb.http.outbox import Outbox
 from lb.http.pipeline import Pipeline
 from lb.http.server_protocol import ServerConnection
 
@@ -34,6 +35,7 @@ class HttpServer:
         self.closing = False
         self._server: asyncio.Server | None = None
         self._drained: asyncio.Event | None = None
+        self.outbox = Outbox()         # of every connection's replies (one loop)
 
     async def start(self, host: str, port: int, *, reuse_port: bool = True,
                     backlog: int = 1024) -> None:

@@ -276,7 +276,7 @@ class ServerConnection(Pipeline):
         if self._active is not None or self._queue:
             self._arm(WAIT100, INF)
             return True
-        self._transport.write(CONTINUE)
+        self._out.write(self._transport, CONTINUE)
         return False
 
     def _split_url(self, url: bytes) -> tuple[bytes, bytes]:
