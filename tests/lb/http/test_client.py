@@ -10,28 +10,16 @@ import socket
 import ssl
 import struct
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-import uvloop
 from aiohttp import web
 
 from lb.errors import BadRequest, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from lb.http.client import ClientLimits, NodeClient, Response
 from tests.procs import free_port
-
-LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-
-
-@pytest.fixture(params=sorted(LOOPS))
-def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, Any]], Any]:
-    """Runs a test coroutine on a fresh loop of the parametrized kind, bounded to 30 s."""
-    def runner(coro: Coroutine[Any, Any, Any]) -> Any:
-        with asyncio.Runner(loop_factory=LOOPS[request.param]) as r:
-            return r.run(asyncio.wait_for(coro, 30))
-    return runner
 
 
 def ok(body: bytes = b"ok", extra: bytes = b"") -> bytes:

@@ -16,23 +16,11 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import pytest
-import uvloop
 
 from lb.http.server import Exchange, HttpServer, Request, ServerLimits
 
 Run = Callable[[Coroutine[Any, Any, None]], None]
 WAIT = 5.0      # the deadline of every single read in these tests
-
-
-@pytest.fixture(params=["uvloop", "asyncio"])
-def run(request: pytest.FixtureRequest) -> Run:
-    def runner(coro: Coroutine[Any, Any, None]) -> None:
-        main = asyncio.wait_for(coro, 30.0)
-        if request.param == "uvloop":
-            uvloop.run(main)
-        else:
-            asyncio.run(main)
-    return runner
 
 
 class App:
