@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", default=[], metavar="[MODEL:]LABEL=VERSION",
                    help="version label (repeatable); without MODEL: for the first model")
     p.add_argument("--threads", type=int, default=2, help="inference thread pool size")
+    p.add_argument("--load-delay-s", type=float, default=0.0,
+                   help="stay LOADING this long before loading (a node that joins while it "
+                        "loads, for tests)")
     p.add_argument("--poll-s", type=float, default=1.0,
                    help="seconds between scans for new version folders (0: never)")
     p.add_argument("--log-level", default="INFO")
@@ -92,9 +95,12 @@ def build_registry(args: argparse.Namespace) -> Registry:
     return registry
 
 
-def load_models(registry: Registry, threads: int, poll_s: float = 0.0) -> None:
-    """Import TensorFlow and load every version, then (poll_s > 0) load version
-    folders that appear later, checking every poll_s. Runs in the loader thread."""
+def load_models(registry: Registry, threads: int, poll_s: float = 0.0,
+                delay_s: float = 0.0) -> None:
+    """Import TensorFlow and load every version (after `delay_s`, LOADING meanwhile),
+    then (poll_s > 0) load version folders that appear later, checking every poll_s.
+    Runs in the loader thread."""
+    time.sleep(delay_s)
     from backends import runtime  # TensorFlow is imported here, off the event loop
 
     runtime.configure_threads(inter_op=threads)
@@ -136,8 +142,8 @@ async def serve(args: argparse.Namespace, registry: Registry) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loader = threading.Thread(target=load_models, args=(registry, args.threads, args.poll_s),
-                              name="loader", daemon=True)
+    loader = threading.Thread(target=load_models, name="loader", daemon=True,
+                              args=(registry, args.threads, args.poll_s, args.load_delay_s))
     loader.start()
     await stop.wait()
     logger.info("stopping: draining in-flight requests (grace %.0f s)", GRACE_S)

@@ -80,12 +80,14 @@ class Verdict:
     node_ok: bool       # the node did its job (else: an error for outlier detection)
     retry: bool         # worth another node (busy, or cut by the per-try timeout)
     good: bool          # a good answer: a τ sample, storable in the cache
+    refused: bool = False   # the node does not serve the model now (loading, restarting)
 
 
 GOOD = Verdict(node_ok=True, retry=False, good=True)
 CLIENT_ERROR = Verdict(node_ok=True, retry=False, good=False)     # 4xx: the request's fault
 BUSY = Verdict(node_ok=True, retry=True, good=False)              # 429, a full batch queue
-UNAVAILABLE = Verdict(node_ok=False, retry=True, good=False)      # 503
+UNAVAILABLE = Verdict(node_ok=False, retry=True, good=False)      # a per-try timeout
+REFUSED = Verdict(node_ok=False, retry=True, good=False, refused=True)    # 503
 NODE_ERROR = Verdict(node_ok=False, retry=False, good=False)      # other 5xx
 
 

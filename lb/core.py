@@ -80,20 +80,6 @@ class Rows(Protocol):
                     keys: list[str]) -> Outcome[Any]: ...
 
 
-@dataclass(slots=True)
-class Waits:
-    """Requests that waited for a model to become AVAILABLE (/stats, /metrics)."""
-
-    waits: int = 0
-    seconds: float = 0.0
-    max_s: float = 0.0
-    timeouts: int = 0
-
-    def as_dict(self) -> dict[str, float | int]:
-        return {"waits": self.waits, "seconds": round(self.seconds, 6),
-                "max_s": round(self.max_s, 6), "timeouts": self.timeouts}
-
-
 def _batching(cfg: Config) -> frozenset[str]:
     """The models that batch (`models.M.batching`); the others never wait in a group."""
     return frozenset(name for name, m in cfg.models.items() if m.batching is not None)
@@ -109,7 +95,7 @@ class Core:
         self.dispatcher = dispatcher
         self.cache = cache
         self.flights = Flights()
-        self.waits = Waits()
+        self.waits = pool.waits
         self.inflight = 0
         self.shed = 0
         self._probes = probes
@@ -291,12 +277,8 @@ class Core:
             await self.pool.wait_available(until - time.monotonic())
             state = self.pool.readiness(call.model, call.version)
         waited = time.monotonic() - start
-        w = self.waits
-        w.waits += 1
-        w.seconds += waited
-        w.max_s = max(w.max_s, waited)
+        self.waits.count(waited, state == "wait")
         if state == "wait":
-            w.timeouts += 1
             log.warning("no node has %s AVAILABLE after %.1f s", call.model, waited)
             raise NotReady(f"Model {call.model} is not available yet on any node; "
                            f"retry later")

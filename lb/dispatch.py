@@ -23,6 +23,12 @@ Guarantees:
   transport drops its connection or cancels its RPC), and what it ran counts
   as a lower bound of its node's time per unit;
 * no Task is created here: attempts are futures, a hedge is a loop timer;
+* a call goes only to nodes that serve its model (`NodePool.eligible`); when
+  none may take it but some node has or loads the model, it is held
+  (`hold`: `limits.queue_timeout_s` in all, then `NotReady`, 503 + Retry-After);
+  a node that refuses a call (REST 503, gRPC UNAVAILABLE) leaves the model's
+  set until a probe says AVAILABLE, and that attempt costs no try and no retry
+  budget (each node is tried once per call, so refusals are bounded);
 * when no attempt succeeds: the last answer if a node gave one, else
   `DeadlineExceeded` past the deadline, else `Unavailable` (`finish`).
 """
@@ -39,7 +45,14 @@ from typing import Any, Generic, TypeVar
 
 from lb.call import Call, Transport, Verdict
 from lb.config import Config
-from lb.errors import DeadlineExceeded, LbError, Unavailable, UpstreamError
+from lb.errors import (
+    DeadlineExceeded,
+    LbError,
+    NotReady,
+    Unavailable,
+    UpstreamError,
+    UpstreamRefused,
+)
 from lb.hedge import HedgePolicy
 from lb.nodes import Node, NodePool
 from lb.retry import RetryBudget
@@ -92,13 +105,17 @@ class _Attempt(Generic[A]):
             if exc is not None:
                 node.end(self.flight, elapsed, ok=False, now=now, sample=False)
                 dispatcher.passive(node, False, now)
-                if not isinstance(exc, LbError):
+                if isinstance(exc, UpstreamRefused):
+                    dispatcher.pool.refused(node, self.model)
+                elif not isinstance(exc, LbError):
                     log.error("attempt on %s raised %r", node.name, exc)
                 return
             verdict = self.transport.verdict(fut.result(), self.cut)
             node.end(self.flight, elapsed, ok=verdict.node_ok, now=now, sample=verdict.good)
             if not verdict.node_ok or node.outlier.failures:
                 dispatcher.passive(node, verdict.node_ok, now)
+            if verdict.refused:
+                dispatcher.pool.refused(node, self.model)
             if verdict.good and dispatcher.hedge_on:
                 dispatcher.hedging.observe(node.name, self.model, elapsed)
         finally:
@@ -202,15 +219,19 @@ class _Race(Generic[A]):
 class Flow:
     """The dispatch state of one call across its attempts (`Dispatcher.open`)."""
 
-    __slots__ = ("answered", "cut", "error", "n", "node", "tried")
+    __slots__ = ("answered", "cut", "error", "held_until", "n", "node", "refusals", "tried",
+                 "wanting")
 
     def __init__(self) -> None:
         self.tried: list[Node] = []
-        self.n = 0                                   # attempts started (not hedges)
+        self.n = 0                  # attempts started (not hedges, not refused ones)
+        self.refusals = 0           # attempts a node refused (free: no try, no budget)
         self.node: Node | None = None                # of the attempt in progress
         self.cut = False                             # it runs under a per-try timeout
         self.error: LbError | None = None            # the last attempt without an answer
         self.answered: tuple[Any, Node] | None = None    # the last answer, with its node
+        self.wanting = False        # no node may take it now, but one has or loads the model
+        self.held_until = 0.0       # the end of its hold, once it began (`Dispatcher.hold`)
 
 
 class Dispatcher:
@@ -266,11 +287,14 @@ class Dispatcher:
         no loop round trip)."""
         now = time.monotonic()
         left = call.deadline.at - now
+        flow.wanting = False
         if flow.n >= self._tries or left <= 0 or (flow.n and not self.budget.try_spend(now)):
             return None
         node = self.pool.pick(call.units, flow.tried, call.model, call.version,
                               explicit=call.pinned, usable=transport.usable)
         if node is None:
+            flow.wanting = call.version is not None and self.pool.knows(call.model,
+                                                                        call.version)
             return None
         flow.tried.append(node)
         flow.n += 1
@@ -301,10 +325,37 @@ class Dispatcher:
                 raise exc
             log.warning("attempt on %s failed: %s", node.name, exc)
             flow.error = exc
+            if isinstance(exc, UpstreamRefused):
+                self._free(flow)
             return None
         answer = fut.result()
+        verdict = transport.verdict(answer, flow.cut)
+        if verdict.refused:
+            self._free(flow)
+            return None
         flow.answered = (answer, node)
-        return None if transport.verdict(answer, flow.cut).retry else flow.answered
+        return None if verdict.retry else flow.answered
+
+    @staticmethod
+    def _free(flow: Flow) -> None:
+        """A node refused the attempt (it does not serve the model now): it costs no try
+        and no retry budget. Bounded: the node is not tried again for this call."""
+        flow.n -= 1
+        flow.refusals += 1
+
+    async def hold(self, flow: Flow, call: Call, transport: Transport[Any]) -> None:
+        """Wait for a node that may take `call` (`NodePool.hold`), at most
+        `limits.queue_timeout_s` over the call's whole life and never past its deadline;
+        `NotReady` (503 + Retry-After) when none came. Called by `send` when the
+        attempt found no node but the pool has, or loads, the model."""
+        now = time.monotonic()
+        if not flow.held_until:
+            flow.held_until = now + self.cfg.limits.queue_timeout_s
+        until = min(flow.held_until, call.deadline.at)
+        if not await self.pool.hold(call.model, call.version, until, flow.tried,
+                                    call.pinned, transport.usable):
+            log.warning("no node serves %s after %.1f s", call.model, time.monotonic() - now)
+            raise NotReady(f"Model {call.model} is not available on any node; retry later")
 
     def finish(self, flow: Flow, call: Call) -> tuple[Any, Node]:
         """No attempt is left: the last answer if a node gave one, else the error."""
@@ -323,13 +374,18 @@ class Dispatcher:
         With `flow`, it continues a dispatch whose first attempts ran without it."""
         if flow is None:
             flow = self.open(call)
-        while (fut := self.attempt(flow, call, transport)) is not None:
+        while True:
+            fut = self.attempt(flow, call, transport)
+            if fut is None:
+                if not flow.wanting:
+                    return self.finish(flow, call)
+                await self.hold(flow, call, transport)    # NotReady when none came
+                continue
             with contextlib.suppress(UpstreamError):   # outcome() reads it off the future
                 await fut
             done = self.outcome(flow, fut, transport)
             if done is not None:
                 return done
-        return self.finish(flow, call)
 
     def _hedge_p95(self, call: Call, node: Node) -> float | None:
         """The hedge delay of `call` on `node` (its p95 for the model), None: no hedging."""

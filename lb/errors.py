@@ -93,5 +93,11 @@ class UpstreamConnectError(UpstreamError):
     status = 503
 
 
+class UpstreamRefused(UpstreamConnectError):
+    """The node turned the call away without serving it (gRPC UNAVAILABLE: a model
+    still loading, a server starting or stopping, no connection): like a REST 503, the
+    node leaves the model's set until a probe says AVAILABLE (`NodePool.refused`)."""
+
+
 class UpstreamTimeout(UpstreamError):
     status = 504

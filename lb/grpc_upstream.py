@@ -9,7 +9,7 @@ or a DNS change leaks no channel). Requests and replies are bytes
 boundary where `grpc.aio.AioRpcError` becomes either a `GrpcReply` carrying
 the node's status code and details (to be passed through to the client) or,
 when the node gave no answer (`UNAVAILABLE`: refused, reset, not ready), an
-`UpstreamConnectError` that the caller may retry on another node.
+`UpstreamRefused` that the caller retries on another node.
 
 Guarantees: every call carries a deadline (`timeout_s`); channels have the
 configured message limits (above gRPC's 4 MB default) and are closed by
@@ -30,7 +30,7 @@ import grpc.aio
 
 from lb.call import BUSY, CLIENT_ERROR, GOOD, NODE_ERROR, UNAVAILABLE, Call, Verdict
 from lb.config import GrpcConfig
-from lb.errors import UpstreamConnectError
+from lb.errors import UpstreamRefused
 from lb.grpc_messages import Request
 from lb.nodes import Node
 
@@ -109,7 +109,7 @@ class GrpcUpstream:
         """One unary call of `path` (`/package.Service/Method`) on `node`.
 
         Returns the node's reply for any status but UNAVAILABLE, which raises
-        `UpstreamConnectError` (no answer: safe to try another node).
+        `UpstreamRefused` (no answer: safe to try another node).
         """
         method = self._channel(node, address).unary_unary(path)
         try:
@@ -117,7 +117,7 @@ class GrpcUpstream:
         except grpc.aio.AioRpcError as exc:
             code, details = exc.code(), exc.details() or ""
             if code == grpc.StatusCode.UNAVAILABLE:
-                raise UpstreamConnectError(node, details) from exc
+                raise UpstreamRefused(node, details) from exc
             return GrpcReply(code, b"", details)
         return GrpcReply(OK, body if isinstance(body, bytes) else bytes(body))
 

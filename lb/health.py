@@ -7,8 +7,13 @@ its probes answer and, for the models known, at least one version is
 `AVAILABLE` (TF Serving answers 200 even while LOADING, so a 200 alone is not
 healthy). What each node reports — versions AVAILABLE, and versions still
 START or LOADING — goes to `NodePool.set_versions`, which wakes requests
-waiting for a model to become available (`lb.core`). Each probe runs under
-its own timeout; one failing node never delays the others' verdicts.
+waiting for a model to become available (`lb.core`, `NodePool.hold`). A probe
+that is not answered changes nothing of what the node reported last: a busy
+node whose probe timed out still serves, and whether a node is up is decided
+by `unhealthy_after` failed probes in a row and by passive outlier detection.
+A node that refuses a call (`NodePool.refused`) is probed again at once
+(`recheck`: one probe at a time per node). Each probe runs under its own
+timeout; one failing node never delays the others' verdicts.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ _NO_MODEL_PROBE = "/v1/models/__tfslb_probe__"
 
 
 _COMING = ("START", "LOADING")
+RECHECK_GAP_S = 0.05        # refusals within this long of a recheck share it
 
 
 @dataclass(slots=True)
@@ -68,7 +74,31 @@ class HealthChecker:
         self._kick = asyncio.Event()
         self._learning: dict[str, asyncio.Task[None]] = {}
         self._unknown: dict[str, float] = {}
+        self._rechecks: dict[str, asyncio.Task[None]] = {}
         self.rounds = 0
+
+    def recheck(self, node: Node) -> None:
+        """Probe `node` now, outside the rounds (it refused a call: `NodePool.on_refusal`).
+        Refusals while one recheck of the node runs, or within `RECHECK_GAP_S` after
+        it, share it. Called on the event loop."""
+        if node.name in self._rechecks:
+            return
+        task = asyncio.create_task(self._recheck(node), name=f"recheck:{node.name}")
+        self._rechecks[node.name] = task
+        task.add_done_callback(lambda _t: self._rechecks.pop(node.name, None))
+
+    async def _recheck(self, node: Node) -> None:
+        verdict = await self._probe(node)
+        if self.pool.nodes.get(node.name) is node:       # still in the pool
+            self._apply(node, verdict)
+        await asyncio.sleep(RECHECK_GAP_S)
+
+    async def close(self) -> None:
+        """Cancel the rechecks still running (at shutdown)."""
+        tasks = list(self._rechecks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def model_seen(self, model: str) -> None:
         """Traffic named `model`: probe it from now on (bounded), soon."""
@@ -163,8 +193,6 @@ class HealthChecker:
     def _apply(self, node: Node, verdict: _Verdict) -> None:
         if verdict.answered:
             self.pool.set_versions(node, verdict.versions, verdict.loading)
-        else:
-            node.versions, node.loading, node.latest = {}, {}, {}
         serving = verdict.answered and (not self.models or any(verdict.versions.values()))
         if serving:
             self._fails[node.name] = 0

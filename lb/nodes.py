@@ -24,6 +24,30 @@ from lb import policy
 from lb.config import NodeConfig, PolicyConfig
 from lb.outlier import OutlierPolicy, OutlierState
 
+HOLD_POLL_S = 0.25          # a held request looks at the pool again at least this often
+
+
+@dataclass(slots=True)
+class Waits:
+    """Requests that waited for a node serving their model (/stats, /metrics): at
+    resolution (`lb.core`) or held by the dispatcher (`NodePool.hold`)."""
+
+    waits: int = 0
+    seconds: float = 0.0
+    max_s: float = 0.0
+    timeouts: int = 0
+
+    def count(self, waited: float, timed_out: bool) -> None:
+        self.waits += 1
+        self.seconds += waited
+        self.max_s = max(self.max_s, waited)
+        if timed_out:
+            self.timeouts += 1
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"waits": self.waits, "seconds": round(self.seconds, 6),
+                "max_s": round(self.max_s, 6), "timeouts": self.timeouts}
+
 
 @dataclass(slots=True)
 class Node:
@@ -200,6 +224,10 @@ class NodePool:
         self.outlier = outlier or OutlierPolicy(slow_start_s=pcfg.slow_start_s)
         self.nodes: dict[str, Node] = {n.name: Node.from_config(n, pcfg) for n in nodes}
         self._waiters: set[asyncio.Future[None]] = set()
+        self.waits = Waits()
+        # Called with a node that refused a call (`refused`): the health checks probe it
+        # again at once (the composition root wires `HealthChecker.recheck`).
+        self.on_refusal: Callable[[Node], None] | None = None
 
     def __iter__(self) -> Any:
         return iter(self.nodes.values())
@@ -231,20 +259,23 @@ class NodePool:
         self.outlier = outlier or OutlierPolicy(slow_start_s=pcfg.slow_start_s)
         self.nodes = fresh
 
-    def pick(self, units: float, exclude: Sequence[Node] = (), model: str | None = None,
-             version: int | None = None, *, explicit: bool = False,
-             usable: Callable[[Node], bool] | None = None,
-             spare: int | None = None) -> Node | None:
-        """The node the policy chooses for a request of `units`, or None if none is left.
+    def eligible(self, units: float, exclude: Sequence[Node] = (), model: str | None = None,
+                 version: int | None = None, *, explicit: bool = False,
+                 usable: Callable[[Node], bool] | None = None,
+                 spare: int | None = None) -> list[Node]:
+        """The nodes a request may go to now, before the policy chooses among them.
 
-        Only nodes `usable` says can take the call (e.g. those with a gRPC
-        address). Prefers healthy nodes; when every node is unhealthy, tries
-        them all rather than fail everything — except with `spare` (a hedge):
-        then only available nodes with fewer than `spare` requests in flight.
-        With `model` and `version`, prefers nodes serving that version: having
-        it (`explicit`, the request names it) or having it as their latest (the
-        version an unversioned request resolved to, so that a cached answer
-        belongs to the version its key names).
+        Only nodes `usable` says can take the call (e.g. those with a gRPC address).
+        Prefers healthy nodes; when every node is unhealthy, tries them all rather
+        than fail everything — except with `spare` (a hedge): then only available
+        nodes with fewer than `spare` requests in flight. With `model` and
+        `version`, only nodes serving that version: having it (`explicit`, the
+        request names it) or having it as their latest (the version an unversioned
+        request resolved to, so that a cached answer belongs to the version its key
+        names). When none of them serves it but some node has it, loads it or has
+        not answered a probe yet, the list is empty: the request is held
+        (`hold`), never sent to a node that would refuse it. Only a model that no
+        node knows goes to any node, which answers its 404.
         """
         now = self._clock()
         # One pass for the common case (this runs for every attempt): the healthy ones.
@@ -256,18 +287,45 @@ class NodePool:
         elif not pool:                          # none healthy: try them all
             pool = [n for n in self.nodes.values()
                     if n not in exclude and (usable is None or usable(n))]
-        if not pool:
-            return None
-        if model is not None and version is not None and len(pool) > 1:
+        if model is not None and version is not None and pool:
             serving = ([n for n in pool if n.serves(model, version)] if explicit
                        else [n for n in pool if n.latest.get(model) == version])
-            pool = serving or pool
+            if serving or self.knows(model, version):
+                return serving
+        return pool
+
+    def pick(self, units: float, exclude: Sequence[Node] = (), model: str | None = None,
+             version: int | None = None, *, explicit: bool = False,
+             usable: Callable[[Node], bool] | None = None,
+             spare: int | None = None) -> Node | None:
+        """The node the policy chooses among `eligible` ones, or None if none is left."""
+        pool = self.eligible(units, exclude, model, version, explicit=explicit,
+                             usable=usable, spare=spare)
+        if not pool:
+            return None
         if len(pool) > 1 and self.policy_name == "least_load":     # _choose, inline
+            now = self._clock()
             pcfg = self._pcfg
             cands = [n.candidate(now, self.outlier) for n in pool]
             return pool[policy.least_load(cands, units, self._rng, pcfg.ewma_decay_s,
                                           pcfg.stall_factor, pcfg.tie_band)]
-        return pool[self._choose(pool, units, now)]
+        return pool[self._choose(pool, units, self._clock())]
+
+    def knows(self, model: str, version: int | None) -> bool:
+        """Whether some node has `model` (that version) AVAILABLE, is loading it, or has
+        not answered a probe yet: then a request for it waits for a node that serves
+        it rather than go to one that does not."""
+        for n in self.nodes.values():
+            if not n.seen:
+                return True
+            have, coming = n.versions.get(model), n.loading.get(model)
+            if version is None:
+                if have or coming:
+                    return True
+            elif (have is not None and version in have) or (coming is not None
+                                                            and version in coming):
+                return True
+        return False
 
     def _choose(self, pool: Sequence[Node], units: float, now: float) -> int:
         if len(pool) == 1:
@@ -306,6 +364,38 @@ class NodePool:
                 if not fut.done():
                     fut.set_result(None)
 
+    def refused(self, node: Node, model: str) -> None:
+        """`node` refused a call for `model` (503, UNAVAILABLE: loading, restarting,
+        unloading it): it leaves the model's set — its versions count as loading —
+        until a probe says AVAILABLE again, and that probe is asked for now. Called
+        by the dispatcher when an attempt settles."""
+        have = node.versions.get(model)
+        if have:
+            node.versions = {**node.versions, model: frozenset()}
+            node.loading = {**node.loading, model: node.loading.get(model, frozenset()) | have}
+            node.latest = {m: max(v) for m, v in node.versions.items() if v}
+        if self.on_refusal is not None:
+            self.on_refusal(node)
+
+    async def hold(self, model: str, version: int | None, until: float,
+                   exclude: Sequence[Node] = (), explicit: bool = False,
+                   usable: Callable[[Node], bool] | None = None) -> bool:
+        """Wait until some node not in `exclude` may take a call for `model` (`eligible`
+        is not empty), at most until `until` (time.monotonic()); False when it timed
+        out. Woken by the probes (`set_versions`); looks again at least every
+        `HOLD_POLL_S` (an ejection that lapses wakes nobody). Counted in `waits`."""
+        start = time.monotonic()
+        ready = False
+        while True:
+            ready = bool(self.eligible(1.0, exclude, model, version, explicit=explicit,
+                                       usable=usable))
+            left = until - time.monotonic()
+            if ready or left <= 0:
+                break
+            await self.wait_available(min(left, HOLD_POLL_S))
+        self.waits.count(time.monotonic() - start, not ready)
+        return ready
+
     def readiness(self, model: str, version: int | None) -> str:
         """"ready": a healthy node has the model (that version) AVAILABLE; "wait": none
         has, but one is loading it or has not answered a probe yet; "absent": no node
@@ -334,12 +424,17 @@ class NodePool:
             self._waiters.discard(fut)
 
     def latest_version(self, model: str) -> int | None:
-        """Latest version AVAILABLE on any healthy node (health checks fill this)."""
+        """Latest version AVAILABLE on any healthy node (health checks fill this); when
+        no node is healthy, on any node (as `eligible` then tries them all)."""
         best = None
         for n in self.nodes.values():
             if n.healthy and (v := n.latest.get(model)) is not None and (best is None
                                                                         or v > best):
                 best = v
+        if best is None and not self.any_healthy():
+            for n in self.nodes.values():
+                if (v := n.latest.get(model)) is not None and (best is None or v > best):
+                    best = v
         return best
 
     def any_healthy(self) -> bool:

@@ -152,6 +152,9 @@ class RestFront:
         landed = functools.partial(self._landed, ex, call, flow, x_cache, start)
         try:
             fut = dispatcher.attempt(flow, call, self.transport, landed)
+            if fut is None and flow.wanting:           # held until a node serves it
+                self._spawn(ex, self._retry(ex, call, flow, x_cache, start))
+                return
             if fut is None:
                 dispatcher.finish(flow, call)          # raises: no node, no time
                 raise LbError("no attempt was made")

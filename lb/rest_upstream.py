@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lb.call import BUSY, CLIENT_ERROR, GOOD, NODE_ERROR, UNAVAILABLE, Call, Verdict
+from lb.call import BUSY, CLIENT_ERROR, GOOD, NODE_ERROR, REFUSED, Call, Verdict
 from lb.config import UpstreamConfig
 from lb.formats import adapt
 from lb.http.client import ClientLimits, NodeClient, Response
@@ -36,8 +36,10 @@ log = logging.getLogger("lb.upstream")
 
 JSON = "application/json"
 RETIRE_S = 60.0
-# TF Serving answers 429/503 when its batch queue is full: another node may not be.
-_VERDICTS = {200: GOOD, 429: BUSY, 503: UNAVAILABLE}
+# TF Serving answers 429 when its batch queue is full: another node may not be. A 503
+# (a model still loading, a server starting or stopping) is a refusal: the node leaves
+# the model's set until a probe says AVAILABLE (`NodePool.refused`).
+_VERDICTS = {200: GOOD, 429: BUSY, 503: REFUSED}
 
 
 def rest_verdict(status: int) -> Verdict:

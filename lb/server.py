@@ -91,6 +91,7 @@ class Proxy:
         self.rest_upstream = RestUpstream(cfg.upstream)
         self.grpc_upstream = GrpcUpstream(cfg.grpc)
         self.health = HealthChecker(cfg.health, self.pool, self.rest_upstream, list(cfg.models))
+        self.pool.on_refusal = self.health.recheck
         self.dispatcher = Dispatcher(cfg, self.pool)
         self.cache = build_cache(cfg, lambda model: self.cfg.model(model).cache)
         self.core = Core(cfg, self.pool, self.dispatcher, self.cache, self.health)
@@ -231,6 +232,7 @@ class Proxy:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.health.close()
         await self.core.batcher.close()
         if self.core.rows is not None:
             await self.core.rows.close()      # type: ignore[attr-defined]
