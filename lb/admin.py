@@ -48,9 +48,10 @@ def stats_doc(proxy: Proxy) -> dict[str, Any]:
             "pid": os.getpid(), "data_path": native.kind(), "config": proxy.status.as_dict(),
             "retries": {"retries": flow["retries"],
                         "budget_rejections": flow["budget_rejections"]},
-            "hedge": flow["hedge"], "waits": proxy.core.waits.as_dict(),
+            "hedge": flow["hedge"], "queue": flow["queue"],
+            "waits": proxy.core.waits.as_dict(),
             "inflight": proxy.core.inflight, "shed": proxy.core.shed,
-            "batching": proxy.core.batcher.as_dict(),
+            "batching": proxy.dispatcher.batches.as_dict(),
             "upstream": {"rest": proxy.rest_upstream.stats(),
                          "grpc_channels": proxy.grpc_upstream.channels},
             "discovery": proxy.discovery.status.as_dict() if proxy.discovery else None}

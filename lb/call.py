@@ -2,7 +2,7 @@
 
 Built by the fronts (`lb.rest_front`, `lb.grpc_front`) once per client request
 and read by the core (`lb.core`), the dispatcher (`lb.dispatch`) and the
-batcher. All are slotted; the frozen ones are shared constants or results.
+batching. All are slotted; the frozen ones are shared constants or results.
 
 A `Call` describes one client request in protocol-neutral terms: which model
 and version it addresses, what it costs (units = rows × the model's cost),
@@ -11,7 +11,7 @@ client's Cache-Control directives, and the `payload` only its front's
 `Transport` understands. The core never looks inside the payload.
 
 Guarantees: a `Deadline` is one value for the whole request (retries, hedges,
-waits and the batcher all read it); `Deadline.check()` raises the one
+waits and batches all read it); `Deadline.check()` raises the one
 `DeadlineExceeded` of `lb.errors`.
 """
 
@@ -111,11 +111,13 @@ class Call:
     idempotent: bool = True     # may be hedged
     rows: int = 1
     decision: Any = None        # the adaptive cache's Decision, once made (lb.core)
+    priority: int = 1           # lb.scheduler's lane: 0 critical, 1 normal, 2 sheddable
 
     def __init__(self, model: str, version: int | None, label: str | None, pinned: bool,
                  units: float, deadline: Deadline, payload: Any,
                  directives: Directives = DEFAULT_DIRECTIVES, key: str | None = None,
-                 idempotent: bool = True, rows: int = 1, decision: Any = None) -> None:
+                 idempotent: bool = True, rows: int = 1, decision: Any = None,
+                 priority: int = 1) -> None:
         self.model = model
         self.version = version
         self.label = label
@@ -128,6 +130,7 @@ class Call:
         self.idempotent = idempotent
         self.rows = rows
         self.decision = decision
+        self.priority = priority
 
 
 @mypyc_attr(native_class=False)     # compiled, a generic dataclass does not load
@@ -144,7 +147,7 @@ class Transport(Protocol[A]):
     """How one front talks to nodes: `lb.rest_upstream.RestTransport`,
     `lb.grpc_upstream.GrpcTransport`."""
 
-    codec: Any      # its `lb.batcher.BatchCodec`, None when its calls are never batched
+    codec: Any      # its `lb.batching.BatchCodec`, None when its calls are never batched
 
     @property
     def usable(self) -> Callable[[Node], bool] | None:

@@ -68,7 +68,8 @@ class NodeConfig(_Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     rest: str
     grpc: str | None = None
-    weight: Positive = 1.0
+    weight: Positive = 1.0              # capacity, relative to the others: seeds the limit
+    max_inflight: Annotated[int, Field(ge=1, le=4096)] | None = None   # pins the limit
 
     @field_validator("rest")
     @classmethod
@@ -96,11 +97,43 @@ class BatchingConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    cost: Positive = 1.0
+    cost: Positive = 1.0                     # units per row (w_j = rows × cost): /stats' load
     row_cache: bool = False
     hedge: bool = True                       # hedged requests for this model's calls
     batching: BatchingConfig | None = None   # None: requests are sent one by one
     cache: Literal["auto", "on", "off"] = "auto"   # auto: adaptive bypass; on/off: pinned
+    # Under overload, sheddable requests are refused first, critical ones last
+    # (lb.scheduler); a request's X-Priority header may lower this, never raise it.
+    priority: Literal["critical", "normal", "sheddable"] = "normal"
+
+
+class ConcurrencyConfig(_Strict):
+    """Each node's concurrency limit (lb.concurrency): learned from its replies; a node
+    of the largest weight starts at `initial`, the others in proportion to weight."""
+
+    initial: Annotated[float, Field(ge=1, le=4096)] = 6.0
+    min: Annotated[int, Field(ge=1, le=4096)] = 1
+    max: Annotated[int, Field(ge=1, le=255)] = 64
+    learn: bool = True              # false: every node keeps its starting limit
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ConcurrencyConfig:
+        if self.min > self.max:
+            raise ValueError(f"min: {self.min} is above max ({self.max})")
+        return self
+
+
+class QueueConfig(_Strict):
+    """The proxy's queue (lb.scheduler): requests wait here for a free slot on a node.
+    CoDel: when the oldest request waiting in a model's queue stays older than
+    `target_ms` for `interval_ms` and the queue does not drain, it is standing: a
+    request is admitted only when expected to leave within half of 2 × target, and
+    waits past 2 × target are shed (503 + Retry-After); with `lifo`, the newest are
+    served first (off: it turns refusals at once into sheds after a wait)."""
+
+    target_ms: Annotated[float, Field(gt=0, le=60_000)] = 100.0
+    interval_ms: Annotated[float, Field(gt=0, le=600_000)] = 100.0
+    lifo: bool = False
 
 
 class PolicyConfig(_Strict):
@@ -110,6 +143,8 @@ class PolicyConfig(_Strict):
     slow_start_s: Annotated[float, Field(ge=0)] = 5.0   # ramp of a readmitted/added node
     stall_factor: Annotated[float, Field(gt=1)] = 3.0   # oldest in flight > k·τ·units: slow now
     tie_band: Annotated[float, Field(ge=0, le=1)] = 0.2  # scores within 20 % of the least tie
+    concurrency: ConcurrencyConfig = ConcurrencyConfig()
+    queue: QueueConfig = QueueConfig()
 
 
 class AdaptiveConfig(_Strict):
@@ -227,6 +262,10 @@ class HedgeConfig(_Strict):
     spare capacity, and add to the queues when they do not (README, Benchmarks)."""
 
     enabled: bool = False
+    # Rescues: a call on a node that counts as stalled (policy.stall_factor) is copied
+    # to a free slot elsewhere, from the same budget. On by default: they only fire
+    # on a stall, and win far more often than p95 hedges.
+    rescue: bool = True
     max_ratio: Annotated[float, Field(ge=0, le=1)] = 0.05
     min_delay_ms: Positive = 5.0
     quantile: Annotated[float, Field(gt=0.5, lt=1)] = 0.95

@@ -17,7 +17,9 @@ Flow of `serve`:
    key is made (`plan`), looked up (HIT), and a miss is coalesced with an
    identical one in flight (COALESCED) or forwarded (MISS) and the good answer
    stored. Row-level caching is a plan with one key per row (`lb.rowcache`).
-3. `forward`: the dispatcher (`lb.dispatch`) picks, attempts, hedges, retries.
+3. `forward`: the dispatcher (`lb.dispatch`) queues the call for a free slot on
+   a node that serves its model (`lb.scheduler`), attempts, hedges, retries;
+   batching models leave the queue in batches (`lb.batching`).
 
 `direct` lets a front skip the Task when a call needs no await before its
 first attempt (version resolved, no cache work, no batching): it makes the
@@ -38,7 +40,6 @@ from typing import Any, Protocol, TypeVar
 
 from cache.adaptive import Decision
 from cache.result_cache import ResultCache
-from lb.batcher import Batcher
 from lb.call import Call, Outcome, Transport, XCache
 from lb.config import Config
 from lb.dispatch import Dispatcher
@@ -100,7 +101,6 @@ class Core:
         self.shed = 0
         self._probes = probes
         self.rows: Rows | None = None
-        self.batcher = Batcher(pool, dispatcher)
         self._batching = _batching(cfg)
 
     def reconfigure(self, cfg: Config) -> None:
@@ -108,15 +108,9 @@ class Core:
         self._batching = _batching(cfg)
 
     def forward(self, call: Call, transport: Transport[A]) -> Awaitable[tuple[A, Node]]:
-        """To a node: through the batcher when the model batches and the call can join a
-        group (`lb.batcher`), else straight to the dispatcher. (A plain function that
-        returns the awaitable: one coroutine frame less on every request.)"""
-        batching = self.cfg.model(call.model).batching
-        codec = transport.codec
-        if batching is not None and codec is not None:
-            key = codec.group(call)
-            if key is not None:
-                return self.batcher.submit(call, transport, codec, key, batching)
+        """To a node, through the proxy's queue (`lb.dispatch`; batching models leave it
+        in batches). (A plain function that returns the awaitable: one coroutine frame
+        less on every request.)"""
         return self.dispatcher.send(call, transport)
 
     # -- admission ----------------------------------------------------------------

@@ -1,54 +1,56 @@
-"""Sending one call to nodes: pick, attempt, hedge, retry. Both fronts, one place.
+"""Sending calls to nodes through the proxy's queue: one entry with a continuation.
 
-Called by `lb.core` and the batcher (`send`), and by the REST front's direct
-path, which runs the same steps without a Task (`open` → `attempt(then=...)`
-→ `then(future)` → `outcome`, and `send(call, transport, flow)` for
-whatever is left when a retry is needed). `attempt` asks the pool for the
-policy's choice and starts an attempt through the front's `Transport`,
-arming a hedge (a copy to the best other node once the first has waited
-longer than its node's p95 for the model, `lb.hedge`, or as soon as its node
-counts as stalled: a rescue, `hedge_check`) when it may; `outcome`
-says whether the answer is final or worth another node (no answer, busy, a
-per-try timeout); attempts go on while `upstream.retries`, the retry budget
-and the call's deadline allow.
+Called by the core (`send`, awaitable) and by the REST front's direct path
+(`dispatch(call, transport, then)`: `then(job)` runs once the call has its
+final answer or error, from the node connection's I/O callback that ended
+it — no Task). Both fronts, retries, hedges and batches go through the one
+queue and the same slots of `lb.scheduler`; this module does the I/O the
+scheduler decides: it starts attempts through the front's `Transport`,
+times hedges and rescues, retries, and fans batches out and back in.
 
-Guarantees:
-* every attempt is bracketed by `Node.begin`/`Node.end` in exactly one place,
-  `_Attempt.settle`, which the transport calls once the attempt's future is
-  done (REST: from the I/O callback that ended it): whether it was
-  answered, failed, timed out or was cancelled (a hedge that lost, a client
-  that left), the node's in-flight counters return and outlier detection sees
-  the outcome once;
-* the first good answer wins; the other attempt is cancelled at once (the
-  transport drops its connection or cancels its RPC), and what it ran counts
-  as a lower bound of its node's time per unit;
-* no Task is created here: attempts are futures, a hedge is a loop timer;
-* a call goes only to nodes that serve its model (`NodePool.eligible`); when
-  none may take it but some node has or loads the model, it is held
-  (`hold`: `limits.queue_timeout_s` in all, then `NotReady`, 503 + Retry-After);
-  a node that refuses a call (REST 503, gRPC UNAVAILABLE) leaves the model's
-  set until a probe says AVAILABLE, and that attempt costs no try and no retry
-  budget (each node is tried once per call, so refusals are bounded);
-* when no attempt succeeds: the last answer if a node gave one, else
-  `DeadlineExceeded` past the deadline, else `Unavailable` (`finish`).
+A call's life (`Job`):
+1. a `Ticket` is submitted: the scheduler starts it on a node with a free
+   slot (`Job.start`), queues it, or refuses it (`Job.refused`: 503 +
+   Retry-After when overloaded, `NotReady` when no node has its model after
+   `limits.queue_timeout_s`, 504 past the deadline);
+2. the attempt's answer settles the slot (`Scheduler.finished`; `cancelled`
+   keeps it as a ghost); a final answer (or an error the node is not to blame
+   for) ends the job; an answer that says retry (no answer, 503/429, a
+   per-try timeout) submits the ticket again with the node excluded, while
+   `upstream.retries`, the retry budget and the deadline allow — a refusal
+   (REST 503, gRPC UNAVAILABLE: the node does not serve the model now) costs
+   no try and no budget, each node being tried once per call;
+3. hedges: at the node's p95 for the model (opt-in, `hedge.enabled`), and
+   rescues (on by default, `hedge.rescue`): a sweep every `RESCUE_SWEEP_S`
+   copies the attempts of a node that counts as stalled (silent for
+   `policy.stall_factor` × τ × units) to a free slot elsewhere. Both draw on
+   one budget (`hedge.max_ratio`); the first good answer wins and the other
+   attempt is cancelled (its slot stays a ghost until the node answers).
+Batches (`lb.batching`): the scheduler hands a run with several tickets to
+the first one's job, which merges them, sends one attempt and splits the
+answer back.
+
+Guarantees: `then` is called exactly once per job (answer, error, or the
+client leaving); every attempt's slot is returned through the scheduler
+whatever ends it; no Task is created here; every timer is one loop timer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Final
 
-from lb.call import Call, Transport, Verdict
+from lb import batching
+from lb.call import Call, Transport
 from lb.config import Config
 from lb.errors import (
     DeadlineExceeded,
     LbError,
-    NotReady,
     Unavailable,
     UpstreamError,
     UpstreamRefused,
@@ -56,198 +58,272 @@ from lb.errors import (
 from lb.hedge import HedgePolicy
 from lb.nodes import Node, NodePool
 from lb.retry import RetryBudget
+from lb.scheduler import CRITICAL, SHEDDABLE, Run, Scheduler, Settings, Ticket
 
 log = logging.getLogger("lb.dispatch")
 # Node clients time attempts on the loop's clock, which uvloop keeps in whole
 # milliseconds and reads once per iteration: an attempt that the call's deadline
 # cut can end a little before that deadline by time.monotonic(). It is still the
 # deadline that ended it (504), not a lack of nodes (503).
-CLOCK_SLACK_S = 0.01
-A = TypeVar("A")
+CLOCK_SLACK_S: Final = 0.01
+RESCUE_SWEEP_S: Final = 0.005   # how often attempts in flight are checked for a stall
+PRIORITIES: Final = {"critical": CRITICAL, "normal": 1, "sheddable": SHEDDABLE}
 
 
-class _Attempt(Generic[A]):
-    """One send to one node; `settle` closes its books when its future is done, then
-    calls `then` with the future (the race, or the REST front's direct path)."""
-
-    __slots__ = ("cut", "dispatcher", "flight", "fut", "hedge", "model", "node", "start",
-                 "then", "transport")
-
-    def __init__(self, dispatcher: Dispatcher, node: Node, call: Call,
-                 transport: Transport[A], try_s: float, cut: bool, hedge: bool,
-                 then: Callable[[asyncio.Future[A]], object] | None = None) -> None:
-        self.dispatcher = dispatcher
-        self.node = node
-        self.model = call.model
-        self.transport = transport
-        self.cut = cut
-        self.hedge = hedge
-        self.then = then
-        self.start = time.monotonic()
-        self.flight = node.begin(call.units, self.start)
-        try:
-            self.fut: asyncio.Future[A] = transport.send(node, call, try_s, self.settle)
-        except BaseException:
-            node.end(self.flight, 0.0, ok=False, now=self.start, sample=False)
-            raise
-
-    def settle(self, fut: asyncio.Future[A]) -> None:
-        dispatcher = self.dispatcher
-        try:
-            now = time.monotonic()
-            elapsed = now - self.start
-            node = self.node
-            if fut.cancelled():
-                node.end(self.flight, elapsed, ok=True, now=now, sample=False,
-                         lower_bound=True)
-                return
-            exc = fut.exception()
-            if exc is not None:
-                node.end(self.flight, elapsed, ok=False, now=now, sample=False)
-                dispatcher.passive(node, False, now)
-                if isinstance(exc, UpstreamRefused):
-                    dispatcher.pool.refused(node, self.model)
-                elif not isinstance(exc, LbError):
-                    log.error("attempt on %s raised %r", node.name, exc)
-                return
-            verdict = self.transport.verdict(fut.result(), self.cut)
-            node.end(self.flight, elapsed, ok=verdict.node_ok, now=now, sample=verdict.good)
-            if not verdict.node_ok or node.outlier.failures:
-                dispatcher.passive(node, verdict.node_ok, now)
-            if verdict.refused:
-                dispatcher.pool.refused(node, self.model)
-            if verdict.good and dispatcher.hedge_on:
-                dispatcher.hedging.observe(node.name, self.model, elapsed)
-        finally:
-            if self.then is not None:
-                self.then(fut)
-            if dispatcher.on_settle is not None:    # the batcher, while members wait
-                dispatcher.on_settle()
-
-    def verdict(self) -> Verdict:
-        return self.transport.verdict(self.fut.result(), self.cut)
+def settings(cfg: Config) -> Settings:
+    """What the scheduler reads of the config."""
+    pcfg = cfg.policy
+    return Settings(target_s=pcfg.queue.target_ms / 1000.0,
+                    interval_s=pcfg.queue.interval_ms / 1000.0, lifo=pcfg.queue.lifo,
+                    queue_timeout_s=cfg.limits.queue_timeout_s, tie_band=pcfg.tie_band,
+                    relax_s=pcfg.ewma_decay_s, stall_factor=pcfg.stall_factor,
+                    early=pcfg.name != "least_load")
 
 
-class _Race(Generic[A]):
-    """One attempt, and a hedge when the first is slow: settles `out` with the
-    first good (or final) answer and sets `flow.node` to the node that gave it;
-    cancels whatever is still running when done."""
+class Job:
+    """One call's dispatch across its attempts (see the module docstring)."""
 
-    __slots__ = ("atts", "call", "dispatcher", "flow", "out", "p95_at", "timer", "transport",
-                 "try_at")
+    __slots__ = ("answered", "call", "cancelled", "cut", "dispatcher", "done", "error",
+                 "n", "node", "refusals", "result", "runs", "then", "ticket", "timer",
+                 "transport", "tried")
 
-    def __init__(self, dispatcher: Dispatcher, call: Call, transport: Transport[A],
-                 flow: Flow, try_at: float, p95_at: float) -> None:
+    def __init__(self, dispatcher: Dispatcher, call: Call, transport: Transport[Any],
+                 then: Callable[[Job], object]) -> None:
         self.dispatcher = dispatcher
         self.call = call
         self.transport = transport
-        self.flow = flow
-        self.try_at = try_at
-        self.p95_at = p95_at                # when the first attempt reaches its node's p95
-        self.atts: list[_Attempt[A]] = []
-        self.timer: asyncio.TimerHandle | None = None
-        self.out: asyncio.Future[A] = dispatcher.loop.create_future()
-        self.out.add_done_callback(self._closed)
-
-    def start(self, node: Node, cut: bool, hedge: bool = False) -> None:
-        try_s = self.try_at - time.monotonic()
-        att = _Attempt(self.dispatcher, node, self.call, self.transport, try_s, cut, hedge,
-                       self._answered)
-        self.atts.append(att)
-
-    def arm(self, at: float) -> None:
-        """Look at the hedge again at `at` (time.monotonic()), if within the try."""
-        if at < self.try_at:
-            self.timer = self.dispatcher.loop.call_later(at - time.monotonic(), self._hedge)
-
-    def _hedge(self) -> None:
-        """A hedge may be due: the first attempt reached its node's p95 (a plain hedge),
-        or its node counts as stalled now (a rescue, which the budget favours). Else,
-        or when no other node is better now, or the budget said no: look again at the
-        next moment one of them can change (`Dispatcher.hedge_check`)."""
-        self.timer = None
-        if self.out.done():
-            return
-        now = time.monotonic()
-        primary = self.atts[0]
-        dispatcher = self.dispatcher
-        rescue = dispatcher.stalled(primary.node, now)
-        if rescue or now >= self.p95_at:
-            node = dispatcher.hedge_target(self.call, self.transport, self.flow.tried,
-                                           primary.node)
-            if node is not None and dispatcher.hedging.spend(now, rescue):
-                self.flow.tried.append(node)
-                try:
-                    self.start(node, cut=primary.cut, hedge=True)
-                except LbError as exc:
-                    log.debug("hedge on %s not sent: %s", node.name, exc)
-                return
-        at = dispatcher.hedge_check(self.call, primary.node, primary.start, self.p95_at, now)
-        if at is not None:
-            self.arm(at)
-
-    def _answered(self, fut: asyncio.Future[A]) -> None:
-        if self.out.done():
-            return
-        att = next(a for a in self.atts if a.fut is fut)
-        pending = any(not a.fut.done() for a in self.atts)
-        if fut.cancelled():
-            if not pending:
-                self.out.cancel()
-            return
-        exc = fut.exception()
-        if exc is None and (not att.verdict().retry or not pending):
-            if att.hedge:
-                self.dispatcher.hedging.won += 1
-            self.flow.node = att.node
-            self.out.set_result(fut.result())
-        elif not pending:
-            self.flow.node = att.node
-            if exc is not None:
-                self.out.set_exception(exc)
-            else:
-                self.out.set_result(fut.result())
-
-    def _closed(self, _out: asyncio.Future[A]) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        for att in self.atts:
-            if not att.fut.done():
-                att.fut.cancel()
-
-
-class Flow:
-    """The dispatch state of one call across its attempts (`Dispatcher.open`)."""
-
-    __slots__ = ("answered", "cut", "error", "held_until", "n", "node", "refusals", "tried",
-                 "wanting")
-
-    def __init__(self) -> None:
+        self.then = then
         self.tried: list[Node] = []
         self.n = 0                  # attempts started (not hedges, not refused ones)
-        self.refusals = 0           # attempts a node refused (free: no try, no budget)
-        self.node: Node | None = None                # of the attempt in progress
-        self.cut = False                             # it runs under a per-try timeout
-        self.error: LbError | None = None            # the last attempt without an answer
-        self.answered: tuple[Any, Node] | None = None    # the last answer, with its node
-        self.wanting = False        # no node may take it now, but one has or loads the model
-        self.held_until = 0.0       # the end of its hold, once it began (`Dispatcher.hold`)
+        self.refusals = 0
+        self.runs: list[Run] = []   # attempts in flight: the first, and a hedge
+        self.answered: tuple[Any, Node] | None = None   # the last answer that said retry
+        self.error: LbError | None = None               # the last attempt without one
+        self.result: tuple[Any, Node] | None = None     # the final answer
+        self.node: Node | None = None                   # of the last attempt
+        self.done = False
+        self.cancelled = False
+        self.cut = False
+        self.timer: asyncio.TimerHandle | None = None   # the p95 hedge
+        self.ticket = dispatcher.ticket(self)
+
+    # -- what the front reads ------------------------------------------------------------
+
+    def outcome(self) -> tuple[Any, Node]:
+        """The final answer and the node that gave it; raises the job's error."""
+        if self.result is not None:
+            return self.result
+        assert self.error is not None
+        raise self.error
+
+    def cancel(self) -> None:
+        """The client left: leave the queue, cancel what runs, then `then` (once)."""
+        if self.done:
+            return
+        self.cancelled = True
+        self.dispatcher.scheduler.withdraw(self.ticket)
+        self._end()
+
+    # -- the scheduler's decisions ---------------------------------------------------------
+
+    def start(self, run: Run) -> None:
+        """A slot: send the attempt (a batch's first ticket gets the whole batch)."""
+        if self.ticket.group is not None:
+            self.dispatcher.batches.count(run, run.started)
+        if len(run.tickets) > 1:
+            batching.start(self.dispatcher, run)
+            return
+        self.attempt(run, hedge=False)
+
+    def refused(self, ticket: Ticket, error: LbError) -> None:
+        """The scheduler turned the ticket away: overloaded, held too long, deadline,
+        or no node to send it to (then: the last answer if a node gave one)."""
+        if self.done:
+            return
+        if isinstance(error, NoNode):
+            self._give_up()
+            return
+        self.error = error
+        self._end()
+
+    # -- attempts ----------------------------------------------------------------------
+
+    def attempt(self, run: Run, hedge: bool) -> None:
+        dispatcher = self.dispatcher
+        call = self.call
+        now = time.monotonic()
+        left = call.deadline.at - now
+        try_s = min(left, dispatcher.try_limit)
+        if not hedge:
+            self.n += 1
+            self.cut = try_s < left
+            self.node = run.node
+        self.tried.append(run.node)
+        self.runs.append(run)
+        try:
+            run.fut = self.transport.send(run.node, call, try_s,
+                                          functools.partial(self.landed, run))
+        except LbError as exc:
+            self.runs.remove(run)
+            dispatcher.scheduler.finished(run, now, 0.0, ok=False, sample=False)
+            self._failed(exc, False)
+            return
+        if not hedge and dispatcher.hedge_on:
+            dispatcher.arm_hedge(self, run, now)
+        dispatcher.watch(now)
+
+    def landed(self, run: Run, fut: asyncio.Future[Any]) -> None:
+        """An attempt ended (from the transport's I/O callback): return its slot, then
+        decide: the answer, a retry, or wait for the other attempt in flight."""
+        dispatcher = self.dispatcher
+        now = time.monotonic()
+        elapsed = now - run.started
+        node = run.node
+        if run in self.runs:
+            self.runs.remove(run)
+        if fut.cancelled():
+            dispatcher.scheduler.cancelled(run, now, elapsed)
+            dispatcher.kick(now)
+            return
+        exc = fut.exception()
+        if exc is not None:
+            dispatcher.scheduler.finished(run, now, elapsed, ok=False, sample=False)
+            dispatcher.passive(node, False, now)
+            refused = isinstance(exc, UpstreamRefused)
+            if refused:
+                dispatcher.pool.refused(node, self.call.model)
+            if not isinstance(exc, LbError):
+                log.error("attempt on %s raised %r", node.name, exc)
+                exc = UpstreamError(node.name, repr(exc))
+            dispatcher.kick(now)
+            if not self.done:
+                self._failed(exc, refused)
+            return
+        answer = fut.result()
+        verdict = self.transport.verdict(answer, self.cut)
+        dispatcher.scheduler.finished(run, now, elapsed, ok=verdict.node_ok,
+                                      sample=verdict.good)
+        if not verdict.node_ok or node.outlier.failures:
+            dispatcher.passive(node, verdict.node_ok, now)
+        if verdict.refused:
+            dispatcher.pool.refused(node, self.call.model)
+        if verdict.good and dispatcher.hedge_on:
+            dispatcher.hedging.observe(node.name, self.call.model, elapsed)
+        dispatcher.kick(now)
+        if self.done:
+            return
+        if not verdict.retry:
+            if run.hedge:
+                dispatcher.hedging.won += 1
+            self.result = (answer, node)
+            self._end()
+            return
+        if not verdict.refused:
+            self.answered = (answer, node)
+        if not self.runs:
+            self._next(verdict.refused)
+
+    def _failed(self, exc: LbError, refused: bool) -> None:
+        log.warning("attempt on %s failed: %s", self.tried[-1].name if self.tried else "-", exc)
+        self.error = exc
+        if not self.runs:
+            self._next(refused)
+
+    def _next(self, refused: bool) -> None:
+        """The last attempt said retry: submit again, or give up."""
+        if refused:                 # the node does not serve the model: free
+            self.n -= 1
+            self.refusals += 1
+        dispatcher = self.dispatcher
+        now = time.monotonic()
+        if (self.n >= dispatcher.tries or self.call.deadline.at - now <= 0
+                or (self.n and not dispatcher.budget.try_spend(now))):
+            self._give_up()
+            return
+        dispatcher.submit(self, now)
+
+    def _give_up(self) -> None:
+        """No attempt is left: the last answer if a node gave one, else the error."""
+        error: LbError
+        if self.answered is not None:
+            self.result = self.answered
+        elif self.call.deadline.at - time.monotonic() <= CLOCK_SLACK_S:
+            error = DeadlineExceeded("Deadline exceeded")
+            error.__cause__ = self.error
+            self.error = error
+        elif self.error is None:
+            self.error = Unavailable(f"no node available for model {self.call.model}")
+        else:
+            error = Unavailable(str(self.error))
+            error.__cause__ = self.error
+            self.error = error
+        self._end()
+
+    def _end(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        for run in list(self.runs):         # a batch goes on for its other members
+            if run.fut is not None and not run.fut.done() and len(run.tickets) == 1:
+                run.fut.cancel()
+        self.then(self)
+
+    # -- hedges --------------------------------------------------------------------------
+
+    def hedge(self, rescue: bool) -> bool:
+        """Send a copy of the attempt in flight to a free slot elsewhere, from the hedge
+        budget; True when one went."""
+        dispatcher = self.dispatcher
+        if self.done or len(self.runs) != 1 or self.runs[0].hedged:
+            return False
+        primary = self.runs[0]
+        now = time.monotonic()
+        beat = math.inf if rescue else dispatcher.remaining(primary, now)
+        node = dispatcher.scheduler.hedge_node(self.ticket, now, beat)
+        if node is None:
+            dispatcher.hedging.no_better += 1
+            return False
+        if not dispatcher.hedging.spend(now, rescue):
+            return False
+        primary.hedged = True
+        self.attempt(dispatcher.scheduler.grant(self.ticket, node, now), hedge=True)
+        return True
+
+
+def _wake(fut: asyncio.Future[None], _job: Job) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class NoNode(Unavailable):
+    """The scheduler found no node a ticket may go to, and none that will have its model:
+    the job answers with the last node's answer if there was one."""
 
 
 class Dispatcher:
-    """Pick → attempt (→ hedge) → retry, for calls of both fronts."""
+    """The queue's I/O side for calls of both fronts (see the module docstring)."""
 
     def __init__(self, cfg: Config, pool: NodePool) -> None:
         self.pool = pool
         self.cfg = cfg
+        self.scheduler = Scheduler(pool, settings(cfg))
+        self.scheduler.no_node = NoNode
+        pool.on_change = self.wake      # the one consumer of the pool's changes
         up = cfg.upstream
         self.budget = RetryBudget(ratio=up.retry_budget_ratio, min_per_s=up.retry_min_per_s)
         self.hedging = HedgePolicy(cfg.hedge)
-        self.on_settle: Callable[[], None] | None = None    # the batcher's capacity hook
+        self.batches = batching.Batches()
         self.hedge_on = cfg.hedge.enabled
-        self._tries = 1 + up.retries
-        self._try_limit = up.try_timeout_s or math.inf
-        self.loop: Any = None               # the running loop, cached by open()
+        self.rescue_on = cfg.hedge.rescue
+        self.tries = 1 + up.retries
+        self.try_limit = up.try_timeout_s or math.inf
+        self.loop: Any = None               # the running loop, cached by dispatch()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._sweep: asyncio.TimerHandle | None = None
 
     def running_loop(self) -> asyncio.AbstractEventLoop:
         """The running loop, looked up once: on 3.11 get_running_loop() makes a
@@ -259,213 +335,169 @@ class Dispatcher:
 
     def reconfigure(self, cfg: Config) -> None:
         self.cfg = cfg
-        self._tries = 1 + cfg.upstream.retries
-        self._try_limit = cfg.upstream.try_timeout_s or math.inf
+        self.tries = 1 + cfg.upstream.retries
+        self.try_limit = cfg.upstream.try_timeout_s or math.inf
         self.budget.ratio = cfg.upstream.retry_budget_ratio
         self.budget.min_per_s = cfg.upstream.retry_min_per_s
         self.hedging.reconfigure(cfg.hedge)
         self.hedge_on = cfg.hedge.enabled
+        self.rescue_on = cfg.hedge.rescue
+        self.scheduler.settings = settings(cfg)
+        self.kick(time.monotonic())
 
-    def open(self, call: Call) -> Flow:
-        """Begin dispatching `call`: its deposits to the retry and hedge budgets."""
+    # -- entry ---------------------------------------------------------------------------
+
+    def dispatch(self, call: Call, transport: Transport[Any],
+                 then: Callable[[Job], object]) -> Job:
+        """Start dispatching `call`; `then(job)` once it is answered, failed or cancelled
+        (possibly before this returns, for a call refused at once)."""
         if self.loop is None:
             self.running_loop()
         now = time.monotonic()
         self.budget.deposit(now)
-        if self.hedge_on:
+        if self.hedge_on or self.rescue_on:
             self.hedging.deposit(now)
-        return Flow()
+        job = Job(self, call, transport, then)
+        self.submit(job, now)
+        return job
 
-    def attempt(self, flow: Flow, call: Call, transport: Transport[A],
-                then: Callable[[asyncio.Future[A]], object] | None = None,
-                ) -> asyncio.Future[A] | None:
-        """Start the next attempt of `flow` without an await (pick → attempt, with a hedge
-        armed when the node has a p95); None when no attempt is left (deadline, retries,
-        retry budget, nodes). The future settles with the node's answer (`flow.node`
-        says whose) or fails with `UpstreamError`; `then(future)` is called once it
-        has, after the node's books are closed (for REST from inside the I/O callback:
-        no loop round trip)."""
+    async def send(self, call: Call, transport: Transport[Any]) -> tuple[Any, Node]:
+        """The answer to `call` and the node that gave it; raises what `dispatch` ends
+        with (see the module docstring). Cancelling the caller cancels the job."""
+        fut: asyncio.Future[None] = self.running_loop().create_future()
+        job = self.dispatch(call, transport, functools.partial(_wake, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            job.cancel()
+            raise
+        return job.outcome()
+
+    def ticket(self, job: Job) -> Ticket:
+        """The scheduler's view of `job`'s call."""
+        call = job.call
+        cfg = self.cfg.model(call.model)
+        ticket = Ticket(call.model, call.version, call.units, call.rows, call.deadline.at,
+                        job.start, job.refused, explicit=call.pinned,
+                        priority=max(PRIORITIES[cfg.priority], call.priority),
+                        usable=job.transport.usable, payload=job)
+        ticket.exclude = job.tried
+        if cfg.batching is not None and job.transport.codec is not None:
+            ticket.group = job.transport.codec.group(call)
+            ticket.max_rows = cfg.batching.max_rows
+        return ticket
+
+    def submit(self, job: Job, now: float) -> None:
+        self.scheduler.submit(job.ticket, now)
+        if self.scheduler.wake_at < self._timer_at:
+            self._arm(self.scheduler.wake_at)
+
+    def kick(self, now: float) -> None:
+        """Slots may have freed or the pool changed: the scheduler's timer may be due
+        sooner (tickets waiting, a queue standing)."""
+        if self.scheduler.wake_at < self._timer_at:
+            self._arm(self.scheduler.wake_at)
+
+    def wake(self) -> None:
+        """The pool changed (a probe, a reload, a readmission): waiting tickets may go.
+        Called by `NodePool.changed`."""
+        if self.loop is None:
+            return                      # nothing was dispatched yet: nothing waits
         now = time.monotonic()
-        left = call.deadline.at - now
-        flow.wanting = False
-        if flow.n >= self._tries or left <= 0 or (flow.n and not self.budget.try_spend(now)):
-            return None
-        node = self.pool.pick(call.units, flow.tried, call.model, call.version,
-                              explicit=call.pinned, usable=transport.usable)
-        if node is None:
-            flow.wanting = call.version is not None and self.pool.knows(call.model,
-                                                                        call.version)
-            return None
-        flow.tried.append(node)
-        flow.n += 1
-        flow.node = node
-        try_s = min(left, self._try_limit)
-        flow.cut = try_s < left
-        p95 = self._hedge_p95(call, node) if self.hedge_on else None
-        if p95 is None:                     # the common case: one attempt, no extra future
-            return _Attempt(self, node, call, transport, try_s, flow.cut, False, then).fut
-        race: _Race[A] = _Race(self, call, transport, flow, now + try_s, now + p95)
-        if then is not None:
-            race.out.add_done_callback(then)
-        race.start(node, flow.cut)
-        at = self.hedge_check(call, node, now, now + p95, now)
-        if at is not None:
-            race.arm(at)
-        return race.out
+        self.scheduler.wake(now)
+        self.kick(now)
 
-    def outcome(self, flow: Flow, fut: asyncio.Future[A],
-                transport: Transport[A]) -> tuple[A, Node] | None:
-        """After an attempt's future is done: the final answer and its node, or None
-        when another attempt is worth it (no answer, or an answer that says retry)."""
-        node = flow.node
-        assert node is not None
-        exc = fut.exception()
-        if exc is not None:
-            if not isinstance(exc, UpstreamError):
-                raise exc
-            log.warning("attempt on %s failed: %s", node.name, exc)
-            flow.error = exc
-            if isinstance(exc, UpstreamRefused):
-                self._free(flow)
-            return None
-        answer = fut.result()
-        verdict = transport.verdict(answer, flow.cut)
-        if verdict.refused:
-            self._free(flow)
-            return None
-        flow.answered = (answer, node)
-        return None if verdict.retry else flow.answered
+    # -- timers --------------------------------------------------------------------------
 
-    @staticmethod
-    def _free(flow: Flow) -> None:
-        """A node refused the attempt (it does not serve the model now): it costs no try
-        and no retry budget. Bounded: the node is not tried again for this call."""
-        flow.n -= 1
-        flow.refusals += 1
+    def _arm(self, at: float) -> None:
+        loop = self.loop
+        if loop is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_later(max(at - time.monotonic(), 0.0), self._expire)
 
-    async def hold(self, flow: Flow, call: Call, transport: Transport[Any]) -> None:
-        """Wait for a node that may take `call` (`NodePool.hold`), at most
-        `limits.queue_timeout_s` over the call's whole life and never past its deadline;
-        `NotReady` (503 + Retry-After) when none came. Called by `send` when the
-        attempt found no node but the pool has, or loads, the model."""
+    def _expire(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        due = self.scheduler.expire(time.monotonic())
+        if due is not None:
+            self._arm(max(due, time.monotonic() + 0.001))
+
+    def watch(self, now: float) -> None:
+        """An attempt started: sweep for stalled nodes while attempts are in flight."""
+        if self.rescue_on and self._sweep is None and self.loop is not None:
+            self._sweep = self.loop.call_later(RESCUE_SWEEP_S, self._rescue)
+
+    def _rescue(self) -> None:
+        """Copy the attempts of each node that counts as stalled to free slots elsewhere
+        (oldest first), while the hedge budget allows; sweep again while any run."""
+        self._sweep = None
         now = time.monotonic()
-        if not flow.held_until:
-            flow.held_until = now + self.cfg.limits.queue_timeout_s
-        until = min(flow.held_until, call.deadline.at)
-        if not await self.pool.hold(call.model, call.version, until, flow.tried,
-                                    call.pinned, transport.usable):
-            log.warning("no node serves %s after %.1f s", call.model, time.monotonic() - now)
-            raise NotReady(f"Model {call.model} is not available on any node; retry later")
-
-    def finish(self, flow: Flow, call: Call) -> tuple[Any, Node]:
-        """No attempt is left: the last answer if a node gave one, else the error."""
-        if flow.answered is not None:
-            return flow.answered
-        if call.deadline.at - time.monotonic() <= CLOCK_SLACK_S:
-            raise DeadlineExceeded("Deadline exceeded") from flow.error
-        if flow.error is None:
-            raise Unavailable("no node available")
-        raise Unavailable(str(flow.error)) from flow.error
-
-    async def send(self, call: Call, transport: Transport[A],
-                   flow: Flow | None = None) -> tuple[A, Node]:
-        """The answer to `call` from the first node that gives a usable one (see the
-        module docstring); raises DeadlineExceeded or Unavailable when none did.
-        With `flow`, it continues a dispatch whose first attempts ran without it."""
-        if flow is None:
-            flow = self.open(call)
-        while True:
-            fut = self.attempt(flow, call, transport)
-            if fut is None:
-                if not flow.wanting:
-                    return self.finish(flow, call)
-                await self.hold(flow, call, transport)    # NotReady when none came
+        busy = False
+        for node in list(self.pool.nodes.values()):
+            if not node.inflight:
                 continue
-            with contextlib.suppress(UpstreamError):   # outcome() reads it off the future
-                await fut
-            done = self.outcome(flow, fut, transport)
-            if done is not None:
-                return done
+            busy = True
+            if not self.stalled(node, now):
+                continue
+            for flight in list(node.flights):
+                run = flight.owner
+                if (flight.until != math.inf or not isinstance(run, Run) or run.hedged
+                        or run.hedge or len(run.tickets) != 1):
+                    continue
+                job = run.tickets[0].payload
+                if (isinstance(job, Job) and not job.done and len(job.runs) == 1
+                        and job.call.idempotent and self.cfg.model(job.call.model).hedge
+                        and not job.hedge(rescue=True)):
+                    break               # no slot or no budget: none for the next either
+        if busy:
+            self.watch(now)
 
-    def _hedge_p95(self, call: Call, node: Node) -> float | None:
-        """The hedge delay of `call` on `node` (its p95 for the model), None: no hedging."""
-        if (not self.hedging.cfg.enabled or not call.idempotent
-                or not self.cfg.model(call.model).hedge):
-            return None
-        return self.hedging.delay(node.name, call.model)
+    def arm_hedge(self, job: Job, run: Run, now: float) -> None:
+        """A p95 hedge for `job`'s first attempt, when hedging is on and the node has a p95."""
+        call = job.call
+        if job.timer is not None or not call.idempotent or not self.cfg.model(call.model).hedge:
+            return
+        delay = self.hedging.delay(run.node.name, call.model)
+        if delay is not None and self.loop is not None:
+            job.timer = self.loop.call_later(delay, self._hedge_due, job)
 
-    def hedge_check(self, call: Call, node: Node, start: float, p95_at: float,
-                    now: float) -> float | None:
-        """When to look at a hedge for `call`, which started on `node` at `start`: the
-        first of its p95, the moment it counts as stalled itself, and the moment its
-        node does (by the node's oldest request in flight, which may be much older:
-        a stall is rescued from its start, not one threshold per request); past all
-        of those, every threshold while it waits. None while τ is unknown and the
-        p95 has passed."""
-        stalled = self.stall_delay(call, node)
-        moments = [p95_at] if p95_at > now else []
-        if stalled is not None:
-            moments.append(start + stalled + 0.001)     # strictly past the threshold
-        node_at = self.stall_at(node)
-        if node_at is not None:
-            moments.append(node_at + 0.001)
-        later = [t for t in moments if t > now]
-        if later:
-            return min(later)
-        return None if stalled is None else now + stalled
+    def _hedge_due(self, job: Job) -> None:
+        job.timer = None
+        job.hedge(rescue=False)
 
-    def stall_delay(self, call: Call, node: Node) -> float | None:
-        """Seconds after which `call` counts as stalled on `node` (`policy.stall_factor`
-        × τ × units, at least `hedge.min_delay_ms`); None while τ is unknown."""
-        return self._threshold(node, call.units)
+    # -- stalls ----------------------------------------------------------------------------
 
     def stall_at(self, node: Node) -> float | None:
-        """When `node` counts as stalled for a rescue (time.monotonic()): it has answered
-        nothing for `policy.stall_factor` × τ × the units of its oldest request in
-        flight, since that request started. (Old requests alone are not a stall: a
-        busy node queues, and answers its queue one after the other.) None while τ
-        is unknown or nothing with units is in flight."""
+        """When `node` counts as stalled (time.monotonic()): it has answered nothing for
+        `policy.stall_factor` × τ × the units of its oldest request in flight, since
+        that request started. None while τ is unknown or nothing is in flight."""
         oldest = node.oldest(time.monotonic())
-        if oldest is None:
+        if oldest is None or oldest.units <= 0:
             return None
-        threshold = self._threshold(node, oldest[1])
-        if threshold is None:
+        run = oldest.owner
+        tau = node.taus.get(run.key) if isinstance(run, Run) else None
+        value = tau.value if tau is not None else node.tau.value
+        if value is None:
             return None
-        return max(oldest[0], node.answered_at) + threshold
+        threshold = max(self.cfg.policy.stall_factor * value * oldest.units,
+                        self.hedging.cfg.min_delay_ms / 1000.0)
+        return max(oldest.start, node.answered_at) + threshold
 
     def stalled(self, node: Node, now: float) -> bool:
         at = self.stall_at(node)
         return at is not None and at <= now
 
-    def _threshold(self, node: Node, units: float) -> float | None:
-        tau = node.tau.value
-        if tau is None or units <= 0:
-            return None
-        return max(self.cfg.policy.stall_factor * tau * units,
-                   self.hedging.cfg.min_delay_ms / 1000.0)
-
-    def hedge_target(self, call: Call, transport: Transport[Any], tried: list[Node],
-                     primary: Node) -> Node | None:
-        """The best other node for a hedge: available (not ejected), below its in-flight
-        cap, not tried yet, and expected to finish sooner than what is left on the
-        primary (its score for the request is below the primary's score now, which
-        counts the primary's stall from the age of its oldest request); None when
-        there is none. A copy sent to a node that is no better would only add load
-        where queues are already long. The caller spends the hedge budget."""
-        node = self.pool.pick(call.units, tried, call.model, call.version,
-                              explicit=call.pinned, usable=transport.usable,
-                              spare=self.cfg.upstream.pool_size)
-        if node is None:
-            return None
-        there = self.pool.scores(call.units, node)[0]
-        here = self.pool.scores(0.0, primary)[0]
-        if there >= here:
-            self.hedging.no_better += 1
-            return None
-        return node
+    def remaining(self, run: Run, now: float) -> float:
+        """What is left, expected, of `run` on its node: its τ × units minus its age (a
+        p95 hedge must beat it)."""
+        tau = run.node.taus.get(run.key)
+        expect = (tau.value if tau is not None and tau.value is not None else 0.0) * run.units
+        return max(expect - (now - run.started), 0.0)
 
     def passive(self, node: Node, ok: bool, now: float) -> None:
-        """Passive outlier detection after each attempt (from `_Attempt.settle`)."""
+        """Passive outlier detection after each attempt."""
         if node.outlier.record(ok, now, self.pool.outlier):
             node.healthy = False        # back only after the back-off and a good probe
             log.warning("node %s ejected until +%.1fs after %d consecutive failures",
@@ -474,5 +506,15 @@ class Dispatcher:
 
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
+        queue: dict[str, Any] = {**self.scheduler.stats.as_dict(),
+                                 "waiting": self.scheduler.queue_lengths(),
+                                 "standing": self.scheduler.standing()}
         return {"retries": self.budget.retries, "budget_rejections": self.budget.rejected,
-                "hedge": self.hedging.stats(now)}
+                "hedge": self.hedging.stats(now), "queue": queue}
+
+    async def close(self) -> None:
+        """Stop the timers (at shutdown, after the fronts stopped)."""
+        for timer in (self._timer, self._sweep):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._sweep = None

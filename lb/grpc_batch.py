@@ -1,6 +1,6 @@
-"""Merging and splitting gRPC Predict calls for the batcher (`lb.batcher`), on the wire.
+"""Merging and splitting gRPC Predict calls for micro-batching (`lb.batching`), on the wire.
 
-Called by `lb.core.Core.forward` (`group`) and by the batcher (`merge`,
+Called by `lb.dispatch` (`group`, for the ticket) and by `lb.batching` (`merge`,
 `split`) for the gRPC front's calls of models with `batching` configured.
 Like `lb.rest_batch`, but on raw protobuf bytes (`lb.pbwire`): the proxy
 never imports TensorFlow or generated classes. Field numbers are those of
@@ -27,7 +27,7 @@ dtype and version_number copied and dims[0] set to its rows.
 Guarantees: pure (no I/O); `group` and `split` never raise for bytes they
 cannot read (None instead); `split` returns None for a reply whose outputs do
 not all have dim 0 equal to the batch's rows or cannot be sliced exactly, and
-the batcher then resends the members one by one.
+`lb.batching` then resends the members one by one.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ its probes answer and, for the models known, at least one version is
 `AVAILABLE` (TF Serving answers 200 even while LOADING, so a 200 alone is not
 healthy). What each node reports — versions AVAILABLE, and versions still
 START or LOADING — goes to `NodePool.set_versions`, which wakes requests
-waiting for a model to become available (`lb.core`, `NodePool.hold`). A probe
+waiting for a model to become available (`lb.core`, the proxy's queue). A probe
 that is not answered changes nothing of what the node reported last: a busy
 node whose probe timed out still serves, and whether a node is up is decided
 by `unhealthy_after` failed probes in a row and by passive outlier detection.
@@ -202,6 +202,7 @@ class HealthChecker:
                     and node.outlier.may_readmit(now)):
                 log.warning("node %s is healthy again (slow start)", node.name)
                 node.readmit(now)
+                self.pool.changed()
         else:
             self._oks[node.name] = 0
             self._fails[node.name] = self._fails.get(node.name, 0) + 1

@@ -93,8 +93,8 @@ class HedgePolicy:
         return max(quantile.value, self.cfg.min_delay_ms / 1000.0)
 
     def deposit(self, now: float) -> None:
-        """A client call arrived (its deposit funds hedges)."""
-        if self.cfg.enabled:
+        """A client call arrived (its deposit funds hedges and rescues)."""
+        if self.cfg.enabled or self.cfg.rescue:
             self.budget.deposit(now)
 
     def spend(self, now: float, rescue: bool = False) -> bool:
@@ -110,7 +110,8 @@ class HedgePolicy:
         return False
 
     def stats(self, now: float) -> dict[str, float | int | bool]:
-        return {"enabled": self.cfg.enabled, "sent": self.sent, "won": self.won,
+        return {"enabled": self.cfg.enabled, "rescue": self.cfg.rescue, "sent": self.sent,
+                "won": self.won,
                 "rescues": self.rescues, "no_better": self.no_better,
                 "budget_rejections": self.budget.rejected,
                 "budget_available": round(max(self.budget.available(now), 0.0), 2),

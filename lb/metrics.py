@@ -34,7 +34,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from lb.batcher import ROW_BUCKETS
+from lb.batching import ROW_BUCKETS
 from lb.nodes import Node
 from lb.observe import LATENCY_BUCKETS, Recorder
 from lb.outlier import OutlierPolicy
@@ -70,7 +70,9 @@ def _node_gauges(nodes: list[Node], now: float, opolicy: OutlierPolicy) -> Itera
     inflight = fam("node_inflight", "Requests in flight on the node")
     units = fam("node_inflight_units", "Units (rows x model cost) in flight on the node")
     ewma = fam("node_ewma_seconds", "tau: median seconds per unit of recent replies")
-    load = fam("node_load", "Sum of w_j * t_j over the load window divided by the weight")
+    load = fam("node_load", "Sum of w_j * t_j over the load window divided by the node's "
+                            "capacity (its concurrency limit)")
+    limit = fam("node_limit", "The node's concurrency limit: seeded by its weight, learned")
     weight = fam("node_weight", "Configured weight")
     effective = fam("node_effective_weight", "Weight the policy uses now (slow start, ejection)")
     healthy = fam("node_healthy", "1 when the health checks find the node serving")
@@ -79,11 +81,12 @@ def _node_gauges(nodes: list[Node], now: float, opolicy: OutlierPolicy) -> Itera
         inflight.add_metric(label, n.inflight)
         units.add_metric(label, n.inflight_units)
         ewma.add_metric(label, n.tau.value or 0.0)
-        load.add_metric(label, n.window.work(now) / n.weight)
+        load.add_metric(label, n.window.work(now) / max(n.limit.value, 1))
+        limit.add_metric(label, n.limit.value)
         weight.add_metric(label, n.weight)
         effective.add_metric(label, n.effective_weight(now, opolicy))
         healthy.add_metric(label, 1.0 if n.healthy else 0.0)
-    yield from (inflight, units, ewma, load, weight, effective, healthy)
+    yield from (inflight, units, ewma, load, limit, weight, effective, healthy)
 
 
 def _node_counters(nodes: list[Node]) -> Iterator[Metric]:
@@ -194,6 +197,19 @@ def _flow_metrics(proxy: Proxy) -> Iterator[Metric]:
     yield _counter("model_wait_timeouts",
                    "Requests answered 503 after waiting limits.queue_timeout_s", w.timeouts)
     yield _counter("shed", "Requests answered 503 at limits.max_inflight", proxy.core.shed)
+    q = d.scheduler.stats
+    yield _counter("queue_started", "Requests that got a slot on a node", q.started)
+    yield _counter("queue_queued", "... of which waited in the proxy's queue first", q.queued)
+    yield _counter("queue_refused", "Requests refused at once: expected wait past their budget",
+                   q.refused)
+    yield _counter("queue_shed", "Requests shed from a standing queue (CoDel)", q.shed)
+    yield _counter("queue_probes", "Requests sent one over a node's limit, to learn it",
+                   q.probes)
+    waiting = GaugeMetricFamily(PREFIX + "queue_waiting", "Requests waiting in the proxy's "
+                                "queue", labels=["model"])
+    for model, n in d.scheduler.queue_lengths().items():
+        waiting.add_metric([model], n)
+    yield waiting
     yield _gauge("inflight", "Client requests in progress", proxy.core.inflight)
 
 
@@ -202,10 +218,10 @@ def _batch_metrics(proxy: Proxy) -> Iterator[Metric]:
         return CounterMetricFamily(PREFIX + name, doc, labels=["model"])
 
     batches = fam("batches", "Batches sent by the proxy's micro-batcher")
-    waited = fam("batch_wait_seconds", "Time requests waited in the batcher")
+    waited = fam("batch_wait_seconds", "Time batched requests waited in the proxy's queue")
     resends = fam("batch_resends", "Requests resent alone after their batch got a 4xx")
     rows = HistogramMetricFamily(PREFIX + "batch_rows", "Rows per batch", labels=["model"])
-    for model, st in list(proxy.core.batcher.stats.items()):
+    for model, st in list(proxy.dispatcher.batches.stats.items()):
         batches.add_metric([model], st.batches)
         waited.add_metric([model], st.wait_s)
         resends.add_metric([model], st.resends)

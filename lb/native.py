@@ -37,7 +37,8 @@ log = logging.getLogger("lb.native")
 
 # The modules a request passes through on the REST front's direct path.
 MODULES = (
-    "lb/call.py", "lb/core.py", "lb/dispatch.py", "lb/history.py", "lb/nodes.py",
+    "lb/call.py", "lb/concurrency.py", "lb/core.py", "lb/dispatch.py", "lb/history.py",
+    "lb/nodes.py", "lb/scheduler.py",
     "lb/observe.py", "lb/outlier.py", "lb/policy.py", "lb/rest_front.py",
     "lb/rest_upstream.py", "lb/retry.py", "lb/routes.py",
     "lb/http/client.py", "lb/http/client_conn.py", "lb/http/exchange.py", "lb/http/outbox.py",

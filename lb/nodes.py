@@ -21,16 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lb import policy
+from lb.concurrency import Limit
 from lb.config import NodeConfig, PolicyConfig
 from lb.outlier import OutlierPolicy, OutlierState
-
-HOLD_POLL_S = 0.25          # a held request looks at the pool again at least this often
 
 
 @dataclass(slots=True)
 class Waits:
     """Requests that waited for a node serving their model (/stats, /metrics): at
-    resolution (`lb.core`) or held by the dispatcher (`NodePool.hold`)."""
+    resolution (`lb.core`) or held in the proxy's queue (`lb.scheduler`)."""
 
     waits: int = 0
     seconds: float = 0.0
@@ -47,6 +46,30 @@ class Waits:
     def as_dict(self) -> dict[str, float | int]:
         return {"waits": self.waits, "seconds": round(self.seconds, 6),
                 "max_s": round(self.max_s, 6), "timeouts": self.timeouts}
+
+
+class Flight:
+    """One attempt in flight on a node (stall detection, slots): when it started, its
+    units, and `until`: inf while open, 0 once closed, and for a ghost (a cancelled
+    attempt the node likely still works on, see `Node.end`) when it lapses. Closed and
+    lapsed entries leave the node's list lazily."""
+
+    __slots__ = ("owner", "start", "units", "until")
+
+    def __init__(self, start: float, units: float) -> None:
+        self.start = start
+        self.units = units
+        self.until = math.inf
+        self.owner: Any = None      # the scheduler's Run (rescues find a node's attempts)
+
+
+TauKey = tuple[str, int]        # (model, row bucket): what a node's τ is kept per
+
+
+def tau_key(model: str, rows: int) -> TauKey:
+    """The key of a request's τ on a node: its model and its rows' power-of-two bucket
+    (a batch of 64 costs less per row than 64 requests of one)."""
+    return (model, rows.bit_length())
 
 
 @dataclass(slots=True)
@@ -72,11 +95,13 @@ class Node:
     seen: bool = False              # a health probe has been answered since it joined
     fresh: bool = False             # added by a reload or DNS: slow start when it serves
     outlier: OutlierState = field(default_factory=OutlierState)
-    # start times of attempts in flight, oldest first (stall detection); an entry is
-    # [start, units, until]: until is inf while open, 0 once closed, and for a ghost
-    # (see `end`) when it lapses; closed and lapsed entries are dropped lazily
-    flights: deque[list[float]] = field(default_factory=deque)
+    # attempts in flight, oldest first (stall detection, slots)
+    flights: deque[Flight] = field(default_factory=deque)
     ghosts: int = 0                 # ghost entries that may still be in `flights`
+    ghost_slots: int = 0            # slots ghosts hold until they lapse or are laid
+    limit: Limit = field(default_factory=lambda: Limit(1.0))     # learned concurrency
+    # τ per (model, row bucket): seconds per unit, what the scheduler compares
+    taus: dict[TauKey, policy.Tau] = field(default_factory=dict)
     answered_at: float = 0.0        # when an attempt last ended with a reply or an error
     view: policy.Candidate = field(default_factory=lambda: policy.Candidate(1.0, 0.0, 0, None),
                                    repr=False, compare=False)
@@ -86,16 +111,31 @@ class Node:
         return cls(name=cfg.name, rest=cfg.rest, grpc=cfg.grpc, weight=cfg.weight,
                    tau=policy.Tau(pcfg.ewma_decay_s), window=policy.LoadWindow(pcfg.window_s))
 
-    def begin(self, units: float, now: float) -> list[float]:
+    def begin(self, units: float, now: float) -> Flight:
         """A request of `units` was sent to this node at `now`; returns its flight
         entry, which the caller hands back to `end`."""
         self.inflight += 1
         self.inflight_units += units
-        flight = [now, units, math.inf]
+        flight = Flight(now, units)
         self.flights.append(flight)
         return flight
 
-    def end(self, flight: list[float], elapsed_s: float, ok: bool, now: float,
+    def occupied(self, now: float) -> int:
+        """Slots in use: attempts in flight and ghosts that have not lapsed."""
+        if self.ghost_slots:
+            self._lapse_ghosts(now)
+        return self.inflight + self.ghost_slots
+
+    def _lapse_ghosts(self, now: float) -> None:
+        live = 0
+        for flight in self.flights:
+            if flight.until != math.inf and flight.until > now:
+                live += 1
+        self.ghost_slots = live
+        if not live:
+            self.ghosts = 0
+
+    def end(self, flight: Flight, elapsed_s: float, ok: bool, now: float,
             sample: bool = True, lower_bound: bool = False) -> None:
         """The request that `begin` counted has finished.
 
@@ -110,12 +150,13 @@ class Node:
         stalled. A ghost lapses once the node answers anything, or at twice the age
         it had when cancelled.
         """
-        units = flight[1]
+        units = flight.units
         if lower_bound:
-            flight[2] = now + elapsed_s
+            flight.until = now + elapsed_s
             self.ghosts += 1
+            self.ghost_slots += 1
         else:
-            flight[2] = 0.0
+            flight.until = 0.0
             self.answered_at = now
             if self.ghosts:
                 self._lay_ghosts()
@@ -135,14 +176,15 @@ class Node:
     def _lay_ghosts(self) -> None:
         """The node answered: the work of cancelled attempts no longer counts as stuck."""
         for flight in self.flights:
-            if flight[2] != math.inf:
-                flight[2] = 0.0
+            if flight.until != math.inf:
+                flight.until = 0.0
         self.ghosts = 0
+        self.ghost_slots = 0
 
-    def oldest(self, now: float) -> list[float] | None:
+    def oldest(self, now: float) -> Flight | None:
         """The flight entry of the oldest attempt still open (or a ghost), or None."""
         flights = self.flights
-        while flights and flights[0][2] <= now:
+        while flights and flights[0].until <= now:
             flights.popleft()
         return flights[0] if flights else None
 
@@ -155,10 +197,14 @@ class Node:
 
     def readmit(self, now: float) -> None:
         """Back in the pool after an outage: slow start, and τ from scratch (the
-        old estimate is stale; without samples the pool median is used)."""
+        old estimate is stale; without samples the pool median is used). Its
+        concurrency limit starts again from one slot and doubles while its replies
+        stay fast (`Limit.slow_start`), so a node that comes back takes no flood."""
         self.healthy = True
         self.outlier.admitted(now)
         self.tau.reset()
+        self.taus = {}
+        self.limit.slow_start()
 
     def latest_version(self, model: str) -> int | None:
         return self.latest.get(model)
@@ -191,12 +237,12 @@ class Node:
         same object each time, refreshed: valid until the next call, which the policy's
         synchronous functions never outlive."""
         flights = self.flights
-        while flights and flights[0][2] <= now:
+        while flights and flights[0].until <= now:
             flights.popleft()
         c = self.view                   # one per node, refreshed: no object per pick
         if flights:     # its age since the node last answered: its time in service
-            c.oldest_age = now - max(flights[0][0], self.answered_at)
-            c.oldest_units = flights[0][1]
+            c.oldest_age = now - max(flights[0].start, self.answered_at)
+            c.oldest_units = flights[0].units
         else:
             c.oldest_age = c.oldest_units = 0.0
         c.weight = (self.weight if self.outlier.admitted_at is None
@@ -222,12 +268,17 @@ class NodePool:
         self._rng = random.Random(seed)
         self._rr = policy.SmoothRoundRobin()
         self.outlier = outlier or OutlierPolicy(slow_start_s=pcfg.slow_start_s)
+        nodes = list(nodes)
         self.nodes: dict[str, Node] = {n.name: Node.from_config(n, pcfg) for n in nodes}
+        self._seed_limits(nodes, pcfg)
         self._waiters: set[asyncio.Future[None]] = set()
         self.waits = Waits()
         # Called with a node that refused a call (`refused`): the health checks probe it
         # again at once (the composition root wires `HealthChecker.recheck`).
         self.on_refusal: Callable[[Node], None] | None = None
+        # Called when a node may take calls it could not before (a probe says it serves,
+        # a node is readmitted, a reload): the dispatcher wakes the tickets that wait.
+        self.on_change: Callable[[], None] | None = None
 
     def __iter__(self) -> Any:
         return iter(self.nodes.values())
@@ -244,13 +295,16 @@ class NodePool:
         New nodes slow-start, so an added node ramps up instead of taking a flood.
         """
         fresh: dict[str, Node] = {}
+        added: list[Node] = []
         now = self._clock()
+        nodes = list(nodes)
         for cfg in nodes:
             node = self.nodes.get(cfg.name)
             if node is None:
                 node = Node.from_config(cfg, pcfg)
                 node.outlier.admitted(now)
                 node.fresh = True
+                added.append(node)
             else:
                 node.reconfigure(cfg, pcfg)
             fresh[cfg.name] = node
@@ -258,6 +312,25 @@ class NodePool:
         self._pcfg = pcfg
         self.outlier = outlier or OutlierPolicy(slow_start_s=pcfg.slow_start_s)
         self.nodes = fresh
+        self._seed_limits(nodes, pcfg)
+        for node in added:          # a node added to a running pool ramps up
+            node.limit.slow_start()
+        self.changed()
+
+    def _seed_limits(self, nodes: list[NodeConfig], pcfg: PolicyConfig) -> None:
+        """Each node's concurrency limit: `max_inflight` pins it; otherwise it starts at
+        `policy.concurrency.initial` × its weight over the largest weight (the weight
+        is the operator's statement of capacity) and learns from there."""
+        conc = pcfg.concurrency
+        top = max((n.weight for n in nodes), default=1.0)
+        for cfg in nodes:
+            node = self.nodes[cfg.name]
+            pinned = cfg.max_inflight is not None or not conc.learn
+            start = (cfg.max_inflight if cfg.max_inflight is not None
+                     else math.ceil(conc.initial * cfg.weight / top))
+            node.limit.retune(start, conc.min if cfg.max_inflight is None else 1,
+                              conc.max if cfg.max_inflight is None else cfg.max_inflight,
+                              pinned)
 
     def eligible(self, units: float, exclude: Sequence[Node] = (), model: str | None = None,
                  version: int | None = None, *, explicit: bool = False,
@@ -290,7 +363,7 @@ class NodePool:
         if model is not None and version is not None and pool:
             serving = ([n for n in pool if n.serves(model, version)] if explicit
                        else [n for n in pool if n.latest.get(model) == version])
-            if serving or self.knows(model, version):
+            if serving or self.knows(model, version, usable):
                 return serving
         return pool
 
@@ -311,11 +384,14 @@ class NodePool:
                                           pcfg.stall_factor, pcfg.tie_band)]
         return pool[self._choose(pool, units, self._clock())]
 
-    def knows(self, model: str, version: int | None) -> bool:
-        """Whether some node has `model` (that version) AVAILABLE, is loading it, or has
-        not answered a probe yet: then a request for it waits for a node that serves
-        it rather than go to one that does not."""
+    def knows(self, model: str, version: int | None,
+              usable: Callable[[Node], bool] | None = None) -> bool:
+        """Whether some node (that `usable` accepts) has `model` (that version) AVAILABLE,
+        is loading it, or has not answered a probe yet: then a request for it waits for
+        a node that serves it rather than go to one that does not."""
         for n in self.nodes.values():
+            if usable is not None and not usable(n):
+                continue
             if not n.seen:
                 return True
             have, coming = n.versions.get(model), n.loading.get(model)
@@ -363,6 +439,13 @@ class NodePool:
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
+        if serving:
+            self.changed()
+
+    def changed(self) -> None:
+        """Some node may take calls it could not before: tell the dispatcher."""
+        if self.on_change is not None:
+            self.on_change()
 
     def refused(self, node: Node, model: str) -> None:
         """`node` refused a call for `model` (503, UNAVAILABLE: loading, restarting,
@@ -376,25 +459,6 @@ class NodePool:
             node.latest = {m: max(v) for m, v in node.versions.items() if v}
         if self.on_refusal is not None:
             self.on_refusal(node)
-
-    async def hold(self, model: str, version: int | None, until: float,
-                   exclude: Sequence[Node] = (), explicit: bool = False,
-                   usable: Callable[[Node], bool] | None = None) -> bool:
-        """Wait until some node not in `exclude` may take a call for `model` (`eligible`
-        is not empty), at most until `until` (time.monotonic()); False when it timed
-        out. Woken by the probes (`set_versions`); looks again at least every
-        `HOLD_POLL_S` (an ejection that lapses wakes nobody). Counted in `waits`."""
-        start = time.monotonic()
-        ready = False
-        while True:
-            ready = bool(self.eligible(1.0, exclude, model, version, explicit=explicit,
-                                       usable=usable))
-            left = until - time.monotonic()
-            if ready or left <= 0:
-                break
-            await self.wait_available(min(left, HOLD_POLL_S))
-        self.waits.count(time.monotonic() - start, not ready)
-        return ready
 
     def readiness(self, model: str, version: int | None) -> str:
         """"ready": a healthy node has the model (that version) AVAILABLE; "wait": none
@@ -441,21 +505,27 @@ class NodePool:
         return any(n.healthy for n in self.nodes.values())
 
     def stats(self) -> list[dict[str, Any]]:
-        """Per-node entries of the /stats contract (docs/ARCHITECTURE.md)."""
+        """Per-node entries of the /stats contract (docs/ARCHITECTURE.md). `load` is the
+        seed's formula, Σ w_j · t_j over the window / W_i, with W_i the node's capacity:
+        its concurrency limit (seeded by its weight, then learned, `lb.concurrency`)."""
         now = self._clock()
         counts = {n.name: n.window.count(now) for n in self.nodes.values()}
         total = sum(counts.values())
         out = []
         for n in self.nodes.values():
+            limit = n.limit
             out.append({
                 "name": n.name, "weight": n.weight, "healthy": n.healthy,
                 "inflight": n.inflight, "requests": n.requests, "errors": n.errors,
                 "ewma_ms": round((n.tau.value or 0.0) * 1000.0, 3),
-                "load": round(n.window.work(now) / n.weight, 6),
+                "load": round(n.window.work(now) / max(limit.value, 1), 6),
                 "share": round(counts[n.name] / total, 4) if total else 0.0,
                 "state": n.state(now),
                 "effective_weight": round(n.effective_weight(now, self.outlier), 4),
                 "ejections": n.outlier.ejections,
+                "limit": limit.value,
+                "limit_state": ("pinned" if limit.pinned else "measuring" if limit.measuring
+                                else "starting" if limit.starting else "learned"),
             })
         return out
 

@@ -1,6 +1,6 @@
-"""Merging and splitting REST `:predict` calls for the batcher (`lb.batcher`).
+"""Merging and splitting REST `:predict` calls for micro-batching (`lb.batching`).
 
-Called by `lb.core.Core.forward` (`group`) and by the batcher (`merge`,
+Called by `lb.dispatch` (`group`, for the ticket) and by `lb.batching` (`merge`,
 `split`) for models with `batching` configured. Row (`instances`) and
 columnar (`inputs`) requests join one group when they address the same model,
 resolved version and signature and their inputs have the same names, the same
@@ -16,7 +16,7 @@ Serving builds it from the same rows (`lb.formats`), so each client gets the
 format it asked for with the values a direct call would have given.
 
 Guarantees: pure (no I/O); `split` returns None for an answer it cannot read
-or whose row count is wrong, and the batcher then resends member by member.
+or whose row count is wrong, and `lb.batching` then resends member by member.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ import orjson
 
 from lb.call import Call, Deadline, Outcome, XCache
 from lb.core import Core
-from lb.dispatch import Flow
+from lb.dispatch import Job
 from lb.errors import BadRequest, LbError, NotCached, NotFound
 from lb.formats import adapt
 from lb.http.client import Response
@@ -141,55 +141,28 @@ class RestFront:
         call.units = rows * cfg.model(route.model).cost
         return call, x_cache
 
-    # -- the direct path: the first attempt without a Task ---------------------------
+    # -- the direct path: no Task ----------------------------------------------------------
 
     def _direct(self, ex: Exchange, call: Call, x_cache: XCache, start: float) -> None:
-        """Start the dispatcher's first attempt now and answer from its `then` (called
-        from the node connection's I/O callback); only a retry (or a wait) needs a
-        Task. Same flow as `Dispatcher.send`."""
-        dispatcher = self.core.dispatcher
-        flow = dispatcher.open(call)
-        landed = functools.partial(self._landed, ex, call, flow, x_cache, start)
-        try:
-            fut = dispatcher.attempt(flow, call, self.transport, landed)
-            if fut is None and flow.wanting:           # held until a node serves it
-                self._spawn(ex, self._retry(ex, call, flow, x_cache, start))
-                return
-            if fut is None:
-                dispatcher.finish(flow, call)          # raises: no node, no time
-                raise LbError("no attempt was made")
-        except LbError as exc:
-            self.core.release()
-            self._fail(ex, exc, start)
-            return
-        ex.on_abort = fut.cancel
+        """Hand the call to the dispatcher with a continuation (`_done`), which runs from
+        the node connection's I/O callback that ends it — retries and waits in the
+        queue included: no Task, no copy of the dispatcher's flow."""
+        job = self.core.dispatcher.dispatch(call, self.transport,
+                                            functools.partial(self._done, ex, x_cache, start))
+        if not job.done:
+            ex.on_abort = job.cancel           # the client left: cancel its request
 
-    def _landed(self, ex: Exchange, call: Call, flow: Flow, x_cache: XCache, start: float,
-                fut: asyncio.Future[Response]) -> None:
-        if fut.cancelled():                            # the client left
-            self.core.release()
+    def _done(self, ex: Exchange, x_cache: XCache, start: float, job: Job) -> None:
+        self.core.release()
+        if job.cancelled:
             self._finish(ex, CLIENT_CLOSED, "", "", 0, start)
             return
         try:
-            done = self.core.dispatcher.outcome(flow, fut, self.transport)
-        except Exception as exc:
-            self.core.release()
-            log.error("unhandled error on %s %s", ex.request.method, ex.request.path,
-                      exc_info=exc)
-            self._fail(ex, LbError("internal error in the proxy"), start)
+            answer, node = job.outcome()
+        except LbError as exc:
+            self._fail(ex, exc, start)
             return
-        if done is None:                               # worth another node: the rest of
-            self._spawn(ex, self._retry(ex, call, flow, x_cache, start))    # send()
-            return
-        self.core.release()
-        self._answer(ex, done[0], x_cache, done[1].name, start)
-
-    async def _retry(self, ex: Exchange, call: Call, flow: Flow, x_cache: XCache,
-                     start: float) -> None:
-        async def rest() -> Outcome[Response]:
-            answer, node = await self.core.dispatcher.send(call, self.transport, flow)
-            return Outcome(answer, x_cache, node.name)
-        await self._serve_outcome(ex, rest(), start)
+        self._answer(ex, answer, x_cache, node.name, start)
 
     def _hit(self, ex: Exchange) -> bool:
         """Answer a repeated body from the in-process cache tier, or return False (the

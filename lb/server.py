@@ -233,7 +233,7 @@ class Proxy:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.health.close()
-        await self.core.batcher.close()
+        await self.dispatcher.close()
         if self.core.rows is not None:
             await self.core.rows.close()      # type: ignore[attr-defined]
         if self.cache is not None:

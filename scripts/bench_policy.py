@@ -41,6 +41,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,10 +158,16 @@ class Scenario:
     stalls: dict[int, tuple[float, float]] = field(default_factory=dict)  # i -> (ms, every s)
     herding: bool = False
     slots: int = 2
+    load: float = 0.7               # of capacity
+    overload: bool = False          # report goodput and refusals, and a 0.5× baseline
 
     @property
     def capacity_rps(self) -> float:
         return sum(self.slots / (m / 1000.0) for m in self.means_ms)
+
+    @property
+    def rate(self) -> float:
+        return round(self.load * self.capacity_rps, 1)
 
     @property
     def weighted(self) -> bool:
@@ -176,6 +183,10 @@ SCENARIOS = {
                       [20, 20, 20], [1, 1, 1], stalls={2: (200.0, 2.0)}),
     "herding": Scenario("herding", "herding (3 x 20 ms, equal weights)",
                         [20, 20, 20], [1, 1, 1], herding=True),
+    "overload": Scenario("overload", "overload: 1.7x capacity (20/20/60 ms, 2 slots each)",
+                         [20, 20, 60], [1, 1, 1], load=1.7, overload=True),
+    "slots8": Scenario("slots8", "8-slot nodes (3 x 60 ms) at 0.85x capacity",
+                       [60, 60, 60], [1, 1, 1], slots=8, load=0.85),
 }
 
 
@@ -194,9 +205,13 @@ def start_simnodes(bench: Bench, sc: Scenario) -> list[int]:
 
 
 def sim_contenders(sc: Scenario) -> list[tuple[str, dict[str, Any]]]:
-    """(name, how to start it) in the order they run."""
+    """(name, how to start it) in the order they run. "tfserving-lb" is the default
+    config (the proxy's queue, learned limits, rescues on, p95 hedges off)."""
     lb = {"policy": {"name": "least_load", "stall_factor": 3}}
     off, on = {"enabled": False}, {"enabled": True, "max_ratio": 0.05}
+    if sc.overload or sc.slots != 2:
+        return [("nginx least_conn", {"nginx": "least_conn;"}),
+                ("tfserving-lb", {**lb, "hedge": off})]
     if sc.herding:
         return [("nginx round robin", {"nginx": ""}),
                 ("nginx least_conn", {"nginx": "least_conn;"}),
@@ -207,8 +222,8 @@ def sim_contenders(sc: Scenario) -> list[tuple[str, dict[str, Any]]]:
             ("nginx weighted round robin", {"nginx": "", "weighted": True}),
             ("nginx least_conn", {"nginx": "least_conn;"}),
             ("nginx weighted least_conn", {"nginx": "least_conn;", "weighted": True}),
-            ("tfserving-lb no hedge", {**lb, "hedge": off}),
-            ("tfserving-lb hedge", {**lb, "hedge": on})]
+            ("tfserving-lb", {**lb, "hedge": off}),
+            ("tfserving-lb +p95 hedges", {**lb, "hedge": on})]
 
 
 def start_contender(bench: Bench, sc: Scenario, ports: list[int], name: str,
@@ -227,24 +242,72 @@ def start_contender(bench: Bench, sc: Scenario, ports: list[int], name: str,
     return url, admin, workers
 
 
+class LimitSampler:
+    """Every second of a run, each node's learned limit from the proxy's /stats (one
+    process: its own limits); the averages and the last, per node."""
+
+    def __init__(self, admin: str | None) -> None:
+        self.admin = admin
+        self.samples: dict[str, list[int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LimitSampler:
+        if self.admin is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                doc = orjson.loads(http_get(f"{self.admin}/stats", timeout=2.0)[2])
+            except (OSError, ValueError):
+                continue
+            for n in doc.get("nodes", []):
+                if "limit" in n:
+                    self.samples.setdefault(n["name"], []).append(int(n["limit"]))
+
+    def report(self) -> dict[str, Any]:
+        return {name: {"avg": round(sum(v) / len(v), 2), "last": v[-1]}
+                for name, v in self.samples.items() if v}
+
+
 def run_contender(url: str, ports: list[int], rate: float, args: argparse.Namespace,
-                  connections: int) -> tuple[Result, dict[str, Any]]:
-    """Warm up, then the measured run; (client result, node deltas over that run)."""
+                  connections: int, admin: str | None = None, timeout_s: float = 10.0
+                  ) -> tuple[Result, dict[str, Any], dict[str, Any]]:
+    """Warm up, then the measured run; (client result, node deltas over that run, the
+    learned limits sampled during it)."""
     target = f"{url}/v1/models/{SIM_MODEL}:predict"
     run(open_loop(target, lambda _i: SIM_BODY, rate=rate, count=int(rate * args.warm),
-                  arrivals="poisson", seed=args.seed + 1, connections=connections))
+                  arrivals="poisson", seed=args.seed + 1, connections=connections,
+                  timeout_s=timeout_s))
     for p in ports:
         http_get(f"http://127.0.0.1:{p}/_sim/reset", method="POST", body=b"")
     before = simnode.read_stats(ports)
-    res = run(open_loop(target, lambda _i: SIM_BODY, rate=rate, count=int(rate * args.seconds),
-                        max_duration_s=args.seconds * 1.5 + 5, arrivals="poisson",
-                        seed=args.seed, connections=connections))
+    with LimitSampler(admin) as limits:
+        res = run(open_loop(target, lambda _i: SIM_BODY, rate=rate,
+                            count=int(rate * args.seconds),
+                            max_duration_s=args.seconds * 1.5 + 5, arrivals="poisson",
+                            seed=args.seed, connections=connections, timeout_s=timeout_s))
     time.sleep(0.3)      # hedge losers may still sit in a node's queue: count them too
-    return res, simnode.deltas(before, simnode.read_stats(ports))
+    return res, simnode.deltas(before, simnode.read_stats(ports)), limits.report()
+
+
+def overload_row(res: Result, sc: Scenario) -> dict[str, Any]:
+    """What the overload targets read: goodput (200s within 1 s) over capacity, the
+    p99 of the 200s, and how refusals came back."""
+    return {"goodput_rps": round(res.goodput(1000.0), 1),
+            "goodput_of_capacity": round(res.goodput(1000.0) / sc.capacity_rps, 3),
+            "connection_errors": res.statuses.get(0, 0)}
 
 
 def run_scenario(bench: Bench, sc: Scenario, args: argparse.Namespace) -> dict[str, Any]:
-    rate = round(0.7 * sc.capacity_rps, 1)
+    rate = sc.rate
     connections = 64 if sc.herding else 1
     out: dict[str, Any] = {"title": sc.title, "rate": rate, "capacity_rps": sc.capacity_rps,
                            "connections": connections, "weighted": sc.weighted,
@@ -258,9 +321,17 @@ def run_scenario(bench: Bench, sc: Scenario, args: argparse.Namespace) -> dict[s
             row: dict[str, Any]
             try:
                 url, admin, procs = start_contender(bench, sc, ports, name, how)
-                res, nodes = run_contender(url, ports, rate, args, connections)
+                if sc.overload and admin is not None:       # its own p99 at 0.5× first
+                    half, _, _ = run_contender(url, ports, round(0.5 * sc.capacity_rps, 1),
+                                               args, connections, admin)
+                    out["half_load_p99_ms"] = round(half.pct(99), 3)
+                res, nodes, limits = run_contender(url, ports, rate, args, connections,
+                                                   admin, timeout_s=30.0 if sc.overload
+                                                   else 10.0)
                 row = {**res.summary(), "backend": nodes, **proxy_report(admin, procs),
-                       "load1": os.getloadavg()[0]}
+                       "limits": limits, "load1": os.getloadavg()[0]}
+                if sc.overload:
+                    row.update(overload_row(res, sc))
                 latencies[name] = res.latencies_ms
             except (RuntimeError, TimeoutError, OSError) as exc:
                 row = {"error": str(exc)}
@@ -272,8 +343,8 @@ def run_scenario(bench: Bench, sc: Scenario, args: argparse.Namespace) -> dict[s
     finally:
         stop_new(bench, before_all)
     out["chart"] = str(cdf_chart(OUT / f"bench_policy_{sc.key}.png",
-                                 f"{sc.title}, Poisson {rate:.0f} req/s (70 % of capacity)",
-                                 latencies))
+                                 f"{sc.title}, Poisson {rate:.0f} req/s "
+                                 f"({100 * sc.load:.0f} % of capacity)", latencies))
     return out
 
 
@@ -325,7 +396,7 @@ def main() -> int:
             results["equal"] = run_pass(bench, [10.0, 10.0, 10.0], args.rate, args.seconds)
         sims = [SCENARIOS[k] for k in chosen if k in SCENARIOS]
         if sims:
-            top = max(0.7 * sc.capacity_rps for sc in sims)
+            top = max(sc.rate for sc in sims)
             results["generator"] = generator_check(bench, [round(top), round(2 * top)], args)
         for sc in sims:
             results[sc.key] = run_scenario(bench, sc, args)

@@ -42,6 +42,8 @@ class Result:
     x_cache: Counter[str] = field(default_factory=Counter)
     nodes: Counter[str] = field(default_factory=Counter)
     send_lag_ms: list[float] = field(default_factory=list)
+    refused_ms: list[float] = field(default_factory=list)   # latency of the 503s
+    retry_after: int = 0                # 503s that carried a Retry-After header
     send_span_s: float = 0.0            # first to last request start, wall clock
     schedule_span_s: float = 0.0        # first to last request start, as scheduled
 
@@ -75,7 +77,15 @@ class Result:
                 "max_ms": round(max(self.latencies_ms, default=float("nan")), 3),
                 "send_lag_p99_ms": round(self.lag_pct(99), 3),
                 "statuses": {str(k): v for k, v in self.statuses.items()},
-                "x_cache": dict(self.x_cache), "nodes": dict(self.nodes)}
+                "x_cache": dict(self.x_cache), "nodes": dict(self.nodes),
+                "refused": len(self.refused_ms), "retry_after": self.retry_after,
+                "refused_p99_ms": round(float(np.percentile(self.refused_ms, 99)), 3)
+                if self.refused_ms else None}
+
+    def goodput(self, within_ms: float) -> float:
+        """Answers (200) within `within_ms` per second of the run."""
+        good = sum(1 for ms in self.latencies_ms if ms <= within_ms)
+        return good / self.elapsed_s if self.elapsed_s else 0.0
 
 
 def run(coro: Coroutine[Any, Any, Result]) -> Result:
@@ -109,6 +119,9 @@ async def _post(session: aiohttp.ClientSession, url: str, data: bytes,
                 res.latencies_ms.append((time.perf_counter() - since) * 1000)
             else:
                 res.failed += 1
+                if resp.status == 503:
+                    res.refused_ms.append((time.perf_counter() - since) * 1000)
+                    res.retry_after += "Retry-After" in resp.headers
     except (aiohttp.ClientError, TimeoutError):
         res.failed += 1
         res.statuses[0] += 1

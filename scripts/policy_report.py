@@ -51,8 +51,10 @@ def report_sim(res: dict[str, Any]) -> None:
     rows = res["contenders"]
     base = rows.get("nginx least_conn", {})
     wbase = rows.get("nginx weighted least_conn", {}) if res["weighted"] else {}
-    print(f"\n{res['title']}: open-loop Poisson {res['rate']:.0f} req/s = 70 % of capacity "
-          f"{res['capacity_rps']:.0f} req/s, {res['connections']} client session(s)")
+    load = res["rate"] / res["capacity_rps"] if res["capacity_rps"] else float("nan")
+    print(f"\n{res['title']}: open-loop Poisson {res['rate']:.0f} req/s = {100 * load:.0f} % "
+          f"of capacity {res['capacity_rps']:.0f} req/s, {res['connections']} client "
+          f"session(s)")
     head = (f"{'contender':32} {'p50':>6} {'p99':>7} {'p99.9':>7} {'p99/lc':>7} {'p99.9/lc':>8}"
             + (f" {'p99/wlc':>7} {'p99.9/wlc':>9}" if wbase else "")
             + f" {'be/req':>6} {'on-sched':>8} {'lag99':>6} {'fail':>4}  request shares")
@@ -77,6 +79,11 @@ def report_sim(res: dict[str, Any]) -> None:
     for name, r in rows.items():
         if "error" not in r and r.get("hedge"):
             print(f"  hedge counters, {name}: {r['hedge']}")
+        if "error" not in r and r.get("limits"):
+            print(f"  learned limits, {name} (average over the run / last): "
+                  + ", ".join(f"{n} {v['avg']:.2f}/{v['last']}" for n, v in r["limits"].items()))
+    if "half_load_p99_ms" in res:
+        report_overload(res)
         if "error" not in r and len(r.get("requests_per_process", [])) > 1:
             print(f"  node requests per proxy process, {name}: {r['requests_per_process']}")
     late = [n for n, r in rows.items() if "error" not in r and generator_late(r)]
@@ -102,3 +109,20 @@ def report_sim(res: dict[str, Any]) -> None:
                       f"{be['avg_concurrency']}  peak {be['max_concurrency']}  "
                       f"max/fair {be['max_share_over_fair']:.2f}x")
     print(f"  chart: {res['chart']}")
+
+
+def report_overload(res: dict[str, Any]) -> None:
+    """Goodput (200s within 1 s) over capacity, the p99 of the 200s against the proxy's
+    own at 0.5x capacity, and the refusals: how many, how fast, with Retry-After."""
+    half = res["half_load_p99_ms"]
+    print(f"  overload (tfserving-lb's own p99 at 0.5x capacity: {half:.1f} ms):")
+    for name, r in res["contenders"].items():
+        if "error" in r:
+            continue
+        refusal = r.get("refused_p99_ms")
+        print(f"    {name:30} goodput {r.get('goodput_of_capacity', float('nan')):.2f}x "
+              f"capacity, p99 of 200s {r['p99_ms']:.0f} ms ({_ratio(r['p99_ms'], half)} the "
+              f"0.5x p99), refused {r.get('refused', 0)} (p99 "
+              f"{'—' if refusal is None else f'{refusal:.1f} ms'}, Retry-After on "
+              f"{r.get('retry_after', 0)}), connection errors/timeouts "
+              f"{r.get('connection_errors', 0)}, statuses {r['statuses']}")

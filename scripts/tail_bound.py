@@ -21,9 +21,18 @@ overhead at all. The dispatchers:
   non-clairvoyant policy can do without hedging, greedily;
 * `oracle (clairvoyant)`: knows also what this request's work will be on every
   node and where the stalls fall — a lower bound for hedging policies too:
-  a hedge only exists to discover what this oracle already knows.
+  a hedge only exists to discover what this oracle already knows;
+* `late binding (true L)` / `late binding (learned L)`: tfserving-lb's own
+  scheduler (`lb.scheduler`, run against the same nodes event by event by
+  `scripts/late_sim.py`): the proxy holds the queue and a node gets a request
+  only into a free slot, with each node's limit pinned to its true slots, or
+  learned from its replies (`lb.concurrency`, from the default start), as the
+  proxy runs it. So the bound and the design are checked together.
 
-Every ratio is to `least_conn` in the same run, as bench_policy reports them.
+Every ratio is to `least_conn` in the same run (weighted least_conn for the
+3:3:1 weights), as bench_policy reports them. Two more scenarios run the
+scheduler alone: overload (1.7× capacity: goodput, p99 of the answers, how
+fast refusals come back) and 8-slot nodes at 0.85× (the learned limits).
 """
 
 from __future__ import annotations
@@ -31,8 +40,14 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts import late_sim
 
 SIGMA = 0.5
 
@@ -181,6 +196,61 @@ POLICIES: list[tuple[str, Policy]] = [
 ]
 
 
+def late(sc: Scenario, seconds: float, seed: int, learn: bool) -> late_sim.Outcome:
+    """The proxy's scheduler on this scenario's nodes (scripts/late_sim.py)."""
+    def nodes() -> list[late_sim.SimNode]:
+        out = [late_sim.SimNode(m / 1000.0) for m in sc.means_ms]
+        if sc.stall is not None:
+            i, ms, every = sc.stall
+            out[i].stall_s, out[i].every_s = ms / 1000.0, every
+        return out
+    return late_sim.simulate(nodes, sc.weights, sc.rate, seconds, seed, learn=learn)
+
+
+def overload(seconds: float, seed: int) -> None:
+    """1.7× capacity on 20/20/60 ms nodes, learned limits: goodput (answers within 1 s)
+    over capacity, the p99 of the answers against the proxy's own at 0.5×, refusals."""
+    def nodes() -> list[late_sim.SimNode]:
+        return [late_sim.SimNode(0.02), late_sim.SimNode(0.02), late_sim.SimNode(0.06)]
+    cap = 2 / 0.02 + 2 / 0.02 + 2 / 0.06
+    half = late_sim.simulate(nodes, [1, 1, 1], 0.5 * cap, seconds, seed, learn=True)
+    hot = late_sim.simulate(nodes, [1, 1, 1], 1.7 * cap, seconds, seed, learn=True)
+    span = seconds - 2.0
+    good = sum(1 for ms in hot.latencies_ms if ms <= 1000) / span
+    p99, base = pct(hot.latencies_ms, 0.99), pct(half.latencies_ms, 0.99)
+    refusal = pct(hot.refused_ms, 0.99) if hot.refused_ms else float("nan")
+    print(f"\noverload: 1.7x capacity ({1.7 * cap:.0f} req/s), learned limits: goodput "
+          f"{good / cap:.2f}x capacity, p99 of the answers {p99:.0f} ms = {p99 / base:.2f}x "
+          f"its own p99 at 0.5x ({base:.0f} ms), {len(hot.refused_ms)} refused (p99 "
+          f"{refusal:.1f} ms); limits {_limits(hot)}")
+
+
+def slots8(seconds: float, seed: int) -> None:
+    """Three 60 ms nodes with 8 slots at 0.85× capacity: the learned limits, goodput and
+    p99 against least_conn."""
+    def nodes() -> list[late_sim.SimNode]:
+        return [late_sim.SimNode(0.06, slots=8) for _ in range(3)]
+    rate = 0.85 * 3 * 8 / 0.06
+    arrivals, works, rng = random.Random(seed), random.Random(seed + 1), random.Random(seed + 2)
+    lc_nodes = [Node(0.06, slots=8) for _ in range(3)]
+    now, lc = 0.0, []
+    while now < seconds:
+        now += arrivals.expovariate(rate)
+        work = [draw(works, n.mean_s) for n in lc_nodes]
+        i = least_conn(False)(lc_nodes, now, work, rng)
+        lc.append(1000.0 * lc_nodes[i].send(now, work[i]))
+    out = late_sim.simulate(nodes, [1, 1, 1], rate, seconds, seed, learn=True)
+    good = len(out.latencies_ms) / ((seconds - 2.0) * rate)
+    print(f"\n8-slot nodes (3 x 60 ms) at 0.85x: learned limits {_limits(out)}; goodput "
+          f"{good:.3f}, p99 {pct(out.latencies_ms, 0.99):.0f} ms = "
+          f"{pct(out.latencies_ms, 0.99) / pct(lc, 0.99):.2f}x least_conn, p50 "
+          f"{pct(out.latencies_ms, 0.5) - pct(lc, 0.5):+.1f} ms")
+
+
+def _limits(out: late_sim.Outcome) -> str:
+    return ", ".join(f"{n} {v:.2f}" for n, v in out.learned().items())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=600.0, help="simulated, per policy")
@@ -188,18 +258,31 @@ def main() -> int:
     args = parser.parse_args()
     for key, sc in SCENARIOS.items():
         print(f"\n{key}: {sc.title}, Poisson {sc.rate:.0f} req/s, {args.seconds:g} s simulated")
-        print(f"{'dispatcher':24} {'p50':>7} {'p99':>7} {'p99.9':>7} {'p99/lc':>7} "
-              f"{'p99.9/lc':>8}")
+        print(f"{'dispatcher':26} {'p50':>7} {'p99':>7} {'p99.9':>7} {'p99/base':>8} "
+              f"{'p99.9/base':>10}")
         rows = [(name, simulate(sc, policy, args.seconds, args.seed))
                 for name, policy in POLICIES]
         p95 = pct(rows[3][1], 0.95)           # of oracle (queues): 5 % of requests hedge
         rows.append((f"{rows[3][0]} + hedges", simulate(sc, oracle_queues, args.seconds,
                                                       args.seed, hedge_after_ms=p95)))
-        base = pct(rows[0][1], 0.99), pct(rows[0][1], 0.999)
+        limits = []
+        for learn in (False, True):
+            out = late(sc, args.seconds, args.seed, learn)
+            rows.append((f"late binding ({'learned' if learn else 'true'} L)",
+                         out.latencies_ms))
+            if learn:
+                limits.append(_limits(out))
+        weighted = len(set(sc.weights)) > 1
+        base_rows = rows[1][1] if weighted else rows[0][1]      # weighted lc for 3:3:1
+        base = pct(base_rows, 0.99), pct(base_rows, 0.999)
         for name, lat in rows:
             p50, p99, p999 = pct(lat, 0.5), pct(lat, 0.99), pct(lat, 0.999)
-            print(f"{name:24} {p50:7.1f} {p99:7.1f} {p999:7.1f} {p99 / base[0]:6.2f}x "
-                  f"{p999 / base[1]:7.2f}x")
+            print(f"{name:26} {p50:7.1f} {p99:7.1f} {p999:7.1f} {p99 / base[0]:7.2f}x "
+                  f"{p999 / base[1]:9.2f}x")
+        print(f"  base: {'weighted ' if weighted else ''}least_conn; learned limits "
+              f"(average over the run): {limits[0]}")
+    overload(min(args.seconds, 60.0), args.seed)
+    slots8(min(args.seconds, 60.0), args.seed)
     return 0
 
 

@@ -47,7 +47,10 @@ def proxy(logs_dir: Path, workers: list[str]) -> Iterator[ProxyProc]:
     p = ProxyProc(logs_dir, [{"name": f"w{i}", "rest": u} for i, u in enumerate(workers)],
                   name="proxy-batch", cache={"backend": "none"}, hedge={"enabled": False},
                   models={HP2: {"batching": BATCHING}, MNIST: {"batching": BATCHING}},
-                  limits={"max_inflight": 4096})
+                  limits={"max_inflight": 4096},
+                  # 2 000 requests at once are more than the queue's default CoDel target
+                  # lets wait (tests/lb/test_overload.py); here every one must be answered
+                  policy={"queue": {"target_ms": 5000}})
     yield p
     p.stop()
 

@@ -21,20 +21,38 @@ from tests.procs import ProxyProc, free_port, wait_until
 
 
 def test_one_channel_spreads_over_all_nodes_by_weight(logs_dir: Path, hp2_pool: Pool) -> None:
+    """With `policy.name: round_robin` (the configured split), one channel's calls go to
+    every node by weight."""
     p = ProxyProc(logs_dir, [grpc_node("w3", hp2_pool, 0, 3), grpc_node("w1a", hp2_pool, 1, 1),
                              grpc_node("w1b", hp2_pool, 2, 1)],
                   name="proxy-grpc-311", grpc=True, cache={"backend": "none"},
-                  policy={"ewma_decay_s": 1.0})
+                  policy={"name": "round_robin"})
     assert p.grpc
     try:
-        # 30 in flight at 200 ms each (150 calls/s): far below saturation of this
-        # small box, so node latency does not depend on node load and weights decide.
         with worker_delay(hp2_pool.fast, SPREAD_DELAY_MS):
-            asyncio.run(spread(p.grpc, 60, 30))
             counts = asyncio.run(spread(p.grpc, 1200, 30))
     finally:
         p.stop()
     assert_weight_shares(counts, "gRPC one-channel")
+
+
+def test_one_channel_reaches_every_node_through_the_queue(logs_dir: Path,
+                                                          hp2_pool: Pool) -> None:
+    """least_load: one channel's 30 calls in flight spread over every node, each in
+    proportion to its learned limit at least (tests/lb/test_rest_e2e.py says why)."""
+    p = ProxyProc(logs_dir, [grpc_node(f"g{i}", hp2_pool, i, 1) for i in range(3)],
+                  name="proxy-grpc-equal", grpc=True, cache={"backend": "none"})
+    assert p.grpc
+    try:
+        with worker_delay(hp2_pool.fast, SPREAD_DELAY_MS):
+            counts = asyncio.run(spread(p.grpc, 900, 30))
+            limits = {n["name"]: n["limit"] for n in p.stats()["nodes"]}
+    finally:
+        p.stop()
+    total = sum(counts.values())
+    assert set(counts) == {"g0", "g1", "g2"} and sum(limits.values()) >= 30, limits
+    for name, n in counts.items():
+        assert n / total >= 0.8 * limits[name] / sum(limits.values()), (counts, limits)
 
 
 def test_dead_node_is_retried_and_deadlines_are_forwarded(logs_dir: Path,

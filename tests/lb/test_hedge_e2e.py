@@ -2,7 +2,8 @@
 costs no more than its budget; the losing attempt is cancelled without a leak.
 
 Three simulated nodes (scripts/simnode.py); one stops serving for STALL_MS every
-PERIOD_S. Two proxies on them in turn, one hedging and one not (the control), each
+PERIOD_S. Two proxies on them in turn, one hedging (p95 hedges and rescues) and one
+without either (the control), each
 warmed up and then given the same open-loop load. Proves, with figures that can fail:
 * every request is answered 200, hedged or not;
 * hedges are sent and won, and at most as many as the budget allows: lb.hedge's
@@ -34,7 +35,10 @@ from tests.procs import Proc, ProxyProc, free_port, node, running, wait_until
 MODEL = "mnist"
 MEAN_MS, SLOTS = 20.0, 4
 STALL_MS, PERIOD_S = 1000.0, 2.5           # node 0 stalls; any LOAD_S window holds 2 starts
-RATE, WARM_S, LOAD_S = 120.0, 2.0, 5.0     # requests/s; both > 32 answers per node to warm
+# Requests/s (both > 32 answers per node to warm): busy enough that node 0 has calls in
+# flight whenever it stalls. Later calls do not go to it (late binding): those are what
+# the rescues are for.
+RATE, WARM_S, LOAD_S = 300.0, 2.0, 5.0
 MAX_RATIO, MIN_DELAY_MS = 0.1, 5.0
 
 
@@ -93,7 +97,7 @@ def measured_run(logs_dir: Path, ports: list[int], hedge: bool) -> Run:
                              for i, port in enumerate(ports)],
                   name="hedged" if hedge else "control", cache={"backend": "none"},
                   health={"interval_s": 1.0, "timeout_s": 3.0},
-                  hedge={"enabled": hedge, "min_delay_ms": MIN_DELAY_MS,
+                  hedge={"enabled": hedge, "rescue": hedge, "min_delay_ms": MIN_DELAY_MS,
                          "max_ratio": MAX_RATIO})
     with running(p.proc):
         wait_until(lambda: all(n["healthy"] for n in p.stats()["nodes"]), 10.0,

@@ -195,22 +195,39 @@ async def _spread(url: str, n: int, concurrency: int) -> Counter[str]:
     return counts
 
 
-def test_equal_cost_requests_spread_by_weight(logs_dir: Path, hp2_pool: Pool) -> None:
+def test_round_robin_keeps_the_configured_split(logs_dir: Path, hp2_pool: Pool) -> None:
+    """`policy.name: round_robin` is the mode that keeps a split by weight (least_load
+    reads weights as capacity and learns it)."""
     p = ProxyProc(logs_dir, [node("w3", hp2_pool.fast[0], 3), node("w1a", hp2_pool.fast[1], 1),
                              node("w1b", hp2_pool.fast[2], 1)],
-                  name="proxy-311", cache={"backend": "none"},
-                  # A latency spike on this shared 2-core box raises τ at once; a short
-                  # decay keeps one spike from colouring the whole run.
-                  policy={"ewma_decay_s": 1.0})
+                  name="proxy-311", cache={"backend": "none"}, policy={"name": "round_robin"})
     try:
-        # 30 in flight at 200 ms each: 150 req/s, far below what the box saturates at,
-        # so node latency does not depend on node load and weights alone decide.
         with worker_delay(hp2_pool.fast, SPREAD_DELAY_MS):
-            asyncio.run(_spread(p.url, 60, 30))           # warm up τ on every node
             counts = asyncio.run(_spread(p.url, 1200, 30))
     finally:
         p.stop()
     assert_weight_shares(counts, "REST")
+
+
+def test_least_load_spreads_one_clients_calls_over_every_node(logs_dir: Path,
+                                                               hp2_pool: Pool) -> None:
+    """30 in flight over three equal nodes that take any concurrency (200 ms each, a
+    sleep): the limits grow in their slow start to cover the demand, nothing waits
+    long enough to be refused, and every node takes a part in proportion to its limit
+    (the first node whose probes pass grows first: the limits need not be equal)."""
+    p = ProxyProc(logs_dir, [node(f"e{i}", hp2_pool.fast[i]) for i in range(3)],
+                  name="proxy-equal", cache={"backend": "none"})
+    try:
+        with worker_delay(hp2_pool.fast, SPREAD_DELAY_MS):
+            counts = asyncio.run(_spread(p.url, 900, 30))
+            limits = {n["name"]: n["limit"] for n in p.stats()["nodes"]}
+    finally:
+        p.stop()
+    total = sum(counts.values())
+    print("least_load equal shares", {k: v / total for k, v in counts.items()}, limits)
+    assert sum(limits.values()) >= 30               # they grew to the demand
+    for name, n in counts.items():
+        assert n / total >= 0.8 * limits[name] / sum(limits.values()), (counts, limits)
 
 
 def test_slow_node_gets_less_than_its_weight_share(logs_dir: Path, hp2_pool: Pool) -> None:
