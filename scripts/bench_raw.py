@@ -20,7 +20,8 @@ closed loop, `-t1 -c32 -d8s`, with GET model status and POST :predict of one
 requests/s and the ratio to nginx from the same run, the non-2xx and socket
 errors wrk saw (a contender with errors is flagged), and writes
 bench-out/bench_raw.{json,png}. Installs nginx-light and wrk with apt-get
-when missing. 127.0.0.1 only.
+when missing. 127.0.0.1 only. `--lb NAME=EXE` adds a row run by another
+install's console script (e.g. a fresh `pip install .` venv's tfserving-lb).
 """
 
 from __future__ import annotations
