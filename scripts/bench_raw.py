@@ -208,7 +208,8 @@ def other_installs(specs: list[str]) -> list[Contender]:
     """--lb NAME=EXE: tfserving-lb, cache none, run by another install's console script
     (e.g. a fresh venv's bin/tfserving-lb, to compare install routes in one run)."""
     def starter(name: str, exe: str) -> Callable[[Bench, list[int]], str]:
-        return lambda b, p: start_lb(b, p, "none", exe=exe, label=f"-{name}")
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)  # a file name
+        return lambda b, p: start_lb(b, p, "none", exe=exe, label=f"-{safe}")
 
     rows: list[Contender] = []
     for spec in specs:
