@@ -3,4 +3,4 @@
 from lb.native import activate
 
 __version__ = "0.1.0"
-activate(__name__, __path__)    # the compiled data path, when built for these sources
+activate(__name__, __path__)    # the compiled data path, when installed for these sources

@@ -1,4 +1,5 @@
-"""The `tfserving-lb` console script: serve, worker, export-mnist, demo, check-config.
+"""The `tfserving-lb` console script: serve, worker, export-mnist, demo, check-config,
+data-path.
 
 Called by the console script and by `python -m lb`. Subcommands of the
 `backends` package (`worker`, `export-mnist`, `demo`) are imported only when
@@ -45,6 +46,12 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_path(_args: argparse.Namespace) -> int:
+    from lb import native
+
+    return native.main()
+
+
 def _passthrough(module: str, argv: list[str]) -> int:
     import importlib
 
@@ -65,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config file, name every problem")
     p.add_argument("config")
     p.set_defaults(func=_check_config)
+
+    p = sub.add_parser("data-path", help="whether this install runs its data path compiled, "
+                       "and why not (exit 0 compiled, 2 installed as Python, 1 stale)")
+    p.set_defaults(func=_data_path)
 
     sub.add_parser("demo", help="local MNIST workers + proxy with the memory cache (tf extra)",
                    add_help=False)

@@ -1,41 +1,47 @@
 """The data path compiled with mypyc, used only while it matches the sources.
 
 Called by `lb/__init__.py` and `lb/http/__init__.py` (`activate`) as each package
-is imported, and by `scripts/build_native.py` (`MODULES`, `digest`, `build_dir`),
-which compiles the modules of `MODULES` into `build/native/<digest>/` inside the
-repository (`scripts/setup.sh` runs it).
+is imported; by `lb/server.py` (`kind`, `log_status`) and `lb/admin.py` (`kind`); by the
+build backend `build_backend/tfslb_build.py` (`MODULES`, `digest`, `INSTALL_DIR`),
+which loads this file on its own at `pip install`; and by `tfserving-lb data-path`
+(`main`: which data path runs, and whether the install is current; scripts/setup.sh).
 
 The Python files stay the one source of truth: the compiled modules are those
-same files, translated to C by mypyc (as mypy and black ship themselves). A
-package's `__path__` gets the build directory in front of its own only when a
-build exists whose digest matches the current sources and the Python version.
-An edited module therefore runs as Python until the next build: a stale build
-is never loaded. `TFSERVING_LB_PURE=1` runs everything as Python.
+same files, translated to C by mypyc (as mypy and black ship themselves). `pip
+install .` (or `-e .`) compiles `MODULES` when it can and installs the result
+into site-packages as `_tfserving_lb_native/<digest>/`, never next to the sources;
+without a C compiler it installs `_tfserving_lb_native/<digest>/python`, a note
+saying why. A package's `__path__` gets that directory in front of its own only
+when its digest matches the sources being imported and this Python. An edited
+module of an editable install therefore runs as Python until the next install:
+a stale build is never loaded. `TFSERVING_LB_PURE=1` runs everything as Python.
 
 Guarantees: no effect without a matching build; never raises (a broken build
-directory is a warning, and the proxy runs as Python); `active()` says which
-it is (`/stats` and the start-up log show it).
+is a warning, and the proxy runs as Python); `kind()` says which runs (`/stats`
+and the start-up log show it) and `why()` why it is not compiled.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 try:
-    from mypy_extensions import mypyc_attr as mypyc_attr  # with mypy (the `native` extra)
+    from mypy_extensions import mypyc_attr as mypyc_attr  # installed with mypy
 except ImportError:                         # running as Python without mypy
     def mypyc_attr(*_a: Any, **_k: Any) -> Callable[[type], type]:  # type: ignore[misc]
         return lambda cls: cls
 
 log = logging.getLogger("lb.native")
 
-# The modules a request passes through on the REST front's direct path.
+# The modules a request passes through on the REST front's direct path: the one
+# list of what is compiled (the build backend reads it from here).
 MODULES = (
     "lb/call.py", "lb/concurrency.py", "lb/core.py", "lb/dispatch.py", "lb/history.py",
     "lb/nodes.py", "lb/scheduler.py",
@@ -44,9 +50,14 @@ MODULES = (
     "lb/http/client.py", "lb/http/client_conn.py", "lb/http/exchange.py", "lb/http/outbox.py",
     "lb/http/pipeline.py", "lb/http/server_protocol.py",
 )
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent     # holds lb/: a checkout or site-packages
 PURE_ENV = "TFSERVING_LB_PURE"
-_active: list[str] = []
+BUILD_ENV = "TFSERVING_LB_BUILD"        # at `pip install`: auto | compiled (required) | python
+INSTALL_DIR = "_tfserving_lb_native"    # in site-packages: <digest>/{complete | python}
+COMPLETE = "complete"                   # a compiled build, whole
+PYTHON_NOTE = "python"                  # installed as Python: the reason, for the log
+_active: list[str] = []                 # the build directory in use (at most one)
+_why: list[str] = []                    # why the data path runs as Python
 
 
 def digest(root: Path = ROOT) -> str:
@@ -59,46 +70,65 @@ def digest(root: Path = ROOT) -> str:
     return h.hexdigest()[:16]
 
 
-def build_dir(root: Path = ROOT) -> Path:
-    return root / "build" / "native" / digest(root)
-
-
-def find(root: Path = ROOT) -> Path | None:
-    """The complete build of the sources under `root`, or None."""
-    if not (root / "build" / "native").is_dir():
-        return None
-    here = build_dir(root)
-    return here if (here / "complete").is_file() else None
+def locate(root: Path = ROOT,
+           paths: Sequence[str] | None = None) -> tuple[Path | None, bool, str]:
+    """The installed build of the sources under `root`, looked for in `paths` (default
+    sys.path): (its directory or None, whether an install of these very sources was
+    found (compiled or not), why there is no build ("" when there is one))."""
+    want = digest(root)
+    stale = False
+    for entry in sys.path if paths is None else paths:
+        base = Path(entry or ".") / INSTALL_DIR
+        if not base.is_dir():
+            continue
+        if (base / want / COMPLETE).is_file():
+            return base / want, True, ""
+        note = base / want / PYTHON_NOTE
+        if note.is_file():
+            return None, True, f"installed without it: {note.read_text().strip()}"
+        stale = True
+    if stale:
+        return None, False, ("the installed build was made from other sources (a compiled "
+                             "module changed since `pip install`): `pip install -e .` "
+                             "rebuilds it")
+    return None, False, ("no build of these sources is installed (`pip install .` compiles "
+                         "it when a C compiler is present)")
 
 
 def activate(package: str, path: list[str]) -> None:
     """Put the matching build's directory of `package` (e.g. "lb.http") in front of
     its `path` (the package's `__path__`); nothing when there is none."""
     if os.environ.get(PURE_ENV) == "1":
+        _why[:] = [f"{PURE_ENV}=1"]
         return
     try:
         if package == "lb":
-            _use(find())
+            build, _current, reason = locate()
+            _use(build, reason)
         if not _active:
             return
         where = Path(_active[0]).joinpath(*package.split("."))
         if where.is_dir():
             path.insert(0, str(where))
     except Exception as exc:            # a broken build must not stop the proxy
-        log.warning("compiled modules not used: %s", exc)
+        _why[:] = [f"the compiled build could not be used: {exc!r}"]
         _active.clear()
 
 
-def _use(build: Path | None) -> None:
-    """Remember the build (once, when `lb` is imported), or say why there is none."""
+def _use(build: Path | None, why: str) -> None:
+    """Remember the build (once, when `lb` is imported), or why there is none."""
     if build is None:
-        if (ROOT / "build" / "native").is_dir():
-            log.info("no compiled build of these sources: the data path runs as Python "
-                     "(scripts/build_native.py builds it)")
+        _why[:] = [why]
         return
-    _active.append(str(build))
     if str(build) not in sys.path:
         sys.path.append(str(build))     # mypyc's shared runtime module lives there
+    try:
+        for shared in build.glob("*__mypyc.*"):     # loaded now: a broken one means Python
+            importlib.import_module(shared.name.split(".", 1)[0])
+    except BaseException:
+        sys.path.remove(str(build))
+        raise
+    _active.append(str(build))
 
 
 def active() -> bool:
@@ -110,3 +140,38 @@ def active() -> bool:
 def kind() -> str:
     """"compiled" or "python": for the start-up log and /stats."""
     return "compiled" if active() else "python"
+
+
+def why() -> str:
+    """Why the data path runs as Python ("" when it is compiled or not yet imported)."""
+    if active():
+        return ""
+    if _active and "lb.dispatch" in sys.modules:
+        return f"the build in {_active[0]} did not load lb.dispatch"
+    return _why[0] if _why else ""
+
+
+def log_status() -> None:
+    """Say at start-up which data path runs: a warning when it runs as Python unasked
+    (about 2× slower on the data path), with the reason."""
+    if active():
+        log.info("data path compiled (%s)", _active[0])
+    elif os.environ.get(PURE_ENV) == "1":
+        log.info("data path runs as Python (%s=1)", PURE_ENV)
+    else:
+        log.warning("data path runs as Python, about 2x slower: %s", why())
+
+
+def main() -> int:
+    """`tfserving-lb data-path` (lb/cli.py): print which data path runs and why. Exit 0 when a
+    compiled build of these sources is installed, 2 when they were installed as
+    Python (no C compiler then), 1 when no install matches them (scripts/setup.sh
+    then reinstalls)."""
+    import lb.dispatch  # noqa: F401 - what `active` looks at
+
+    build, current, _reason = locate()
+    print(f"compiled: {_active[0]}" if active() else f"python: {why()}")
+    if build is not None and (active() or os.environ.get(PURE_ENV) == "1"):
+        return 0
+    return 2 if current and build is None else 1
+

@@ -203,6 +203,7 @@ class Proxy:
         log.info("listening: rest %s, grpc %s, admin %s; %d nodes, cache %s; data path %s",
                  cfg.listen.rest, cfg.listen.grpc, cfg.listen.admin, len(cfg.nodes),
                  cfg.cache.backend, native.kind())
+        native.log_status()     # a warning, with the reason, when it runs as Python unasked
 
     async def serve_admin(self, app: web.Application) -> None:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)

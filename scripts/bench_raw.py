@@ -20,7 +20,8 @@ closed loop, `-t1 -c32 -d8s`, with GET model status and POST :predict of one
 requests/s and the ratio to nginx from the same run, the non-2xx and socket
 errors wrk saw (a contender with errors is flagged), and writes
 bench-out/bench_raw.{json,png}. Installs nginx-light and wrk with apt-get
-when missing. 127.0.0.1 only.
+when missing. 127.0.0.1 only. `--lb NAME=EXE` adds a row run by another
+install's console script (e.g. a fresh `pip install .` venv's tfserving-lb).
 """
 
 from __future__ import annotations
@@ -136,13 +137,14 @@ def start_script(bench: Bench, ports: list[int], script: str) -> str:
 
 
 def start_lb(bench: Bench, ports: list[int], cache: str, workers: int = 1,
-             pure: bool = False) -> str:
+             pure: bool = False, exe: str | None = None, label: str = "") -> str:
     """tfserving-lb in front of the stubs; `pure`: its data path run as Python, not the
-    compiled build (lb/native.py), which must then be present and in use."""
+    compiled build (lb/native.py), which must then be present and in use. `exe`:
+    another install's console script (--lb NAME=EXE, NAME is `label`)."""
     nodes = [{"name": f"n{i}", "rest": f"http://127.0.0.1:{p}"} for i, p in enumerate(ports)]
     url, admin, _proc = bench.start_proxy(
-        f"raw-{cache}-w{workers}{'-pure' if pure else ''}", nodes, workers=workers,
-        env={native.PURE_ENV: "1"} if pure else {}, cache={"backend": cache},
+        f"raw-{cache}-w{workers}{'-pure' if pure else ''}{label}", nodes, workers=workers,
+        env={native.PURE_ENV: "1"} if pure else {}, exe=exe, cache={"backend": cache},
         hedge={"enabled": False}, policy={"name": "least_load"})
     kind = orjson.loads(http_get(f"{admin}/stats")[2])["data_path"]
     if kind != ("python" if pure else "compiled"):
@@ -202,6 +204,20 @@ CONTENDERS: list[Contender] = [
 ]
 
 
+def other_installs(specs: list[str]) -> list[Contender]:
+    """--lb NAME=EXE: tfserving-lb, cache none, run by another install's console script
+    (e.g. a fresh venv's bin/tfserving-lb, to compare install routes in one run)."""
+    def starter(name: str, exe: str) -> Callable[[Bench, list[int]], str]:
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)  # a file name
+        return lambda b, p: start_lb(b, p, "none", exe=exe, label=f"-{safe}")
+
+    rows: list[Contender] = []
+    for spec in specs:
+        name, _, exe = spec.partition("=")
+        rows.append((f"tfserving-lb ({name}), cache none", starter(name, exe), True, False))
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     exe = ensure_tool("wrk", "wrk")
     ensure_tool("nginx", "nginx-light")
@@ -214,11 +230,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                "connections": args.connections, "rounds": args.rounds,
                                "rows": {}}
     rows: dict[str, dict[str, Any]] = results["rows"]
+    contenders = CONTENDERS[:4] + other_installs(args.lb) + CONTENDERS[4:]
     bench = Bench()
     try:
         ports = start_stubs(bench)
         urls: dict[str, str] = {}
-        for name, start, _get, hit in CONTENDERS:       # all up at once, idle in turn
+        for name, start, _get, hit in contenders:       # all up at once, idle in turn
             try:
                 urls[name] = start(bench, ports)
                 rows[name] = {"problems": verify(urls[name], body, want_hit=hit), "rounds": []}
@@ -227,7 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # Rounds interleave the contenders, so a burst of someone else's load on
         # this shared box lands on one round of each rather than on one contender.
         for k in range(args.rounds):
-            for name, _start, get, _hit in CONTENDERS:
+            for name, _start, get, _hit in contenders:
                 row = rows[name]
                 if row["problems"]:
                     continue
@@ -306,6 +323,9 @@ def main() -> int:
                         metavar="N",
                         help="interleaved rounds, the table shows medians and ranges "
                              "(default 3; 1 with --quick)")
+    parser.add_argument("--lb", action="append", default=[], metavar="NAME=EXE",
+                        help="also measure another install's tfserving-lb console script "
+                             "(cache none), e.g. fresh=/tmp/venv/bin/tfserving-lb")
     args = parser.parse_args()
     args.warmup = 1.0
     if args.quick:

@@ -287,17 +287,20 @@ class Bench:
 
     def start_proxy(self, name: str, nodes: list[dict[str, Any]], *, workers: int = 1,
                     ready: bool = True, env: dict[str, str] | None = None,
+                    exe: str | None = None,
                     **sections: Any) -> tuple[str, str, subprocess.Popen[bytes]]:
         """`tfserving-lb serve [--workers N]` with these nodes and `env` added to the
         environment; returns (url, admin url, process). With `ready`, returns once
-        every process sees every node healthy."""
+        every process sees every node healthy. `exe`: another install's console
+        script (e.g. a venv's bin/tfserving-lb) instead of this interpreter's `lb`."""
         rest, admin = free_port(), free_port()
         doc = {"listen": {"rest": f"127.0.0.1:{rest}", "grpc": None,
                           "admin": f"127.0.0.1:{admin}"}, "nodes": nodes, **sections}
         path = self.logs / f"{name}.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child owns it
-        cmd = [sys.executable, "-m", "lb", "serve", "--config", str(path)]
+        cmd = [exe] if exe else [sys.executable, "-m", "lb"]
+        cmd += ["serve", "--config", str(path)]
         if workers > 1:
             cmd += ["--workers", str(workers)]
         # Its own session: the supervisor's children can be stopped as one group.

@@ -31,13 +31,22 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $($python --version)" >&2
     "$python" -m venv .venv
 fi
-stamp=".venv/.installed-$extra-$(sha1sum pyproject.toml | cut -c1-12)"
+# `pip install -e` compiles the data path with mypyc as any `pip install .` does
+# (build_backend/: about 80 s; without a C compiler the same code runs as Python).
+stamp=".venv/.installed-$extra-$(cat pyproject.toml build_backend/*.py | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-    echo "setup: installing tfserving-lb[$extra] into .venv (TensorFlow takes a minute)" >&2
+    echo "setup: installing tfserving-lb[$extra] into .venv (TensorFlow takes a minute," \
+         "the data path's mypyc compile about 80 s)" >&2
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".[$extra,native]"
+    .venv/bin/python -m pip install -q -e ".[$extra]"
     touch "$stamp"
 fi
-# The data path compiled with mypyc (lb/native.py), rebuilt only when its sources
-# changed; without it (no C compiler, say) the same code runs as Python, slower.
-.venv/bin/python scripts/build_native.py || echo "setup: the data path runs as Python" >&2
+# Installed again (compiled again) only when the compiled modules changed since: exit 1
+# says so; 2 means they were installed as Python for want of a compiler (lb/native.py).
+rc=0
+.venv/bin/tfserving-lb data-path >/dev/null || rc=$?
+if [ "$rc" -eq 1 ]; then
+    echo "setup: the compiled modules changed: reinstalling, mypyc compiles them (~80 s)" >&2
+    .venv/bin/python -m pip install -q --no-deps -e .
+fi
+echo "setup: data path $(.venv/bin/tfserving-lb data-path || true)" >&2

@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
 # Run the test suite from a fresh checkout: set up, then pytest.
 # Extra arguments go to pytest (e.g. scripts/test.sh tests/lb -k policy).
-# Without arguments, the unit tests of the compiled modules (lb/native.py) then run
-# again as Python (TFSERVING_LB_PURE=1), so both forms of the data path stay correct.
+# Without arguments, the tests of the compiled modules (lb/native.py MODULES, found by
+# tests/native_tests.py) then run again as Python (TFSERVING_LB_PURE=1), so both
+# forms of the data path stay correct.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
-PURE_TESTS=(tests/lb/http tests/lb/test_dispatch.py tests/lb/test_nodes.py
-            tests/lb/test_policy.py tests/lb/test_routes.py tests/lb/test_history.py
-            tests/lb/test_http_front.py)
 
 run_pytest() {
     set +e
@@ -24,6 +22,11 @@ run_pytest() {
 
 run_pytest .venv/bin/python -m pytest "$@"
 if [ "$#" -eq 0 ]; then
-    echo "test.sh: the compiled modules' unit tests again, run as Python" >&2
-    TFSERVING_LB_PURE=1 run_pytest .venv/bin/python -m pytest -q "${PURE_TESTS[@]}"
+    mapfile -t pure_tests < <(.venv/bin/python -m tests.native_tests)
+    if [ "${#pure_tests[@]}" -eq 0 ]; then
+        echo "test.sh: tests.native_tests found no tests of the compiled modules" >&2
+        exit 1
+    fi
+    echo "test.sh: the compiled modules' tests again, run as Python (${#pure_tests[@]} files)" >&2
+    TFSERVING_LB_PURE=1 run_pytest .venv/bin/python -m pytest -q "${pure_tests[@]}"
 fi
