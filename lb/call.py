@@ -5,10 +5,11 @@ and read by the core (`lb.core`), the dispatcher (`lb.dispatch`) and the
 batcher. All are slotted; the frozen ones are shared constants or results.
 
 A `Call` describes one client request in protocol-neutral terms: which model
-and version it addresses, what it costs (units = rows × the model's cost),
-when it must be answered (`Deadline`), the cache key if it has one, the
-client's Cache-Control directives, and the `payload` only its front's
-`Transport` understands. The core never looks inside the payload.
+and version it addresses, which node group may answer it (`group`, set by
+`lb.rollout` for models routed by group; None: any node), what it costs
+(units = rows × the model's cost), when it must be answered (`Deadline`), the
+cache key if it has one, the client's Cache-Control directives, and the
+`payload` only its front's `Transport` understands. The core never looks inside the payload.
 
 Guarantees: a `Deadline` is one value for the whole request (retries, hedges,
 waits and the batcher all read it); `Deadline.check()` raises the one
@@ -109,11 +110,13 @@ class Call:
     idempotent: bool = True     # may be hedged
     rows: int = 1
     decision: Any = None        # the adaptive cache's Decision, once made (lb.core)
+    group: str | None = None    # the node group that answers (lb.rollout); None: any node
 
     def __init__(self, model: str, version: int | None, label: str | None, pinned: bool,
                  units: float, deadline: Deadline, payload: Any,
                  directives: Directives = DEFAULT_DIRECTIVES, key: str | None = None,
-                 idempotent: bool = True, rows: int = 1, decision: Any = None) -> None:
+                 idempotent: bool = True, rows: int = 1, decision: Any = None,
+                 group: str | None = None) -> None:
         self.model = model
         self.version = version
         self.label = label
@@ -126,6 +129,7 @@ class Call:
         self.idempotent = idempotent
         self.rows = rows
         self.decision = decision
+        self.group = group
 
 
 @mypyc_attr(native_class=False)     # compiled, a generic dataclass does not load

@@ -269,7 +269,7 @@ class Dispatcher:
         if flow.n >= self._tries or left <= 0 or (flow.n and not self.budget.try_spend(now)):
             return None
         node = self.pool.pick(call.units, flow.tried, call.model, call.version,
-                              explicit=call.pinned, usable=transport.usable)
+                              explicit=call.pinned, usable=transport.usable, group=call.group)
         if node is None:
             return None
         flow.tried.append(node)
@@ -398,7 +398,7 @@ class Dispatcher:
         where queues are already long. The caller spends the hedge budget."""
         node = self.pool.pick(call.units, tried, call.model, call.version,
                               explicit=call.pinned, usable=transport.usable,
-                              spare=self.cfg.upstream.pool_size)
+                              spare=self.cfg.upstream.pool_size, group=call.group)
         if node is None:
             return None
         there = self.pool.scores(call.units, node)[0]

@@ -23,6 +23,7 @@ from typing import Any
 from lb import policy
 from lb.config import NodeConfig, PolicyConfig
 from lb.outlier import OutlierPolicy, OutlierState
+from lb.rollout.settings import DEFAULT_GROUP
 
 
 @dataclass(slots=True)
@@ -36,6 +37,7 @@ class Node:
     tau: policy.Tau
     window: policy.LoadWindow
     healthy: bool = True
+    group: str = DEFAULT_GROUP      # lb.rollout: a call with a group goes to its nodes only
     inflight: int = 0
     inflight_units: float = 0.0
     requests: int = 0
@@ -60,7 +62,8 @@ class Node:
     @classmethod
     def from_config(cls, cfg: NodeConfig, pcfg: PolicyConfig) -> Node:
         return cls(name=cfg.name, rest=cfg.rest, grpc=cfg.grpc, weight=cfg.weight,
-                   tau=policy.Tau(pcfg.ewma_decay_s), window=policy.LoadWindow(pcfg.window_s))
+                   tau=policy.Tau(pcfg.ewma_decay_s), window=policy.LoadWindow(pcfg.window_s),
+                   group=cfg.group)
 
     def begin(self, units: float, now: float) -> list[float]:
         """A request of `units` was sent to this node at `now`; returns its flight
@@ -123,9 +126,10 @@ class Node:
         return flights[0] if flights else None
 
     def reconfigure(self, cfg: NodeConfig, pcfg: PolicyConfig) -> None:
-        """Take a reloaded config for this name: weight, URLs and the policy's time
-        constants change; counters, in-flight work, τ, the window and health stay."""
+        """Take a reloaded config for this name: weight, URLs, group and the policy's
+        time constants change; counters, in-flight work, τ, the window and health stay."""
         self.weight, self.rest, self.grpc = cfg.weight, cfg.rest, cfg.grpc
+        self.group = cfg.group
         self.tau.decay_s = pcfg.ewma_decay_s
         self.window.window_s = pcfg.window_s
 
@@ -234,12 +238,13 @@ class NodePool:
     def pick(self, units: float, exclude: Sequence[Node] = (), model: str | None = None,
              version: int | None = None, *, explicit: bool = False,
              usable: Callable[[Node], bool] | None = None,
-             spare: int | None = None) -> Node | None:
+             spare: int | None = None, group: str | None = None) -> Node | None:
         """The node the policy chooses for a request of `units`, or None if none is left.
 
         Only nodes `usable` says can take the call (e.g. those with a gRPC
-        address). Prefers healthy nodes; when every node is unhealthy, tries
-        them all rather than fail everything — except with `spare` (a hedge):
+        address), and with `group` only the nodes of that group (`lb.rollout`).
+        Prefers healthy nodes; when every node is unhealthy, tries them all
+        rather than fail everything — except with `spare` (a hedge):
         then only available nodes with fewer than `spare` requests in flight.
         With `model` and `version`, prefers nodes serving that version: having
         it (`explicit`, the request names it) or having it as their latest (the
@@ -250,12 +255,13 @@ class NodePool:
         # One pass for the common case (this runs for every attempt): the healthy ones.
         pool = [n for n in self.nodes.values()
                 if n.healthy and now >= n.outlier.ejected_until and n not in exclude
-                and (usable is None or usable(n))]
+                and (usable is None or usable(n)) and (group is None or n.group == group)]
         if spare is not None:
             pool = [n for n in pool if n.inflight < spare]
         elif not pool:                          # none healthy: try them all
             pool = [n for n in self.nodes.values()
-                    if n not in exclude and (usable is None or usable(n))]
+                    if n not in exclude and (usable is None or usable(n))
+                    and (group is None or n.group == group)]
         if not pool:
             return None
         if model is not None and version is not None and len(pool) > 1:
@@ -333,12 +339,13 @@ class NodePool:
         finally:
             self._waiters.discard(fut)
 
-    def latest_version(self, model: str) -> int | None:
-        """Latest version AVAILABLE on any healthy node (health checks fill this)."""
+    def latest_version(self, model: str, group: str | None = None) -> int | None:
+        """Latest version AVAILABLE on any healthy node (of `group`, when given: the
+        version that group answers with); the health checks fill this."""
         best = None
         for n in self.nodes.values():
-            if n.healthy and (v := n.latest.get(model)) is not None and (best is None
-                                                                        or v > best):
+            if (n.healthy and (v := n.latest.get(model)) is not None
+                    and (best is None or v > best) and (group is None or n.group == group)):
                 best = v
         return best
 
@@ -360,7 +367,7 @@ class NodePool:
                 "share": round(counts[n.name] / total, 4) if total else 0.0,
                 "state": n.state(now),
                 "effective_weight": round(n.effective_weight(now, self.outlier), 4),
-                "ejections": n.outlier.ejections,
+                "ejections": n.outlier.ejections, "group": n.group,
             })
         return out
 
