@@ -11,15 +11,18 @@ The share of traffic to `to` is `steps[index]` while running or paused, 0 once
 aborted, and the last step once completed. Each evaluation, in order:
 
 1. a gate that fails aborts (share 0) at once, whatever the step's age:
-   - the `to` group's error rate (5xx, no answer, and calls meant for it while it
-     had no healthy node) exceeds the `from` group's by more than
-     `abort_if.error_rate_over_stable`;
+   - the `to` group's error rate (5xx, no answer, calls meant for it while it
+     had no healthy node, and shadow copies it failed) exceeds the `from`
+     group's by more than `abort_if.error_rate_over_stable`;
    - its p99 exceeds `abort_if.p99_ratio` × the `from` group's;
    - the shadow's argmax agreement is below `abort_if.agreement_below`;
    each gate judges only with `abort_if.min_requests` calls (or compared rows)
    in the step, so a failing canary is stopped within the step it fails in;
+   the p99 gate with at least `P99_SAMPLES` timed calls on each side (the p99
+   of 30 calls is their maximum: one slow call on a busy box would abort);
 2. after `every_s` in the step, with that much evidence, the next step (the last
-   one completes the rollout); without enough calls it waits.
+   one completes the rollout); without enough calls it waits. Calls answered
+   from the cache are not evidence (the group's nodes did not answer them).
 
 `resume` after an abort starts again from the first step; `abort` also rolls a
 completed rollout back. A reload that keeps `from` and `to` keeps the state
@@ -42,6 +45,7 @@ from lb.rollout.settings import RolloutConfig
 from lb.rollout.windows import StepCounts
 
 MAX_EVENTS = 50
+P99_SAMPLES = 100          # a p99 needs this many calls on each side (with fewer: the max)
 
 
 class Phase(StrEnum):
@@ -63,6 +67,8 @@ class Reading:
     stable: StepCounts = field(default_factory=StepCounts)     # the `from` group
     compared: int = 0          # shadow rows compared by argmax in the step
     agreed: int = 0
+    shadowed: int = 0          # shadow copies to the `to` group with both answers in
+    shadow_errors: int = 0     # of those, copies the `to` group failed
 
 
 class Progress:
@@ -105,14 +111,15 @@ class Progress:
         """Why the step fails, or None while it holds (or lacks the evidence to judge)."""
         g, c, s = self.cfg.abort_if, r.canary, r.stable
         need = g.min_requests
-        n = c.requests + c.diverted
+        n = c.requests + c.diverted + r.shadowed
         if g.error_rate_over_stable is not None and n >= need:
-            rate = (c.errors + c.diverted) / n
+            rate = (c.errors + c.diverted + r.shadow_errors) / n
             base = s.errors / s.requests if s.requests else 0.0
             if rate - base > g.error_rate_over_stable:
                 return (f"error rate {rate:.3f} on {self.cfg.to} vs {base:.3f} on "
                         f"{self.cfg.from_} (limit +{g.error_rate_over_stable:g}, {n} calls)")
-        if g.p99_ratio is not None and c.requests >= need and s.requests >= need:
+        timed = max(need, P99_SAMPLES)
+        if g.p99_ratio is not None and len(c.latencies) >= timed and len(s.latencies) >= timed:
             cp, sp = c.p99(), s.p99()
             if cp is not None and sp and cp / sp > g.p99_ratio:
                 return (f"p99 {cp * 1000:.1f} ms on {self.cfg.to} vs {sp * 1000:.1f} ms on "
@@ -125,10 +132,13 @@ class Progress:
         return None
 
     def _enough(self, r: Reading) -> bool:
+        """Evidence for the next step: calls answered by the `to` group's nodes, and
+        compared rows while `from` still answers some (at 100 % nothing is shadowed)."""
         need = self.cfg.abort_if.min_requests
         if r.canary.requests < need:
             return False
-        return self.cfg.abort_if.agreement_below is None or r.compared >= need
+        return (self.cfg.abort_if.agreement_below is None or self.share >= 100.0
+                or r.compared >= need)
 
     # -- transitions --------------------------------------------------------------
 

@@ -145,7 +145,7 @@ class Routed:
         self.groups: dict[str, GroupStats] = {}
         self.healthy: frozenset[str] = frozenset()
         self.healthy_at = -1.0
-        self.mark = (0, 0)              # shadow (compared, agreed) when the step began
+        self.mark = (0, 0, 0, 0)        # the shadow's `counts()` when the step began
         self._rules()
 
     def base_shares(self) -> list[tuple[str, float]]:
@@ -173,6 +173,13 @@ class Routed:
         new config keeps its meaning (see `Progress.reconfigure`)."""
         old = self.cfg.rollout
         self.cfg = cfg
+        if cfg.shadow is None:
+            self.shadow = None
+        elif self.shadow is None or self.shadow.cfg.group != cfg.shadow.group:
+            self.shadow = Shadow(cfg.shadow, now)
+        else:
+            self.shadow.reconfigure(cfg.shadow, now)
+        self.mark = self._shadow_counts()      # a new shadow's counts start at zero
         new = cfg.rollout
         if new is None:
             self.progress = None
@@ -183,25 +190,28 @@ class Routed:
             self.begin_step()
         self.router.set_shares(self.base_shares())
         self._rules()
-        if cfg.shadow is None:
-            self.shadow = None
-        elif self.shadow is None or self.shadow.cfg.group != cfg.shadow.group:
-            self.shadow = Shadow(cfg.shadow, now)
-        else:
-            self.shadow.reconfigure(cfg.shadow, now)
+
+    def _shadow_counts(self) -> tuple[int, int, int, int]:
+        """The shadow's counts when it copies to the rollout's `to` group, else zeros."""
+        shadow, progress = self.shadow, self.progress
+        if shadow is None or progress is None or shadow.cfg.group != progress.cfg.to:
+            return (0, 0, 0, 0)
+        return shadow.stats.counts()
 
     def begin_step(self) -> None:
         for stats in self.groups.values():
             stats.begin_step()
-        self.mark = self.shadow.stats.agreement_counts() if self.shadow else (0, 0)
+        self.mark = self._shadow_counts()
 
     def reading(self) -> Reading | None:
         if self.progress is None:
             return None
         cfg = self.progress.cfg
-        compared, agreed = self.shadow.stats.agreement_counts() if self.shadow else (0, 0)
+        now = self._shadow_counts()
+        compared, agreed, shadowed, errors = (a - b for a, b in zip(now, self.mark,
+                                                                      strict=True))
         return Reading(self.group(cfg.to).step, self.group(cfg.from_).step,
-                       compared - self.mark[0], agreed - self.mark[1])
+                       compared, agreed, shadowed, errors)
 
 
 class Ticket:
@@ -235,7 +245,7 @@ class Ticket:
         if status == CLIENT_CLOSED:
             return                                  # neither the group's fault nor a pair
         seconds = None if hit else time.perf_counter() - self.start
-        self.model.group(self.group).record(status, seconds)
+        self.model.group(self.group).record(status, seconds, hit)
         if self.shadowing:
             self.primary = (status, body, seconds)
             if self.shadow_out is not None:

@@ -107,10 +107,13 @@ class GroupStats:
         self.rng = rng or random.Random()
         self.step = StepCounts()
 
-    def record(self, status: int, seconds: float | None) -> None:
+    def record(self, status: int, seconds: float | None, hit: bool = False) -> None:
         """One call of this group finished with `status` (0: no answer) after `seconds`
-        (None: not a node's time, e.g. a cache hit)."""
+        (None: not measured). A cache hit counts in the totals only: the step's
+        counters judge what the group's nodes did (`lb.rollout.progress`)."""
         self.answered += 1
+        if hit:
+            return
         step = self.step
         step.requests += 1
         if failed(status):
@@ -207,6 +210,11 @@ class ShadowStats:
     def agreement_counts(self) -> tuple[int, int]:
         """(rows compared by argmax, rows that agreed) since start."""
         return int(self.totals[_CLASS_ROWS]), int(self.totals[_AGREED])
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """(rows compared, rows agreed, pairs, pairs whose shadow failed) since start."""
+        t = self.totals
+        return int(t[_CLASS_ROWS]), int(t[_AGREED]), int(t[_PAIRS]), self.shadow_errors
 
     def as_dict(self, now: float) -> dict[str, Any]:
         return {"totals": _summary(self.totals) | {

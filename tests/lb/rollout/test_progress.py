@@ -69,10 +69,29 @@ def test_calls_diverted_from_an_unhealthy_canary_count_as_failures() -> None:
     assert p.phase is Phase.ABORTED and "33 calls" in (p.reason or "")
 
 
-def test_p99_gate() -> None:
+def test_shadow_copies_the_canary_failed_count_as_its_errors() -> None:
+    p = Progress(config(), 0.0)
+    # every canary call came from the cache (not evidence); the shadow copies failed
+    assert p.evaluate(Reading(counts(0), counts(300), shadowed=25, shadow_errors=25), 1.0)
+    assert p.phase is Phase.ABORTED and "25 calls" in (p.reason or "")
+
+
+def test_the_last_step_completes_without_shadow_evidence() -> None:
+    p = Progress(config(steps=[50, 100], abort_if={"min_requests": 20,
+                                                   "agreement_below": 0.9}), 0.0)
+    assert p.evaluate(Reading(counts(50), counts(50), compared=30, agreed=30), 10.0)
+    assert p.share == 100.0      # from now on no call goes to stable: nothing is shadowed
+    assert p.evaluate(Reading(counts(50), counts(0)), 20.0)
+    assert p.phase is Phase.COMPLETED
+
+
+def test_p99_gate_needs_enough_timed_calls() -> None:
     p = Progress(config(abort_if={"min_requests": 20, "p99_ratio": 1.5}), 0.0)
-    assert not p.evaluate(Reading(counts(40, latency_s=0.014), counts(400, latency_s=0.01)), 1)
-    assert p.evaluate(Reading(counts(40, latency_s=0.016), counts(400, latency_s=0.01)), 2)
+    assert not p.evaluate(Reading(counts(99, latency_s=0.05), counts(400, latency_s=0.01)), 1)
+    assert p.phase is Phase.RUNNING         # 99 calls: their p99 is their max, not judged
+    assert not p.evaluate(Reading(counts(100, latency_s=0.014), counts(400, latency_s=0.01)),
+                          1)
+    assert p.evaluate(Reading(counts(100, latency_s=0.016), counts(400, latency_s=0.01)), 2)
     assert "p99 16.0 ms on canary vs 10.0 ms" in (p.reason or "")
 
 

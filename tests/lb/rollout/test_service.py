@@ -287,3 +287,25 @@ async def test_reload_keeps_counters_and_rollout_state() -> None:
     assert Counter(route(r, call()).group for _ in range(10)) == {"stable": 10}
     r.reconfigure(parse_config({"nodes": NODES}))
     assert r.models == {} and route(r, call()).group is None
+
+
+async def test_cache_hits_are_no_evidence_and_failed_shadows_abort() -> None:
+    cfg = make_config(rollout={"from": "stable", "to": "canary", "steps": [50, 100],
+                               "every_s": 1, "abort_if": {"min_requests": 5}},
+                      shadow={"group": "canary", "share": 100, "max_inflight": 100,
+                              "max_per_s": 1000})
+    r, _, t, _ = setup(cfg)
+    m = r.models["m"]
+    assert m.progress is not None
+    for _ in range(40):
+        tk = r.open(route(r, call()), t, "rest", "predict", b"x")
+        assert tk is not None
+        tk.answered(200, answer([1.0, 0.0]).body, hit=True)
+    for _, _, fut in t.sent:                      # the stable calls' copies: 500s
+        fut.set_result(answer(status=500))
+    await asyncio.sleep(0)
+    reading = m.reading()
+    assert reading is not None and reading.canary.requests == 0      # hits: not evidence
+    assert reading.shadowed == len(t.sent) == 20 and reading.shadow_errors == 20
+    r.tick(m.progress.step_at + 0.5)
+    assert m.progress.phase is Phase.ABORTED and "20 calls" in (m.progress.reason or "")

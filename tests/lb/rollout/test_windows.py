@@ -32,15 +32,16 @@ def test_group_step_counters_and_reservoir() -> None:
     for i in range(RESERVOIR * 3):
         g.record(200 if i % 10 else 503, 0.001 * (i % 100) if i % 7 else None)
     g.record(0, 1.0)                                  # no answer: an error
+    g.record(200, None, hit=True)                     # a cache hit: totals only
     g.diverted()
     step = g.step
-    assert g.answered == step.requests == RESERVOIR * 3 + 1
+    assert g.answered == step.requests + 1 == RESERVOIR * 3 + 2
     assert g.errors == step.errors == len(range(0, RESERVOIR * 3, 10)) + 1
     assert len(step.latencies) == RESERVOIR and step.diverted == 1
     p99 = step.p99()
     assert p99 is not None and 0.095 <= p99 <= 1.0
     g.begin_step()
-    assert g.step.requests == 0 and g.answered == RESERVOIR * 3 + 1
+    assert g.step.requests == 0 and g.answered == RESERVOIR * 3 + 2
 
 
 def _pair(agreed: int, rows: int = 1, p: float = 0.01, s: float = 0.02,
