@@ -182,8 +182,9 @@ def test_split_shares_hold_over_rest_and_grpc(logs_dir: Path, groups: Groups) ->
         print(f"{label}: canary share per window of 1000: min {min(shares):.1f} "
               f"max {max(shares):.1f} (split 30)")
         assert all(abs(s - 30.0) <= 2.0 for s in shares), shares
-    nodes = Counter(n for _, n, _ in rest)
-    assert nodes["stable-a"] > 200 and nodes["stable-b"] > 200       # the policy, per group
+    nodes = Counter(n for _, n, _ in rest)      # within the group, the policy's choice
+    stable = nodes["stable-a"] + nodes["stable-b"]
+    assert min(nodes["stable-a"], nodes["stable-b"]) > 0.05 * stable, nodes
     assert doc["groups"]["canary"]["routed"] + doc["groups"]["stable"]["routed"] == 3200
     assert doc["degraded"] == [] and doc["groups"]["canary"]["effective"] == 30.0
 
