@@ -10,8 +10,10 @@ Folders by concern, one module each; every module but `service` and `admin` is p
     compare    two answers to one input, output by output (REST JSON, gRPC wire)
     windows    per-group and per-shadow counters over time, the disagreement sample
     progress   the rollout's state machine and its gates
-    service    `Rollouts`: the edge the fronts and the composition root talk to; it
-               sends shadows through the front's `Transport`
+    shadow     shadow copies: selection, cap, budget, shedding, the `Ticket` of a
+               call, the pair compared once both answers are in; copies leave
+               through the front's `Transport`
+    service    `Rollouts`: the edge the fronts and the composition root talk to
     admin      `/shadow/M`, `/rollout/M` and pause / resume / abort on the admin port
     metrics    the Prometheus families, read at scrape time
 

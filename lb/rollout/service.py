@@ -14,17 +14,9 @@ The fronts call it for every call of a routed model (one with `split`,
    path, gRPC through `watch`): the group's counters, and the pair's
    comparison once the shadow has answered too.
 
-Shadows: `shadow.share` % of a model's predict calls whose primary group is not
-the shadow's (chosen by a golden-ratio sequence: evenly spread, no randomness)
-are copied to a node of the shadow group that the pool picks. A copy goes
-through the front's `Transport` directly: not through the dispatcher (no
-retries, no hedges, no `Node.begin`/`end`, so never in τ, the load window or
-outlier detection) and never through the cache. It has its own deadline
-(`shadow.timeout_s`), its own cap (`max_inflight`) and budget (`max_per_s`, a
-token bucket), and is not sent while the proxy is shedding or near it
-(client requests in flight at half `limits.max_inflight`, or a request shed in
-the last second): shadows go first. Skipped copies are counted by reason. The
-client never waits for a shadow: its answer is sent before the pair is compared.
+Shadows (`lb.rollout.shadow`): `open` may start a copy of a predict call to
+the model's shadow group; the `Ticket` compares the two answers once both are
+in. The client never waits for a shadow.
 
 Rollouts: `run` looks at each rollout every `TICK_S` (`lb.rollout.progress`)
 and moves the model's split when a step changes; every step starts new
@@ -38,42 +30,28 @@ sequences, shadows in flight and rollout state for what it does not change.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
-from lb.call import Call, Deadline, Outcome, Transport, XCache
+from lb.call import Call, Outcome, Transport, XCache
 from lb.config import Config, ModelConfig
 from lb.errors import LbError
 from lb.nodes import NodePool
-from lb.rollout import compare
+from lb.rollout import shadow as shadows
 from lb.rollout.progress import Progress, Reading, Refused
-from lb.rollout.settings import DEFAULT_GROUP, ShadowConfig, routed
-from lb.rollout.split import Golden, Headers, ModelRouter, Rule
-from lb.rollout.windows import GroupStats, Pair, ShadowStats
+from lb.rollout.settings import DEFAULT_GROUP, routed
+from lb.rollout.shadow import CLIENT_CLOSED, Load, Shadow, Shedding, grpc_status
+from lb.rollout.shadow import Ticket as Ticket  # the fronts' handle on a call
+from lb.rollout.split import Headers, ModelRouter, Rule
+from lb.rollout.windows import GroupStats
 
 log = logging.getLogger("lb.rollout")
 
 TICK_S = 0.25                # rollouts are looked at this often
 HEALTH_TTL_S = 0.1           # a model's healthy groups are recomputed at most this often
-SHED_QUIET_S = 1.0           # no shadow for this long after the proxy shed a request
-SHADOW_HEADROOM = 0.5        # no shadow past this fraction of limits.max_inflight
-CLIENT_CLOSED = 499
 ACTIONS = ("pause", "resume", "abort")
-
-Load = Callable[[], tuple[int, int, int]]     # (requests in flight, max_inflight, shed)
-
-# gRPC status code number -> the HTTP status TF Serving maps it to (for counting).
-_GRPC_HTTP = {0: 200, 1: 499, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 400,
-              11: 400, 14: 503, 16: 401}
-
-
-def grpc_status(code: Any) -> int:
-    """The HTTP status of a `grpc.StatusCode` (500 for the node-failure codes)."""
-    value = getattr(code, "value", (2,))
-    return _GRPC_HTTP.get(value[0] if isinstance(value, tuple) else 2, 500)
 
 
 def _api_key(headers: Headers) -> str | None:
@@ -86,48 +64,6 @@ def _api_key(headers: Headers) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return token.strip() or None
-
-
-class Budget:
-    """A token bucket: `rate` per second, bursts of up to `burst`."""
-
-    __slots__ = ("at", "burst", "rate", "tokens")
-
-    def __init__(self, rate: float, now: float) -> None:
-        self.rate = rate
-        self.burst = max(1.0, rate)
-        self.tokens = self.burst
-        self.at = now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
-
-
-class Shadow:
-    """One model's shadow: its config, selection, cap, budget and statistics."""
-
-    __slots__ = ("budget", "cfg", "inflight", "seq", "stats")
-
-    def __init__(self, cfg: ShadowConfig, now: float) -> None:
-        self.cfg = cfg
-        self.seq = Golden()
-        self.inflight = 0
-        self.budget = Budget(cfg.max_per_s, now)
-        self.stats = ShadowStats(cfg.window_s, cfg.samples)
-
-    def reconfigure(self, cfg: ShadowConfig, now: float) -> None:
-        if cfg.max_per_s != self.cfg.max_per_s:
-            self.budget = Budget(cfg.max_per_s, now)
-        self.stats.resize(cfg.window_s, cfg.samples)
-        self.cfg = cfg
-
-    def selected(self) -> bool:
-        return self.seq.next() < self.cfg.share / 100.0
 
 
 class Routed:
@@ -214,66 +150,12 @@ class Routed:
                        compared, agreed, shadowed, errors)
 
 
-class Ticket:
-    """One inference call of a routed model, from `Rollouts.open` until its client's
-    answer (and its shadow's, when it has one) is in."""
-
-    __slots__ = ("body", "closed", "counted", "group", "model", "primary", "protocol",
-                 "service", "shadow_node", "shadow_out", "shadow_start", "shadowing", "start")
-
-    def __init__(self, service: Rollouts, model: Routed, group: str, protocol: str,
-                 body: bytes) -> None:
-        self.service = service
-        self.model = model
-        self.group = group
-        self.protocol = protocol
-        self.body = body
-        self.start = time.perf_counter()
-        self.closed = False
-        self.shadowing = False
-        self.shadow_node = ""
-        self.shadow_start = 0.0
-        self.primary: tuple[int, bytes | None, float | None] | None = None
-        self.shadow_out: tuple[int, bytes | None, float] | None = None
-
-    def answered(self, status: int, body: bytes | None, hit: bool) -> None:
-        """The client's answer (`status` 0: none; 499: the client left). Called once by
-        the front; later calls are ignored."""
-        if self.closed:
-            return
-        self.closed = True
-        if status == CLIENT_CLOSED:
-            return                                  # neither the group's fault nor a pair
-        seconds = None if hit else time.perf_counter() - self.start
-        self.model.group(self.group).record(status, seconds, hit)
-        if self.shadowing:
-            self.primary = (status, body, seconds)
-            if self.shadow_out is not None:
-                self.service.pair(self)
-
-    def shadow_done(self, fut: asyncio.Future[Any]) -> None:
-        """The shadow's attempt ended (called by the transport, once)."""
-        seconds = time.perf_counter() - self.shadow_start
-        shadow = self.model.shadow
-        if shadow is not None:
-            shadow.inflight = max(shadow.inflight - 1, 0)
-        status, body = 0, None
-        if not fut.cancelled() and fut.exception() is None:
-            status, body = self.service.reply(self.protocol, fut.result())
-        self.shadow_out = (status, body, seconds)
-        if self.primary is not None:
-            self.service.pair(self)
-        elif self.closed and shadow is not None:    # the client left: no pair
-            shadow.stats.skip("client_left")
-
-
 class Rollouts:
     """See the module docstring."""
 
     def __init__(self, cfg: Config, pool: NodePool, load: Load) -> None:
         self.pool = pool
-        self._load = load
-        self._last_shed = (0, -1e9)          # (shed count seen, when it last grew)
+        self.shedding = Shedding(load)
         self.models: dict[str, Routed] = {}
         self.reconfigure(cfg)
 
@@ -335,52 +217,12 @@ class Rollouts:
         m = self.models.get(call.model)
         if m is None or call.group is None or verb is None:
             return None
-        ticket = Ticket(self, m, call.group, protocol, body or b"")
+        ticket = Ticket(m, call.group, protocol, body or b"")
         shadow = m.shadow
         if (shadow is not None and verb == "predict" and call.group != shadow.cfg.group
                 and shadow.selected()):
-            self._shadow(ticket, shadow, call, transport)
+            shadows.send(ticket, shadow, call, transport, self.pool, self.shedding)
         return ticket
-
-    def _shadow(self, ticket: Ticket, shadow: Shadow, call: Call,
-                transport: Transport[Any]) -> None:
-        now = time.monotonic()
-        reason = self._blocked(shadow, now)
-        node = None
-        if reason is None:
-            node = self.pool.pick(call.units, (), call.model, None, usable=transport.usable,
-                                  group=shadow.cfg.group)
-            reason = "no_node" if node is None else None
-        if reason is not None or node is None:
-            shadow.stats.skip(reason or "no_node")
-            return
-        timeout = shadow.cfg.timeout_s
-        copy = Call(call.model, None, call.label, call.pinned, call.units,
-                    Deadline(now + timeout), call.payload, idempotent=call.idempotent,
-                    rows=call.rows, group=shadow.cfg.group)
-        ticket.shadowing, ticket.shadow_node = True, node.name
-        ticket.shadow_start = time.perf_counter()
-        try:
-            transport.send(node, copy, timeout, ticket.shadow_done)
-        except Exception as exc:                     # e.g. a node without a gRPC address
-            ticket.shadowing = False
-            shadow.stats.skip("send_failed")
-            log.debug("shadow to %s not sent: %r", node.name, exc)
-            return
-        shadow.inflight += 1
-
-    def _blocked(self, shadow: Shadow, now: float) -> str | None:
-        """Why no shadow may start now (shedding first, then the cap, then the budget)."""
-        inflight, limit, shed = self._load()
-        if shed != self._last_shed[0]:
-            self._last_shed = (shed, now)
-        if inflight >= limit * SHADOW_HEADROOM or now - self._last_shed[1] < SHED_QUIET_S:
-            return "shedding"
-        if shadow.inflight >= shadow.cfg.max_inflight:
-            return "cap"
-        if not shadow.budget.take(now):
-            return "budget"
-        return None
 
     async def watch(self, ticket: Ticket | None, outcome: Awaitable[Outcome[Any]]
                     ) -> Outcome[Any]:
@@ -402,34 +244,6 @@ class Rollouts:
         ticket.answered(status, out.answer.body if status == 200 else None,
                         out.x_cache is XCache.HIT)
         return out
-
-    # -- pairs ---------------------------------------------------------------------
-
-    @staticmethod
-    def reply(protocol: str, answer: Any) -> tuple[int, bytes | None]:
-        """(status, body of a 200) of a node's answer to a shadow."""
-        status = grpc_status(answer.code) if protocol == "grpc" else int(answer.status)
-        return status, (answer.body if status == 200 else None)
-
-    def pair(self, t: Ticket) -> None:
-        """Both answers are in: compare them and count the pair."""
-        shadow = t.model.shadow
-        assert t.primary is not None and t.shadow_out is not None
-        if shadow is None:                           # a reload removed the shadow
-            return
-        p_status, p_body, p_s = t.primary
-        s_status, s_body, s_s = t.shadow_out
-        comparison = None
-        if p_body is not None and s_body is not None:
-            read = compare.grpc_outputs if t.protocol == "grpc" else compare.rest_outputs
-            a, b = read(p_body), read(s_body)
-            comparison = (compare.compare(a, b) if a is not None and b is not None
-                          else compare.Comparison(mismatch="an answer is not a readable "
-                                                           "predict reply"))
-        digest = hashlib.blake2b(t.body, digest_size=16).hexdigest()
-        shadow.stats.record(time.monotonic(), time.time(),
-                            Pair(p_status, s_status, comparison, p_s, s_s, digest,
-                                 t.protocol, t.shadow_node))
 
     # -- rollouts ------------------------------------------------------------------
 
