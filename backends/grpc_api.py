@@ -44,6 +44,7 @@ from tensorflow_serving.apis import (
 
 from backends import examples
 from backends.errors import InvalidInput, WorkerError
+from backends.faults import rotate
 from backends.registry import Registry, Version
 from backends.stats import WorkerStats
 from backends.tensors import DEFAULT_SIGNATURE, SignatureInfo, fit_shape
@@ -215,12 +216,29 @@ class _Base:
         return version
 
     async def infer(self, fn: Callable[[], tuple[int, T]]) -> T:
-        """The delay, then `fn` in the inference pool; counts its rows."""
+        """The delay, then `fn` in the inference pool; counts its rows. An injected
+        fault status (`backends.faults`) fails the call instead, with its gRPC code."""
         if self.stats.delay_s > 0:
             await asyncio.sleep(self.stats.delay_s)
+        if self.stats.fault.status:
+            raise WorkerError("injected fault (PUT /_worker/fault)",
+                              code=_FAULT_CODES.get(self.stats.fault.status, "INTERNAL"))
         rows, out = await asyncio.get_running_loop().run_in_executor(self.executor, fn)
         self.stats.succeeded(rows)
         return out
+
+
+# An injected fault's HTTP status -> the canonical code TF Serving maps to it.
+_FAULT_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
+                503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+def _scrambled(reply: predict_pb2.PredictResponse) -> predict_pb2.PredictResponse:
+    """Every output rotated along its last axis (`backends.faults`, test-only)."""
+    for alias in list(reply.outputs):
+        rotated = rotate(tf.make_ndarray(reply.outputs[alias]))
+        reply.outputs[alias].CopyFrom(tf.make_tensor_proto(rotated))
+    return reply
 
 
 class PredictionServicer(_Base):
@@ -234,7 +252,8 @@ class PredictionServicer(_Base):
         async def call() -> Any:
             version = self.resolve(request.model_spec, "predict")
             name = request.model_spec.name
-            return await self.infer(lambda: predict(name, version, request))
+            reply = await self.infer(lambda: predict(name, version, request))
+            return _scrambled(reply) if self.stats.fault.scramble else reply
         return await self.guard(context, call)
 
     async def _examples(self, request: Any, context: Any, verb: str) -> Any:

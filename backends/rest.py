@@ -6,6 +6,7 @@
     GET  /v1/models/{m}[/versions/{n}|/labels/{l}]/metadata   signature metadata
     POST /v1/models/{m}[/versions/{n}|/labels/{l}]:predict|:classify|:regress
     GET  /_worker/stats, /_worker/healthz                     worker-only extras
+    PUT  /_worker/delay, /_worker/fault                       (a slower, a failing node)
 
 Guarantees: every error reply is `{"error": "..."}` with TF Serving's status
 code (see `errors.http_status`); nothing a client sends crashes the worker
@@ -26,6 +27,7 @@ import orjson
 from aiohttp import web
 
 from backends.errors import InvalidInput, WorkerError, http_status
+from backends.faults import Fault, scramble_reply
 from backends.registry import Registry, parse_version
 from backends.stats import WorkerStats
 
@@ -116,11 +118,15 @@ async def handle_post(request: web.Request) -> web.Response:
     app[STATS].reached_model(model, verb)
     if app[STATS].delay_s > 0:
         await asyncio.sleep(app[STATS].delay_s)
+    fault = app[STATS].fault
+    if fault.status:
+        return json_response({"error": "injected fault (PUT /_worker/fault)"}, fault.status)
     call = getattr(version.servable, verb)
     loop = asyncio.get_running_loop()
     rows, reply = await loop.run_in_executor(app[EXECUTOR], call, body)
     app[STATS].succeeded(rows)
-    return json_response(reply)
+    return json_response(scramble_reply(reply) if fault.scramble and verb == "predict"
+                         else reply)
 
 
 async def handle_stats(request: web.Request) -> web.Response:
@@ -148,6 +154,17 @@ async def handle_delay(request: web.Request) -> web.Response:
     return json_response({"delay_ms": delay_ms})
 
 
+async def handle_fault(request: web.Request) -> web.Response:
+    """`PUT /_worker/fault {"status": 500}` or `{"scramble": true}` or `{}` (test-only)."""
+    try:
+        doc = await request.json()
+    except ValueError as exc:
+        raise InvalidInput(f"expected a JSON object: {exc}") from None
+    fault = request.app[STATS].fault = Fault.parse(doc)
+    logger.warning("fault set: %s", fault.as_json())
+    return json_response(fault.as_json())
+
+
 def build_app(registry: Registry, stats: WorkerStats, executor: Executor,
               delay_s: float = 0.0) -> web.Application:
     """The aiohttp application; the caller owns `executor` and shuts it down."""
@@ -158,6 +175,7 @@ def build_app(registry: Registry, stats: WorkerStats, executor: Executor,
     stats.delay_s = delay_s
     app.router.add_get("/_worker/stats", handle_stats)
     app.router.add_put("/_worker/delay", handle_delay)
+    app.router.add_put("/_worker/fault", handle_fault)
     app.router.add_get("/_worker/healthz", handle_healthz)
     app.router.add_get("/v1/{tail:.*}", handle_get)
     app.router.add_post("/v1/{tail:.*}", handle_post)

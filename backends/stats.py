@@ -10,6 +10,8 @@ import os
 from collections import defaultdict
 from typing import Any
 
+from backends.faults import Fault
+
 VERBS = ("predict", "classify", "regress")
 
 
@@ -17,10 +19,12 @@ class WorkerStats:
     """`requests`: inference POSTs received; `inferences`: those that reached a model
     (an AVAILABLE version was found); `rows`: batch rows of successful inferences.
     Also holds `delay_s`, the deliberate slowdown both surfaces apply (settable at
-    run time through `PUT /_worker/delay`, so a demo or test can slow a node live)."""
+    run time through `PUT /_worker/delay`, so a demo or test can slow a node live),
+    and `fault`, a test-only fault (`backends.faults`, `PUT /_worker/fault`)."""
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
+        self.fault = Fault()
         self.requests = 0
         self.inferences = 0
         self.rows = 0
@@ -42,6 +46,7 @@ class WorkerStats:
             "inferences": self.inferences,
             "rows": self.rows,
             "delay_ms": self.delay_s * 1000.0,
+            "fault": self.fault.as_json(),
             "by_model": {m: dict(v) for m, v in self.by_model.items()},
             "pid": os.getpid(),
         }

@@ -1,9 +1,10 @@
-"""The admin port (loopback by default): `/stats`, `/healthz`, `/metrics`, `POST /reload`.
+"""The admin port (loopback by default): `/stats`, `/healthz`, `/metrics`, `POST /reload`,
+and the rollout endpoints of `lb.rollout.admin` (`/shadow/M`, `/rollout/M`).
 
 Called by operators and tools. `/stats` is a contract (docs/ARCHITECTURE.md): the keys
 of each node entry and of `cache` are always present, whatever the backend.
 `/metrics` is Prometheus' text format (`lb.metrics`). Mutating endpoints
-(`POST /reload`) answer 401 unless the request carries
+(`POST /reload`, `POST /rollout/M/ACTION`) answer 401 unless the request carries
 `Authorization: Bearer <admin.token>` when a token is configured (read from
 the live config, so a reload can set or rotate it).
 """
@@ -23,6 +24,7 @@ from lb.config import split_hostport
 from lb.dashboard import handle_dashboard, history_handler
 from lb.metrics import CONTENT_TYPE
 from lb.reload import Reloader
+from lb.rollout.admin import add_routes as add_rollout_routes
 from lb.server import Proxy
 
 log = logging.getLogger("lb.admin")
@@ -54,7 +56,8 @@ def stats_doc(proxy: Proxy) -> dict[str, Any]:
             "batching": proxy.dispatcher.batches.as_dict(),
             "upstream": {"rest": proxy.rest_upstream.stats(),
                          "grpc_channels": proxy.grpc_upstream.channels},
-            "discovery": proxy.discovery.status.as_dict() if proxy.discovery else None}
+            "discovery": proxy.discovery.status.as_dict() if proxy.discovery else None,
+            "routing": proxy.rollouts.stats()}
 
 
 async def handle_stats(request: web.Request) -> web.Response:
@@ -116,6 +119,7 @@ def make_admin_app(proxy: Proxy, reloader: Reloader | None = None) -> web.Applic
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/dashboard", handle_dashboard)
     app.router.add_get("/history", history_handler(proxy.history))
+    add_rollout_routes(app, proxy.rollouts, authorized)     # /shadow/M, /rollout/M[/action]
     if reloader is not None:
         app[ADMIN_RELOADER] = reloader
         app.router.add_post("/reload", handle_reload)

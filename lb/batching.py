@@ -1,7 +1,7 @@
 """Micro-batching in the proxy's queue: compatible predicts leave together, one attempt.
 
 Called by `lb.dispatch`: `start` when the scheduler (`lb.scheduler`) hands
-one run several tickets (`Ticket.group`, `max_rows`); `Batches.count` for
+one run several tickets (`Ticket.batch`, `max_rows`); `Batches.count` for
 every run of a batching model, alone or not. The fronts' codecs
 (`lb.rest_batch`, `lb.grpc_batch`) say which calls may share a group (same
 model, resolved version, signature and output filter, inputs of equal shapes
@@ -230,5 +230,5 @@ class Batch:
         for job in live:
             job.n -= 1                  # the batch's attempt was not this member's
             job.tried.remove(self.run.node)
-            job.ticket.group = None     # alone this time
+            job.ticket.batch = None     # alone this time
             self.dispatcher.submit(job, now)

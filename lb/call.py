@@ -5,10 +5,11 @@ and read by the core (`lb.core`), the dispatcher (`lb.dispatch`) and the
 batching. All are slotted; the frozen ones are shared constants or results.
 
 A `Call` describes one client request in protocol-neutral terms: which model
-and version it addresses, what it costs (units = rows × the model's cost),
-when it must be answered (`Deadline`), the cache key if it has one, the
-client's Cache-Control directives, and the `payload` only its front's
-`Transport` understands. The core never looks inside the payload.
+and version it addresses, which node group may answer it (`group`, set by
+`lb.rollout` for models routed by group; None: any node), what it costs
+(units = rows × the model's cost), when it must be answered (`Deadline`), the
+cache key if it has one, the client's Cache-Control directives, and the
+`payload` only its front's `Transport` understands. The core never looks inside the payload.
 
 Guarantees: a `Deadline` is one value for the whole request (retries, hedges,
 waits and batches all read it); `Deadline.check()` raises the one
@@ -112,12 +113,13 @@ class Call:
     rows: int = 1
     decision: Any = None        # the adaptive cache's Decision, once made (lb.core)
     priority: int = 1           # lb.scheduler's lane: 0 critical, 1 normal, 2 sheddable
+    group: str | None = None    # the node group that answers (lb.rollout); None: any node
 
     def __init__(self, model: str, version: int | None, label: str | None, pinned: bool,
                  units: float, deadline: Deadline, payload: Any,
                  directives: Directives = DEFAULT_DIRECTIVES, key: str | None = None,
                  idempotent: bool = True, rows: int = 1, decision: Any = None,
-                 priority: int = 1) -> None:
+                 priority: int = 1, group: str | None = None) -> None:
         self.model = model
         self.version = version
         self.label = label
@@ -131,6 +133,7 @@ class Call:
         self.rows = rows
         self.decision = decision
         self.priority = priority
+        self.group = group
 
 
 @mypyc_attr(native_class=False)     # compiled, a generic dataclass does not load

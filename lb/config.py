@@ -17,6 +17,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lb.errors import ConfigError
+from lb.rollout.settings import (
+    DEFAULT_GROUP,
+    GroupName,
+    Match,
+    RolloutConfig,
+    ShadowConfig,
+    Share,
+    StickyBy,
+    check_models,
+)
 
 Positive = Annotated[float, Field(gt=0)]
 
@@ -70,6 +80,7 @@ class NodeConfig(_Strict):
     grpc: str | None = None
     weight: Positive = 1.0              # capacity, relative to the others: seeds the limit
     max_inflight: Annotated[int, Field(ge=1, le=4096)] | None = None   # pins the limit
+    group: GroupName = DEFAULT_GROUP     # lb.rollout: splits, shadows and rollouts by group
 
     @field_validator("rest")
     @classmethod
@@ -105,6 +116,12 @@ class ModelConfig(_Strict):
     # Under overload, sheddable requests are refused first, critical ones last
     # (lb.scheduler); a request's X-Priority header may lower this, never raise it.
     priority: Literal["critical", "normal", "sheddable"] = "normal"
+    # Routing by node group (lb.rollout; README "Rolling out a model"):
+    split: list[Share] | None = None         # None: the group "default" (when routed)
+    match: list[Match] = []                  # header == value -> group, before the split
+    sticky_by: StickyBy | None = None        # one client, one group (hash over the shares)
+    shadow: ShadowConfig | None = None       # copies to a group, answers compared
+    rollout: RolloutConfig | None = None     # the split moved step by step, with gates
 
 
 class ConcurrencyConfig(_Strict):
@@ -278,6 +295,7 @@ class DiscoveryConfig(_Strict):
     rest_port: Annotated[int, Field(gt=0, lt=65536)] = 8501
     grpc_port: Annotated[int, Field(gt=0, lt=65536)] | None = 8500
     weight: Positive = 1.0
+    group: GroupName = DEFAULT_GROUP     # the group of every discovered node
     interval_s: Annotated[float, Field(ge=0.1)] = 5.0
     timeout_s: Positive = 2.0
     # "ADDR" or "ADDR:port" (IPv6: "ADDR" or "[ADDR]:port"), ADDR an IP address: a
@@ -338,6 +356,8 @@ class Config(_Strict):
             if node.name in seen:
                 raise ValueError(f"nodes: duplicate node name {node.name!r}")
             seen.add(node.name)
+        groups = [n.group for n in self.nodes]
+        check_models(groups + ([self.discovery.group] if self.discovery else []), self.models)
         return self
 
     def model(self, name: str) -> ModelConfig:

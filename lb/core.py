@@ -6,7 +6,8 @@ transports do the I/O. It never looks inside a payload.
 
 Flow of `serve`:
 1. `resolve`: the version a request addresses is the one it names, or the
-   latest AVAILABLE on a healthy node. When no node has it AVAILABLE yet but
+   latest AVAILABLE on a healthy node (of its group, `Call.group`, when it
+   has one: the version that group answers with). When no node has it AVAILABLE yet but
    one is loading it or has not answered a probe since it joined (a cold
    start, a rollout), the request waits for it, at most
    `limits.queue_timeout_s` and never past its deadline; then `NotReady`
@@ -135,7 +136,7 @@ class Core:
         if call.label is None:                  # `_resolved`, inline (every request)
             if call.version is not None:        # named: `serve` checks that it is ready
                 return None
-            call.version = self.pool.latest_version(call.model)
+            call.version = self.pool.latest_version(call.model, call.group)
             if call.version is None:
                 return None
         if call.model in self._batching:
@@ -238,7 +239,7 @@ class Core:
         """The common case without an await: an unversioned call gets the latest
         version a healthy node has AVAILABLE."""
         if call.version is None:
-            call.version = self.pool.latest_version(call.model)
+            call.version = self.pool.latest_version(call.model, call.group)
             return call.version is not None
         return False
 
@@ -248,7 +249,7 @@ class Core:
         if call.label is not None:
             return
         if call.version is None:                   # the common case: no await, one pass
-            call.version = self.pool.latest_version(call.model)
+            call.version = self.pool.latest_version(call.model, call.group)
             if call.version is not None:
                 return
         pool = self.pool
@@ -261,7 +262,7 @@ class Core:
                 self._probes.model_seen(call.model)    # probed every round from now on
             await self._wait(call)
         if call.version is None:
-            call.version = pool.latest_version(call.model)
+            call.version = pool.latest_version(call.model, call.group)
 
     async def _wait(self, call: Call) -> None:
         start = time.monotonic()

@@ -10,12 +10,15 @@ machine itself). Once a second it fetches `history?since=<last point>` and
 `stats` and shows, over the last five minutes: requests/s (also those
 answered without a node, e.g. cache hits), p50 and p99
 latency and errors/s for the whole proxy and per node, in-flight and share
-per node, the cache hit rate, and events (node state changes, nodes added or
+per node, the cache hit rate, the shadows' argmax agreement per model
+(`lb.rollout`), and events (node state changes, nodes added or
 removed, reloads) as markers on every time axis and as a list; below, the
-current state from `/stats` as a table. Hovering a chart reads all charts at
+current state from `/stats` as tables (nodes; groups, shadows and rollouts
+of the models routed by group; the cache). Hovering a chart reads all charts at
 that second. A failed fetch is shown and polling goes on; a new process (pid)
 restarts the history. For tests, every series path carries `data-series`,
-`data-kind` (total | direct | node) and `data-points`.
+`data-kind` (total | direct | node | model) and `data-points`; each routing
+row `data-model` and `data-group`.
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ PAGE = """<!doctype html>
 <table id="nodes"><thead><tr><th>node</th><th>state</th><th>weight</th><th>effective</th>
 <th>in flight</th><th>requests</th><th>errors</th><th>&tau; ms/unit</th><th>load</th>
 <th>share</th><th></th></tr></thead><tbody></tbody></table>
+<table id="routing"><thead><tr><th>model</th><th>group</th><th>share %</th>
+<th>now %</th><th>health</th><th>routed</th><th>answered</th><th>errors</th><th>shadow</th>
+<th>rollout</th></tr></thead><tbody></tbody></table>
 <table id="cache"><thead><tr><th>cache</th><th>hits</th><th>misses</th><th>hit rate</th>
 <th>coalesced</th><th>partial</th><th>errors</th></tr></thead><tbody></tbody></table>
 <script>
@@ -81,8 +87,9 @@ const CHARTS = [
   {id: "inflight", title: "in flight", node: n => n.inflight},
   {id: "share", title: "share of node-answered requests", node: n => n.share, max: 1},
   {id: "hit", title: "cache hit rate", total: p => p.hit_rate, max: 1, label: "hit rate"},
+  {id: "agree", title: "shadow agreement (argmax, per model)", model: p => p.shadow, max: 1},
 ];
-const S = {points: [], events: [], nodes: [], since: null, pid: null,
+const S = {points: [], events: [], nodes: [], models: [], since: null, pid: null,
            polls: 0, failures: 0, lastError: null, hoverT: null};
 window.dashboard = S;
 const colors = new Map();
@@ -118,6 +125,7 @@ function niceMax(m) {
 function evClass(e) {
   if (e.kind === "state") return e.state === "healthy" ? "ev-good" : "ev-bad";
   if (e.kind === "added" || e.kind === "removed") return "ev-node";
+  if (e.kind === "rollout") return /aborted/.test(e.text) ? "ev-bad" : "ev-config";
   return e.kind === "reload_failed" ? "ev-bad" : "ev-config";
 }
 
@@ -144,6 +152,10 @@ function seriesOf(c) {
   for (const name of c.node ? S.nodes : []) {
     out.push({name, kind: "node", color: color(name),
               value: p => (p.nodes[name] ? c.node(p.nodes[name]) : null)});
+  }
+  for (const name of c.model ? S.models : []) {
+    out.push({name, kind: "model", color: color(`model ${name}`),
+              value: p => (c.model(p) ?? {})[name] ?? null});
   }
   return out;
 }
@@ -258,15 +270,37 @@ function drawTable(s) {
     const bar = document.createElement("span"); bar.className = "bar";
     bar.style.width = `${Math.round(200 * (n.share || 0))}px`; cell(r, "").append(bar);
   }
+  drawRouting(s.routing ?? {});
   const c = s.cache, cb = document.querySelector("#cache tbody"); cb.replaceChildren();
   const r = cb.insertRow();
   for (const v of [c.backend, c.hits, c.misses, fmt(c.hit_rate), c.coalesced, c.partial,
                    c.errors]) cell(r, v ?? "");
 }
 
+function drawRouting(routing) {
+  const body = document.querySelector("#routing tbody"); body.replaceChildren();
+  for (const [model, m] of Object.entries(routing)) {
+    for (const [group, g] of Object.entries(m.groups)) {
+      const r = body.insertRow();
+      r.dataset.model = model; r.dataset.group = group;
+      cell(r, model); cell(r, group); cell(r, fmt(g.share)); cell(r, fmt(g.effective));
+      cell(r, g.healthy ? "healthy" : "none healthy", g.healthy ? "healthy" : "unhealthy");
+      cell(r, g.routed); cell(r, g.answered); cell(r, g.errors);
+      const sh = m.shadow && m.shadow.group === group ? m.shadow.window : null;
+      cell(r, sh ? `agreement ${fmt(sh.agreement)}, max |diff| ${fmt(sh.max_abs_diff)}, ` +
+                   `latency ×${fmt(sh.latency_ratio)} (${m.shadow.window.seconds} s)` : "");
+      const ro = m.rollout && m.rollout.to === group ? m.rollout : null;
+      cell(r, ro ? `${ro.state}, step ${ro.step}/${ro.steps.length} (${fmt(ro.share)} %)` +
+                   (ro.reason ? `: ${ro.reason}` : "") : "",
+           ro && ro.state === "aborted" ? "unhealthy" : "");
+    }
+  }
+  if (!body.rows.length) { const r = body.insertRow(); cell(r, "no model routed by group"); }
+}
+
 function merge(h) {
   if (S.pid !== null && h.pid !== S.pid) {       // another process: start over
-    Object.assign(S, {points: [], events: [], nodes: [], since: null});
+    Object.assign(S, {points: [], events: [], nodes: [], models: [], since: null});
   }
   S.pid = h.pid;
   const last = S.points.length ? S.points[S.points.length - 1].t : -Infinity;
@@ -280,6 +314,9 @@ function merge(h) {
   const names = new Set();
   for (const p of S.points) for (const name of Object.keys(p.nodes)) names.add(name);
   S.nodes = [...names];
+  const models = new Set();
+  for (const p of S.points) for (const name of Object.keys(p.shadow ?? {})) models.add(name);
+  S.models = [...models];
 }
 
 function drawAll() {

@@ -128,7 +128,7 @@ class Job:
 
     def start(self, run: Run) -> None:
         """A slot: send the attempt (a batch's first ticket gets the whole batch)."""
-        if self.ticket.group is not None:
+        if self.ticket.batch is not None:
             self.dispatcher.batches.count(run, run.started)
         if len(run.tickets) > 1:
             batching.start(self.dispatcher, run)
@@ -380,10 +380,10 @@ class Dispatcher:
         ticket = Ticket(call.model, call.version, call.units, call.rows, call.deadline.at,
                         job.start, job.refused, explicit=call.pinned,
                         priority=max(PRIORITIES[cfg.priority], call.priority),
-                        usable=job.transport.usable, payload=job)
+                        usable=job.transport.usable, group=call.group, payload=job)
         ticket.exclude = job.tried
         if cfg.batching is not None and job.transport.codec is not None:
-            ticket.group = job.transport.codec.group(call)
+            ticket.batch = job.transport.codec.group(call)
             ticket.max_rows = cfg.batching.max_rows
         return ticket
 

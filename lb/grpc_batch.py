@@ -282,7 +282,8 @@ class GrpcBatchCodec:
             if key is None:
                 return None
             inputs.append((alias, *key))
-        return (call.model, call.version, req.spec.signature_name or DEFAULT_SIGNATURE,
+        return (call.model, call.version, call.group,
+                req.spec.signature_name or DEFAULT_SIGNATURE,
                 req.output_filter, tuple(inputs))
 
     def merge(self, calls: list[Call]) -> Call:
@@ -304,7 +305,7 @@ class GrpcBatchCodec:
         cost = first.units / max(first.rows, 1)
         deadline = Deadline(min(c.deadline.at for c in calls))
         return Call(first.model, first.version, None, True, rows * cost, deadline, payload,
-                    rows=rows)
+                    rows=rows, group=first.group)
 
     def split(self, answer: GrpcReply, calls: list[Call]) -> list[GrpcReply] | None:
         if answer.code != OK:

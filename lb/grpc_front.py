@@ -15,6 +15,10 @@ Why bytes: the generated classes live in `tensorflow_serving.apis`, whose
 import loads all of TensorFlow; `lb.grpc_messages` reads the few fields that
 routing and cache keys need straight from the wire.
 
+Calls of models routed by node group (`lb.rollout`) get their group from the
+call's metadata before the core sees them, and a ticket that learns how the
+call ended (`Rollouts.watch`; Predict calls may be shadowed).
+
 Guarantees: every call gets the node's reply, or the node's status code and
 details, or the `LbError` it ran into as a gRPC status (mapped here and only
 here); its deadline is the client's, capped at `grpc.timeout_s`; replies carry
@@ -49,6 +53,8 @@ from lb.grpc_messages import (
 from lb.grpc_upstream import OK, GrpcPayload, GrpcReply, GrpcTransport, channel_options
 from lb.nodes import NodePool
 from lb.observe import Recorder
+from lb.rollout.service import Rollouts
+from lb.rollout.settings import key_version
 from lb.routes import parse_cache_control
 
 log = logging.getLogger("lb.grpc")
@@ -77,6 +83,9 @@ _HTTP = {
 }
 
 Unary = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+# Inference methods, as lb.rollout counts them (Predict calls may be shadowed).
+_VERBS = {"Predict": "predict", "Classify": "classify", "Regress": "regress",
+          "MultiInference": "multi"}
 
 
 def status_code(exc: LbError) -> grpc.StatusCode:
@@ -95,12 +104,14 @@ class GrpcFront:
     """The grpc.aio server and its handlers; one per proxy process."""
 
     def __init__(self, core: Core, transport: GrpcTransport, recorder: Recorder,
-                 cfg: Callable[[], Config], pool: NodePool) -> None:
+                 cfg: Callable[[], Config], pool: NodePool,
+                 rollouts: Rollouts | None = None) -> None:
         self.core = core
         self.transport = transport
         self.recorder = recorder
         self._cfg = cfg
         self.pool = pool
+        self.rollouts = rollouts        # node groups and shadows (lb.rollout)
         self.server: grpc.aio.Server | None = None
 
     async def start(self, address: str) -> None:
@@ -187,6 +198,16 @@ class GrpcFront:
         call = Call(spec.name, spec.version, spec.label, spec.version is not None,
                     req.rows * self._cfg().model(spec.name).cost, deadline,
                     GrpcPayload(path, raw, req), rows=req.rows)
+        if self.rollouts is None:
+            return await self._forward(method, call, context)
+        self.rollouts.route_grpc(call, context.invocation_metadata())    # routed: a group
+        ticket = self.rollouts.open(call, self.transport, "grpc", _VERBS.get(method), raw)
+        if ticket is None:
+            return await self._forward(method, call, context)
+        return await self.rollouts.watch(ticket, self._forward(method, call, context))
+
+    async def _forward(self, method: str, call: Call, context: grpc.aio.ServicerContext
+                       ) -> Outcome[GrpcReply]:
         if method == "Predict":
             call.directives = parse_cache_control(_cache_control(context))
             return await self.core.serve(call, self.transport, _predict_plan)
@@ -231,4 +252,4 @@ async def _predict_plan(call: Call) -> Plan | None:
     """The cache plan of a Predict: its wire-format key (lb.grpc_messages.predict_key)."""
     assert call.version is not None
     payload: GrpcPayload = call.payload
-    return Plan(key=predict_key(payload.request, call.version))
+    return Plan(key=predict_key(payload.request, key_version(call.version, call.group)))

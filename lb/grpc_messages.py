@@ -160,8 +160,9 @@ def _hash_fields(parts: Iterable[bytes | str]) -> str:
     return h.hexdigest()
 
 
-def predict_key(req: Request, version: int) -> str:
-    """`tfslb:v1:{model}:{version}:{hash}` of a Predict request for a resolved version.
+def predict_key(req: Request, version: int | str) -> str:
+    """`tfslb:v1:{model}:{version}:{hash}` of a Predict request for a resolved version
+    (or `lb.rollout.settings.key_version`'s "version@group").
 
     The hash covers the tag "grpc-predict", model, version, the signature (empty
     means serving_default), every input's alias and TensorProto bytes sorted by

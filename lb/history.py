@@ -19,7 +19,9 @@ Guarantees:
   per node also in-flight, share of the requests a node answered and state
   (from /stats); the cache hit rate of that second (deltas of /stats' cache
   counters; None when there was no lookup). It also records events: node state
-  changes, nodes added or removed, config reloads and rejected reloads.
+  changes, nodes added or removed, config reloads and rejected reloads, and
+  rollout steps (lb.rollout); per shadowed model, the argmax agreement of the
+  rows compared in that second (from /stats "routing").
 * At most `WINDOW` points are kept, and the events of that window (at most
   `MAX_EVENTS`); older ones fall off.
 * Pure logic with time passed in; only `run` reads clocks. `run` stamps points
@@ -28,9 +30,10 @@ Guarantees:
 
 A point: {"t", "rps", "eps", "p50_ms", "p99_ms", "hit_rate", "direct_rps" (answered
 without a node), "nodes": {name: {"rps", "eps", "p50_ms", "p99_ms", "share",
-"inflight", "state"}}}; latencies are None in a second without requests, and a
-node that left the config but still answered has inflight and state None. An
-event: {"t", "kind" (state | added | removed | reload | reload_failed), "node",
+"inflight", "state"}}, "shadow": {model: agreement or None}}; latencies are
+None in a second without requests, and a node that left the config but still
+answered has inflight and state None. An event: {"t", "kind" (state | added |
+removed | reload | reload_failed | rollout), "node",
 "state", "text"}.
 """
 
@@ -105,6 +108,8 @@ class History:
         self._states: dict[str, str] | None = None     # None until the first tick
         self._cache: tuple[int, int] | None = None     # (hits, misses) at the last tick
         self._config: tuple[int, int] | None = None    # (reloads, failures) at the last tick
+        self._shadow: dict[str, tuple[int, int]] = {}  # model -> shadow (compared, agreed)
+        self._rollouts: dict[str, int] = {}            # model -> rollout transitions
 
     # -- hot path ---------------------------------------------------------------
 
@@ -139,6 +144,9 @@ class History:
         direct = self._by_node.get("")
         point["direct_rps"] = round(direct.count / elapsed, 3) if direct else 0.0
         point["nodes"] = self._node_points(nodes, elapsed)
+        routing = stats.get("routing") or {}
+        point["shadow"] = self._agreement(routing)
+        self._rollout_events(now_wall, routing)
         self._points.append(point)
         while self._events and self._events[0]["t"] < self._points[0]["t"]:
             self._events.popleft()
@@ -171,6 +179,38 @@ class History:
         if hits < 0 or misses < 0 or hits + misses == 0:
             return None
         return round(hits / (hits + misses), 4)
+
+    def _agreement(self, routing: Stats) -> dict[str, float | None]:
+        """Per shadowed model (lb.rollout): the argmax agreement of the rows compared in
+        this second, from the totals in /stats "routing"; None when none were."""
+        out: dict[str, float | None] = {}
+        seen: dict[str, tuple[int, int]] = {}
+        for model, doc in routing.items():
+            shadow = doc.get("shadow")
+            if not shadow:
+                continue
+            totals = shadow["totals"]
+            now = seen[model] = (int(totals["class_rows"]), int(totals["agreed"]))
+            before = self._shadow.get(model)
+            rows = now[0] - before[0] if before is not None else 0
+            out[model] = (round((now[1] - before[1]) / rows, 4)
+                          if before is not None and rows > 0 else None)
+        self._shadow = seen
+        return out
+
+    def _rollout_events(self, t: float, routing: Stats) -> None:
+        """A rollout's steps, aborts, pauses since the last tick, as events."""
+        seen: dict[str, int] = {}
+        for model, doc in routing.items():
+            rollout = doc.get("rollout")
+            if not rollout:
+                continue
+            n = seen[model] = int(rollout["transitions"])
+            before = self._rollouts.get(model)
+            if before is not None and n > before:
+                for e in rollout["events"][-(n - before):]:
+                    self._event(t, "rollout", None, f"rollout of {model}: {e['text']}")
+        self._rollouts = seen
 
     def _record_events(self, t: float, nodes: dict[str, Stats], config: Stats) -> None:
         states = {name: node_state(n) for name, n in nodes.items()}

@@ -13,7 +13,8 @@ from the live objects, so it costs nothing per request beyond what
 * retries and retry-budget rejections, hedges (sent, won, budget), requests
   that waited for a model to become available, load shed at the in-flight cap;
 * cache hits, misses, bypasses and hit ratio by model; config reloads and
-  failures (`ConfigStatus`, written by `lb.reload`).
+  failures (`ConfigStatus`, written by `lb.reload`);
+* node groups, shadows and rollouts (`lb.rollout.metrics`).
 
 Everything here runs on the event loop thread.
 """
@@ -38,6 +39,7 @@ from lb.batching import ROW_BUCKETS
 from lb.nodes import Node
 from lb.observe import LATENCY_BUCKETS, Recorder
 from lb.outlier import OutlierPolicy
+from lb.rollout.metrics import families as rollout_families
 
 if TYPE_CHECKING:
     from lb.server import Proxy
@@ -267,6 +269,7 @@ class StateCollector(Collector):
         yield from _config_metrics(proxy.status)
         if proxy.discovery is not None:
             yield from proxy.discovery.status.metrics(PREFIX)
+        yield from rollout_families(proxy.rollouts)
 
 
 class Metrics:

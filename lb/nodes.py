@@ -24,6 +24,7 @@ from lb import policy
 from lb.concurrency import Limit
 from lb.config import NodeConfig, PolicyConfig
 from lb.outlier import OutlierPolicy, OutlierState
+from lb.rollout.settings import DEFAULT_GROUP
 
 
 @dataclass(slots=True)
@@ -83,6 +84,7 @@ class Node:
     tau: policy.Tau
     window: policy.LoadWindow
     healthy: bool = True
+    group: str = DEFAULT_GROUP      # lb.rollout: a call with a group goes to its nodes only
     inflight: int = 0
     inflight_units: float = 0.0
     requests: int = 0
@@ -109,7 +111,8 @@ class Node:
     @classmethod
     def from_config(cls, cfg: NodeConfig, pcfg: PolicyConfig) -> Node:
         return cls(name=cfg.name, rest=cfg.rest, grpc=cfg.grpc, weight=cfg.weight,
-                   tau=policy.Tau(pcfg.ewma_decay_s), window=policy.LoadWindow(pcfg.window_s))
+                   tau=policy.Tau(pcfg.ewma_decay_s), window=policy.LoadWindow(pcfg.window_s),
+                   group=cfg.group)
 
     def begin(self, units: float, now: float) -> Flight:
         """A request of `units` was sent to this node at `now`; returns its flight
@@ -189,9 +192,10 @@ class Node:
         return flights[0] if flights else None
 
     def reconfigure(self, cfg: NodeConfig, pcfg: PolicyConfig) -> None:
-        """Take a reloaded config for this name: weight, URLs and the policy's time
-        constants change; counters, in-flight work, τ, the window and health stay."""
+        """Take a reloaded config for this name: weight, URLs, group and the policy's
+        time constants change; counters, in-flight work, τ, the window and health stay."""
         self.weight, self.rest, self.grpc = cfg.weight, cfg.rest, cfg.grpc
+        self.group = cfg.group
         self.tau.decay_s = pcfg.ewma_decay_s
         self.window.window_s = pcfg.window_s
 
@@ -335,10 +339,11 @@ class NodePool:
     def eligible(self, units: float, exclude: Sequence[Node] = (), model: str | None = None,
                  version: int | None = None, *, explicit: bool = False,
                  usable: Callable[[Node], bool] | None = None,
-                 spare: int | None = None) -> list[Node]:
+                 spare: int | None = None, group: str | None = None) -> list[Node]:
         """The nodes a request may go to now, before the policy chooses among them.
 
-        Only nodes `usable` says can take the call (e.g. those with a gRPC address).
+        Only nodes `usable` says can take the call (e.g. those with a gRPC address),
+        and with `group` only the nodes of that group (`lb.rollout`).
         Prefers healthy nodes; when every node is unhealthy, tries them all rather
         than fail everything — except with `spare` (a hedge): then only available
         nodes with fewer than `spare` requests in flight. With `model` and
@@ -347,33 +352,34 @@ class NodePool:
         request resolved to, so that a cached answer belongs to the version its key
         names). When none of them serves it but some node has it, loads it or has
         not answered a probe yet, the list is empty: the request is held
-        (`hold`), never sent to a node that would refuse it. Only a model that no
+        (in the proxy's queue), never sent to a node that would refuse it. Only a model that no
         node knows goes to any node, which answers its 404.
         """
         now = self._clock()
         # One pass for the common case (this runs for every attempt): the healthy ones.
         pool = [n for n in self.nodes.values()
                 if n.healthy and now >= n.outlier.ejected_until and n not in exclude
-                and (usable is None or usable(n))]
+                and (usable is None or usable(n)) and (group is None or n.group == group)]
         if spare is not None:
             pool = [n for n in pool if n.inflight < spare]
         elif not pool:                          # none healthy: try them all
             pool = [n for n in self.nodes.values()
-                    if n not in exclude and (usable is None or usable(n))]
+                    if n not in exclude and (usable is None or usable(n))
+                    and (group is None or n.group == group)]
         if model is not None and version is not None and pool:
             serving = ([n for n in pool if n.serves(model, version)] if explicit
                        else [n for n in pool if n.latest.get(model) == version])
-            if serving or self.knows(model, version, usable):
+            if serving or self.knows(model, version, usable, group):
                 return serving
         return pool
 
     def pick(self, units: float, exclude: Sequence[Node] = (), model: str | None = None,
              version: int | None = None, *, explicit: bool = False,
              usable: Callable[[Node], bool] | None = None,
-             spare: int | None = None) -> Node | None:
+             spare: int | None = None, group: str | None = None) -> Node | None:
         """The node the policy chooses among `eligible` ones, or None if none is left."""
         pool = self.eligible(units, exclude, model, version, explicit=explicit,
-                             usable=usable, spare=spare)
+                             usable=usable, spare=spare, group=group)
         if not pool:
             return None
         if len(pool) > 1 and self.policy_name == "least_load":     # _choose, inline
@@ -385,12 +391,13 @@ class NodePool:
         return pool[self._choose(pool, units, self._clock())]
 
     def knows(self, model: str, version: int | None,
-              usable: Callable[[Node], bool] | None = None) -> bool:
+              usable: Callable[[Node], bool] | None = None, group: str | None = None) -> bool:
         """Whether some node (that `usable` accepts) has `model` (that version) AVAILABLE,
         is loading it, or has not answered a probe yet: then a request for it waits for
         a node that serves it rather than go to one that does not."""
         for n in self.nodes.values():
-            if usable is not None and not usable(n):
+            if (usable is not None and not usable(n)) or (group is not None
+                                                           and n.group != group):
                 continue
             if not n.seen:
                 return True
@@ -487,17 +494,19 @@ class NodePool:
         finally:
             self._waiters.discard(fut)
 
-    def latest_version(self, model: str) -> int | None:
-        """Latest version AVAILABLE on any healthy node (health checks fill this); when
-        no node is healthy, on any node (as `eligible` then tries them all)."""
+    def latest_version(self, model: str, group: str | None = None) -> int | None:
+        """Latest version AVAILABLE on any healthy node (of `group`, when given: the
+        version that group answers with; the health checks fill this); when no node
+        is healthy, on any node (as `eligible` then tries them all)."""
         best = None
         for n in self.nodes.values():
-            if n.healthy and (v := n.latest.get(model)) is not None and (best is None
-                                                                        or v > best):
+            if (n.healthy and (v := n.latest.get(model)) is not None
+                    and (best is None or v > best) and (group is None or n.group == group)):
                 best = v
         if best is None and not self.any_healthy():
             for n in self.nodes.values():
-                if (v := n.latest.get(model)) is not None and (best is None or v > best):
+                if ((v := n.latest.get(model)) is not None and (best is None or v > best)
+                        and (group is None or n.group == group)):
                     best = v
         return best
 
@@ -522,7 +531,7 @@ class NodePool:
                 "share": round(counts[n.name] / total, 4) if total else 0.0,
                 "state": n.state(now),
                 "effective_weight": round(n.effective_weight(now, self.outlier), 4),
-                "ejections": n.outlier.ejections,
+                "ejections": n.outlier.ejections, "group": n.group,
                 "limit": limit.value,
                 "limit_state": ("pinned" if limit.pinned else "measuring" if limit.measuring
                                 else "starting" if limit.starting else "learned"),

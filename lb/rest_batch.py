@@ -96,7 +96,7 @@ class RestBatchCodec:
         key = _inputs_key(body.doc)
         if key is None:
             return None
-        return (call.model, call.version, body.signature_name, key)
+        return (call.model, call.version, call.group, body.signature_name, key)
 
     def merge(self, calls: list[Call]) -> Call:
         first = calls[0]
@@ -115,7 +115,7 @@ class RestBatchCodec:
         cost = first.units / max(first.rows, 1)
         deadline = Deadline(min(c.deadline.at for c in calls))
         return Call(first.model, first.version, None, True, rows * cost, deadline, payload,
-                    rows=rows)
+                    rows=rows, group=first.group)
 
     def split(self, answer: Response, calls: list[Call]) -> list[Response] | None:
         try:

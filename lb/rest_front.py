@@ -16,6 +16,11 @@ and the node checks it. A request whose body repeats one the cache answered
 before is answered synchronously from the in-process tier (`_hit`): no Task,
 no JSON parse, no key (`lb.rest_keys` remembers which key those bytes made).
 
+Calls of models routed by node group (`lb.rollout`) get their group before
+the core sees them (`Rollouts.route_rest`); their inference calls get a
+`Ticket` (which may start a shadow copy) that learns the client's answer once
+it is sent.
+
 Guarantees: one Task per request that is not answered synchronously, and none
 for cache hits from the in-process tier, `/healthz` and `/readyz`; a client
 that leaves cancels its request (the node attempt is cancelled and its
@@ -45,6 +50,7 @@ from lb.nodes import NodePool
 from lb.observe import CLIENT_CLOSED, Recorder, model_of
 from lb.rest_keys import RestKeys
 from lb.rest_upstream import RestPayload, RestTransport
+from lb.rollout.service import Rollouts, Ticket
 from lb.routes import Route, RowSizes, parse_body, parse_cache_control, parse_path
 
 log = logging.getLogger("lb.error")
@@ -62,7 +68,7 @@ class RestFront:
     """The `App` of the REST front's `HttpServer`; see the module docstring."""
 
     def __init__(self, core: Core, transport: RestTransport, keys: RestKeys,
-                 recorder: Recorder, pool: NodePool) -> None:
+                 recorder: Recorder, pool: NodePool, rollouts: Rollouts | None = None) -> None:
         self.core = core                # its `cfg` is the running config
         self.transport = transport
         self.keys = keys
@@ -73,6 +79,8 @@ class RestFront:
         self._routes: dict[str, tuple[Route, str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.sizes = RowSizes()
+        self.rollouts = rollouts        # node groups and shadows (lb.rollout)
+        self._tickets: dict[Exchange, Ticket] = {}     # calls of routed models, in progress
 
     # -- entry --------------------------------------------------------------------
 
@@ -95,6 +103,11 @@ class RestFront:
             self.core.release()
             self._fail(ex, exc, start)
             return
+        if call.group is not None and self.rollouts is not None:
+            p: RestPayload = call.payload
+            ticket = self.rollouts.open(call, self.transport, "rest", p.verb, p.body)
+            if ticket is not None:
+                self._tickets[ex] = ticket
         if x_cache is not None:
             self._direct(ex, call, x_cache, start)
         else:
@@ -118,6 +131,8 @@ class RestFront:
                 raise BadRequest(f"{route.verb} requires POST")
             call = Call(route.model, route.version, route.label, route.version is not None,
                         0.0, deadline, RestPayload("GET", forward_path))
+            if self.rollouts is not None:
+                self.rollouts.route_rest(call, req)     # the group of a routed model
             return call, XCache.BYPASS                  # status and metadata: never cached
         if req.method != "POST":
             raise NotFound(f"Malformed request: {req.method} {req.path}")
@@ -128,6 +143,8 @@ class RestFront:
                     0.0, deadline, payload)
         if (cc := req.header(b"cache-control")) is not None:
             call.directives = parse_cache_control(cc.decode("latin-1"))
+        if self.rollouts is not None:
+            self.rollouts.route_rest(call, req)         # before the version and the cache
         x_cache = self.core.direct(call, cacheable=True)
         # Straight to a node, the body is parsed only to count its rows: estimated from
         # its size instead, except for the bodies that keep the estimate true.
@@ -180,6 +197,8 @@ class RestFront:
             return False                          # a new version: new keys, full path
         if not cache.using(found.model):
             return False
+        if self.rollouts is not None and found.model in self.rollouts.models:
+            return False                          # routed by group since (a reload)
         start = time.perf_counter()
         body = cache.peek(found.key, found.model)
         if body is not None and route.verb == "predict":
@@ -250,6 +269,8 @@ class RestFront:
                 self._headers[key] = headers
         ctype = JSON if reply.content_type == "application/json" else reply.content_type.encode()
         ex.respond(reply.status, reply.body, ctype, headers)
+        if self._tickets and (ticket := self._tickets.pop(ex, None)) is not None:
+            ticket.answered(reply.status, reply.body, x_cache is XCache.HIT)
         self._finish(ex, reply.status, node or "", x_cache, len(reply.body), start)  # a str
 
     def _fail(self, ex: Exchange, exc: LbError, start: float) -> None:
@@ -267,6 +288,8 @@ class RestFront:
     def _finish(self, ex: Exchange, status: int, node: str, cache: str, size: int,
                 start: float) -> None:
         seconds = time.perf_counter() - start
+        if self._tickets and (ticket := self._tickets.pop(ex, None)) is not None:
+            ticket.answered(status, None, False)       # an error, or the client left
         req = ex.request
         known = self._routes.get(req.path)
         model = known[0].model if known is not None else model_of(req.path)

@@ -13,7 +13,10 @@ request from the in-process cache tier without parsing its body or making its
 key again. Identical bytes on the same path and resolved version always make
 the same key (the key is a function of model, version, verb, signature, body
 and the version's dtypes), so the memo can never answer with another
-request's entry; a new version misses the memo and takes the full path.
+request's entry; a new version misses the memo and takes the full path. A
+call routed by group (`Call.group`, `lb.rollout`) has keys of its group's own
+(`key_version`: one group's model never answers for another's) and is not
+remembered: the hit path runs before a request is given its group.
 
 Guarantees: never raises for a body the key cannot read (the call is then
 simply not cached); the body was parsed once by the front (`RestPayload.parsed`)
@@ -33,6 +36,7 @@ from lb.call import Call
 from lb.config import Config
 from lb.core import Plan
 from lb.rest_upstream import RestPayload
+from lb.rollout.settings import key_version
 from lb.signatures import Signatures
 
 log = logging.getLogger("lb.keys")
@@ -79,16 +83,16 @@ class RestKeys:
         dtypes = await self.signatures.dtypes(model, version, body.signature_name)
         if len(self.key_modes) < MAX_MODELS or model in self.key_modes:
             self.key_modes[model] = key_mode(dtypes)
+        tag = key_version(version, call.group)     # one group's answers, its own keys
         try:
             if verb == "predict" and not body.columnar and self._cfg().model(model).row_cache:
-                keys = row_keys(model, str(version), body.signature_name, body.doc, dtypes)
+                keys = row_keys(model, tag, body.signature_name, body.doc, dtypes)
                 if keys:
                     return Plan(rows=keys)
-            key = request_key(model, str(version), verb, body.doc, dtypes,
-                              body.signature_name)
+            key = request_key(model, tag, verb, body.doc, dtypes, body.signature_name)
         except Exception:     # a body the key cannot read is simply not cached
             log.debug("no cache key for %s", model, exc_info=True)
             return None
-        if p.body is not None:
+        if p.body is not None and call.group is None:    # `_hit` does not route by group
             self.remember(p.path, p.body, Memo(model, version, key, body.columnar))
         return Plan(key=key)

@@ -34,7 +34,7 @@ Overload. The queue bounds waiting by time, not by count:
   to `limits.queue_timeout_s` (`NotReady`), woken by `wake`;
 * past the deadline, `DeadlineExceeded`.
 
-Batches. A ticket with a `group` (micro-batching, `lb.batching`) leaves with
+Batches. A ticket with a `batch` key (micro-batching, `lb.batching`) leaves with
 the compatible tickets behind it, up to `max_rows` rows, as one attempt in one
 slot.
 
@@ -77,15 +77,16 @@ class Ticket:
     the scheduler reads its fields and calls `on_start(run)` or `on_refuse(ticket,
     error)` exactly once per submission."""
 
-    __slots__ = ("arrived", "deadline", "exclude", "explicit", "group", "held", "key",
+    __slots__ = ("arrived", "batch", "deadline", "exclude", "explicit", "group", "held", "key",
                  "max_rows", "model", "on_refuse", "on_start", "payload", "priority", "rows",
                  "seq", "state", "units", "usable", "version", "wait_until")
 
     def __init__(self, model: str, version: int | None, units: float, rows: int,
                  deadline: float, on_start: Callable[[Run], None],
                  on_refuse: Callable[[Ticket, LbError], None], *, explicit: bool = False,
-                 priority: int = NORMAL, group: Hashable | None = None, max_rows: int = 0,
-                 usable: Callable[[Node], bool] | None = None, payload: Any = None) -> None:
+                 priority: int = NORMAL, batch: Hashable | None = None, max_rows: int = 0,
+                 usable: Callable[[Node], bool] | None = None, group: str | None = None,
+                 payload: Any = None) -> None:
         self.model = model
         self.version = version
         self.explicit = explicit
@@ -94,8 +95,9 @@ class Ticket:
         self.key: TauKey = tau_key(model, rows)
         self.deadline = deadline
         self.priority = min(max(priority, CRITICAL), SHEDDABLE)
-        self.group = group
-        self.max_rows = max_rows
+        self.batch = batch                  # micro-batching: tickets with one key may share
+        self.max_rows = max_rows            # a run, up to this many rows
+        self.group = group                  # the node group that answers (lb.rollout)
         self.usable = usable
         self.on_start = on_start
         self.on_refuse = on_refuse
@@ -253,12 +255,14 @@ class Scheduler:
         queue = self.queues.get(ticket.model)
         if cands and self.settings.early:
             node = self.pool.pick(ticket.units, ticket.exclude, ticket.model, ticket.version,
-                                  explicit=ticket.explicit, usable=ticket.usable)
+                                  explicit=ticket.explicit, usable=ticket.usable,
+                                  group=ticket.group)
             if node is not None:
                 self._start([ticket], node, now, False)
                 return
         if not cands:
-            if not self.pool.knows(ticket.model, ticket.version, ticket.usable):
+            if not self.pool.knows(ticket.model, ticket.version, ticket.usable,
+                                   ticket.group):
                 self._refuse(ticket, now, None)     # nothing to wait for: the dispatcher
                 return                              # answers "no node" (or sends the 404)
             ticket.held = True
@@ -417,7 +421,8 @@ class Scheduler:
 
     def _cands(self, ticket: Ticket) -> list[Node]:
         return self.pool.eligible(ticket.units, ticket.exclude, ticket.model, ticket.version,
-                                  explicit=ticket.explicit, usable=ticket.usable)
+                                  explicit=ticket.explicit, usable=ticket.usable,
+                                  group=ticket.group)
 
     def _tau(self, node: Node, key: TauKey, now: float) -> float:
         """The node's τ for `key`; without samples the least τ any node has for it
@@ -638,9 +643,9 @@ class Scheduler:
         taken = [first]
         first.state = STARTED
         rows = first.rows
-        if first.group is not None and first.max_rows > rows:
+        if first.batch is not None and first.max_rows > rows:
             for ticket in lane.tickets:
-                if (ticket.state == QUEUED and ticket.group == first.group
+                if (ticket.state == QUEUED and ticket.batch == first.batch
                         and not ticket.exclude and rows + ticket.rows <= first.max_rows):
                     ticket.state = STARTED
                     taken.append(ticket)

@@ -3,7 +3,8 @@
 Called by `lb.cli` (`serve_main`) and by the demo. `Proxy` owns every
 component of one proxy process and is the only object that knows them all:
 config → node pool → upstreams (REST pools, gRPC channels) → health checks →
-dispatcher → cache → core → fronts, plus the recorder, metrics and reloader.
+dispatcher → cache → core → rollouts (groups, shadows) → fronts, plus the
+recorder, metrics and reloader.
 Components never assign into each other: a new config (a reload, or nodes
 found by DNS discovery) reaches each through its own `reconfigure`.
 
@@ -48,6 +49,7 @@ from lb.rest_batch import RestBatchCodec
 from lb.rest_front import RestFront
 from lb.rest_keys import RestKeys
 from lb.rest_upstream import RestPayload, RestTransport, RestUpstream
+from lb.rollout.service import Rollouts
 from lb.rowcache import RowCache
 from lb.signatures import Signatures
 
@@ -101,14 +103,15 @@ class Proxy:
         self.keys = RestKeys(self.signatures, self.config)
         self.history = History()
         self.recorder = Recorder(cfg.log, self.history)
+        self.rollouts = Rollouts(cfg, self.pool, self._load)
         self.rest = RestFront(self.core, self.rest_transport, self.keys, self.recorder,
-                              self.pool)
+                              self.pool, self.rollouts)
         self.grpc: GrpcFront | None = None
         if cfg.listen.grpc:
             grpc_transport = GrpcTransport(self.grpc_upstream)
             grpc_transport.codec = GrpcBatchCodec()
             self.grpc = GrpcFront(self.core, grpc_transport, self.recorder,
-                                  self.config, self.pool)
+                                  self.config, self.pool, self.rollouts)
         self.status = ConfigStatus(path=config_path)
         self.metrics = Metrics(self)
         self.started = time.time()
@@ -120,6 +123,10 @@ class Proxy:
 
     def config(self) -> Config:
         return self.cfg
+
+    def _load(self) -> tuple[int, int, int]:
+        """What shadows read to go first when the proxy sheds (`lb.rollout.service`)."""
+        return self.core.inflight, self.cfg.limits.max_inflight, self.core.shed
 
     # -- reconfiguration ----------------------------------------------------------
 
@@ -177,6 +184,7 @@ class Proxy:
         self.cfg = cfg
         self.dispatcher.reconfigure(cfg)
         self.core.reconfigure(cfg)
+        self.rollouts.reconfigure(cfg)
         self.health.reconfigure(cfg.health, list(cfg.models))
         self.recorder.reconfigure(cfg.log)
         configure_access_log(cfg.log)
@@ -264,6 +272,7 @@ async def start(cfg: Config, config_path: str | None = None) -> Proxy:
     proxy = Proxy(cfg, config_path)
     await proxy.start()
     proxy.add_task(proxy.history.run(lambda: stats_doc(proxy)), "history")
+    proxy.add_task(proxy.rollouts.run(), "rollouts")
     reloader = Reloader(proxy, config_path)
     for task in reloader.start():
         proxy.add_task(task, task.get_name())

@@ -155,9 +155,9 @@ def test_a_burst_that_drains_is_not_a_standing_queue() -> None:
 
 def test_compatible_calls_leave_together_as_one_batch_up_to_max_rows() -> None:
     rig = Rig("a", slots=1)
-    rig.submit("busy", group="g1", max_rows=4)
-    for i, group in enumerate(["g1", "g2", "g1", "g1", "g1", "g1"]):
-        rig.submit(f"m{i}", group=group, max_rows=4, rows=1 if i != 3 else 2)
+    rig.submit("busy", batch="g1", max_rows=4)
+    for i, key in enumerate(["g1", "g2", "g1", "g1", "g1", "g1"]):
+        rig.submit(f"m{i}", batch=key, max_rows=4, rows=1 if i != 3 else 2)
     rig.finish(rig.runs[0])
     batch = rig.runs[1]
     assert [t.payload for t in batch.tickets] == ["m0", "m2", "m3"]      # 1 + 1 + 2 rows
