@@ -112,14 +112,15 @@ class Call:
     idempotent: bool = True     # may be hedged
     rows: int = 1
     decision: Any = None        # the adaptive cache's Decision, once made (lb.core)
-    priority: int = 1           # lb.scheduler's lane: 0 critical, 1 normal, 2 sheddable
+    priority: int = 0           # the client's X-Priority, lanes as lb.scheduler's (0 critical,
+                                # 1 normal, 2 sheddable): the lower of it and the model's counts
     group: str | None = None    # the node group that answers (lb.rollout); None: any node
 
     def __init__(self, model: str, version: int | None, label: str | None, pinned: bool,
                  units: float, deadline: Deadline, payload: Any,
                  directives: Directives = DEFAULT_DIRECTIVES, key: str | None = None,
                  idempotent: bool = True, rows: int = 1, decision: Any = None,
-                 priority: int = 1, group: str | None = None) -> None:
+                 priority: int = 0, group: str | None = None) -> None:
         self.model = model
         self.version = version
         self.label = label

@@ -58,7 +58,8 @@ from lb.errors import (
 from lb.hedge import HedgePolicy
 from lb.nodes import Node, NodePool
 from lb.retry import RetryBudget
-from lb.scheduler import CRITICAL, SHEDDABLE, Run, Scheduler, Settings, Ticket
+from lb.routes import PRIORITIES
+from lb.scheduler import Run, Scheduler, Settings, Ticket
 
 log = logging.getLogger("lb.dispatch")
 # Node clients time attempts on the loop's clock, which uvloop keeps in whole
@@ -67,7 +68,6 @@ log = logging.getLogger("lb.dispatch")
 # deadline that ended it (504), not a lack of nodes (503).
 CLOCK_SLACK_S: Final = 0.01
 RESCUE_SWEEP_S: Final = 0.005   # how often attempts in flight are checked for a stall
-PRIORITIES: Final = {"critical": CRITICAL, "normal": 1, "sheddable": SHEDDABLE}
 
 
 def settings(cfg: Config) -> Settings:

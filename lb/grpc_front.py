@@ -55,7 +55,7 @@ from lb.nodes import NodePool
 from lb.observe import Recorder
 from lb.rollout.service import Rollouts
 from lb.rollout.settings import key_version
-from lb.routes import parse_cache_control
+from lb.routes import parse_cache_control, parse_priority
 
 log = logging.getLogger("lb.grpc")
 
@@ -93,9 +93,9 @@ def status_code(exc: LbError) -> grpc.StatusCode:
     return _CODES.get(exc.status, grpc.StatusCode.INTERNAL)
 
 
-def _cache_control(context: grpc.aio.ServicerContext) -> str | None:
+def _metadata(context: grpc.aio.ServicerContext, name: str) -> str | None:
     for key, value in context.invocation_metadata() or ():
-        if key == "cache-control":
+        if key == name:
             return value if isinstance(value, str) else None
     return None
 
@@ -198,6 +198,8 @@ class GrpcFront:
         call = Call(spec.name, spec.version, spec.label, spec.version is not None,
                     req.rows * self._cfg().model(spec.name).cost, deadline,
                     GrpcPayload(path, raw, req), rows=req.rows)
+        if (priority := _metadata(context, "x-priority")) is not None:
+            call.priority = parse_priority(priority)
         if self.rollouts is None:
             return await self._forward(method, call, context)
         self.rollouts.route_grpc(call, context.invocation_metadata())    # routed: a group
@@ -209,7 +211,7 @@ class GrpcFront:
     async def _forward(self, method: str, call: Call, context: grpc.aio.ServicerContext
                        ) -> Outcome[GrpcReply]:
         if method == "Predict":
-            call.directives = parse_cache_control(_cache_control(context))
+            call.directives = parse_cache_control(_metadata(context, "cache-control"))
             return await self.core.serve(call, self.transport, _predict_plan)
         if method in ("Classify", "Regress", "MultiInference"):
             await self.core.resolve(call)          # waits for AVAILABLE like Predict

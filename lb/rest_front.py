@@ -51,7 +51,14 @@ from lb.observe import CLIENT_CLOSED, Recorder, model_of
 from lb.rest_keys import RestKeys
 from lb.rest_upstream import RestPayload, RestTransport
 from lb.rollout.service import Rollouts, Ticket
-from lb.routes import Route, RowSizes, parse_body, parse_cache_control, parse_path
+from lb.routes import (
+    Route,
+    RowSizes,
+    parse_body,
+    parse_cache_control,
+    parse_path,
+    parse_priority,
+)
 
 log = logging.getLogger("lb.error")
 
@@ -143,6 +150,8 @@ class RestFront:
                     0.0, deadline, payload)
         if (cc := req.header(b"cache-control")) is not None:
             call.directives = parse_cache_control(cc.decode("latin-1"))
+        if (pr := req.header(b"x-priority")) is not None:
+            call.priority = parse_priority(pr.decode("latin-1"))
         if self.rollouts is not None:
             self.rollouts.route_rest(call, req)         # before the version and the cache
         x_cache = self.core.direct(call, cacheable=True)
@@ -190,13 +199,13 @@ class RestFront:
         if cache is None or known is None:
             return False
         route, forward_path = known
+        if not cache.using(route.model):          # bypassed: no key, not even the memo's
+            return False                          # hash of the body (it is cache none's path)
         found = self.keys.memo.get((forward_path, req.body))
         if found is None or req.header(b"cache-control") is not None:
             return False
         if route.version is None and self.pool.latest_version(found.model) != found.version:
             return False                          # a new version: new keys, full path
-        if not cache.using(found.model):
-            return False
         if self.rollouts is not None and found.model in self.rollouts.models:
             return False                          # routed by group since (a reload)
         start = time.perf_counter()

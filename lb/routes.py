@@ -187,3 +187,14 @@ def parse_cache_control(value: str | None) -> Directives:
     no_store = "no-store" in tokens
     return Directives(lookup=not (no_store or "no-cache" in tokens), store=not no_store,
                       only_if_cached="only-if-cached" in tokens)
+
+
+PRIORITIES: Final = {"critical": 0, "normal": 1, "sheddable": 2}
+
+
+def parse_priority(value: str) -> int:
+    """A request's `X-Priority` (REST header, gRPC metadata `x-priority`) as a lane of
+    `lb.scheduler`: critical 0, normal 1, sheddable 2; anything else 0. The dispatcher
+    takes the lower priority of this and the model's (`models.M.priority`), so a
+    client may shed its own requests first, never jump the queue."""
+    return PRIORITIES.get(value.strip().lower(), 0)

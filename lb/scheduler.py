@@ -24,12 +24,14 @@ Overload. The queue bounds waiting by time, not by count:
 * a request whose expected wait (its place over R) exceeds what its deadline
   or `limits.queue_timeout_s` allows is refused at once (`Overloaded`: 503 +
   Retry-After; UNAVAILABLE on gRPC);
-* CoDel: when every request leaving a model's queue for `queue.interval_ms`
-  has waited longer than `queue.target_ms`, the queue is standing: requests
-  older than the target are shed (sheddable ones at once, critical ones at
-  4× the target), and with `queue.lifo` the newest are served first, so the
-  ones served stay fast; it stands until one leaves within the target or the
-  queue empties;
+* CoDel: when the oldest request waiting in a model's queue stays older than
+  the target (`queue.target_ms`, or `TARGET_TAUS` service times of the model)
+  for `queue.interval_ms` and the queue does not drain, it is standing: a
+  request is admitted only when expected to leave within `ADMIT` of its bound
+  (`SHED_AFTER` targets, 4× for critical ones) and is shed at that bound;
+  sheddable requests are refused; with `queue.lifo` the newest are served
+  first. It stands until no request was refused for an interval and the head
+  stays under half the target;
 * a request no node serves yet (its model is loading) is held in the queue up
   to `limits.queue_timeout_s` (`NotReady`), woken by `wake`;
 * past the deadline, `DeadlineExceeded`.
@@ -392,30 +394,25 @@ class Scheduler:
         return due
 
     def _shed(self, queue: ModelQueue, now: float) -> float | None:
-        """CoDel in a standing queue: refuse what waited past its lane's bound, oldest
-        first; returns when the next one would."""
-        due: float | None = None
-        target = self.target(queue.model)
-        for lane_no in (SHEDDABLE, NORMAL, CRITICAL):
-            lane = queue.lanes[lane_no]
-            bound = 0.0 if lane_no == SHEDDABLE else target * SHED_AFTER * (
-                4.0 if lane_no == CRITICAL else 1.0)
+        """A standing queue: its sheddable lane is refused at once. (The others keep
+        the bound they were admitted with: those admitted while it stands expire at
+        `SHED_AFTER` targets (`_standing_bound`), and the backlog that built up before
+        it stood is served — shedding it would only turn it into slow refusals.)
+        Returns None: nothing here is due later."""
+        lane = queue.lanes[SHEDDABLE]
+        lane.trim()
+        while lane.tickets:
+            ticket = lane.tickets.popleft()
+            if ticket.state != QUEUED:
+                continue
+            ticket.state = ENDED
+            lane.live -= 1
+            self.waiting -= 1
+            queue.shed += 1
+            self.stats.shed += 1
+            self._refuse(ticket, now, Overloaded("the proxy is overloaded: retry later"))
             lane.trim()
-            while lane.tickets and lane.tickets[0].arrived + bound <= now:
-                ticket = lane.tickets.popleft()
-                if ticket.state != QUEUED:
-                    continue
-                ticket.state = ENDED
-                lane.live -= 1
-                self.waiting -= 1
-                queue.shed += 1
-                self.stats.shed += 1
-                self._refuse(ticket, now, Overloaded("the proxy is overloaded: retry later"))
-                lane.trim()
-            if lane.tickets:
-                at = lane.tickets[0].arrived + bound
-                due = at if due is None or at < due else due
-        return due
+        return None
 
     # -- placement ----------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from lb.concurrency import Limit
 from lb.config import parse_config
 from lb.errors import DeadlineExceeded, LbError, NotReady, Overloaded
 from lb.nodes import NodePool
-from lb.scheduler import CRITICAL, SHEDDABLE, Run, Scheduler, Settings, Ticket
+from lb.scheduler import CRITICAL, QUEUED, SHEDDABLE, Run, Scheduler, Settings, Ticket
 
 M = "m"
 
@@ -122,11 +122,13 @@ def test_a_standing_queue_refuses_at_once_and_sheds_what_waited_too_long() -> No
     """Arrivals at three times capacity: the head's age stays past the target (100 ms:
     τ is 20 ms) for the interval and the queue does not drain: it stands. New calls
     expected to wait more than a quarter of 2 × target are then refused at once,
-    sheddable ones always, and what waited past 2 × target is shed."""
+    sheddable ones always, and the ones admitted while it stands are shed past
+    2 × target (the backlog from before is served: shedding it would only make
+    slow refusals)."""
     rig = Rig("a", slots=1)
     rig.teach("a", 0.02)
     rig.submit("busy")
-    for _ in range(30):                        # a slot frees every 20 ms, 3 calls arrive
+    for _ in range(60):                        # a slot frees every 20 ms, 3 calls arrive
         for _ in range(3):
             rig.submit("more")
         rig.finish(rig.runs[-1], 0.02)
@@ -134,13 +136,18 @@ def test_a_standing_queue_refuses_at_once_and_sheds_what_waited_too_long() -> No
     assert queue.standing and rig.sched.stats.refused > 0     # refused at once
     assert all(isinstance(e, Overloaded) for _, e in rig.refused)
     assert queue.live() * 0.02 <= 0.25 * 2 * 0.1 + 0.02      # kept short by admission
+    for _ in range(5):                         # more arrivals, refused or admitted short
+        rig.submit("more")
     before = len(rig.refused)
     rig.submit("s", priority=SHEDDABLE)
     assert [t for t, _ in rig.refused[before:]] == ["s"]
-    waiting, shed = rig.sched.waiting, rig.sched.stats.shed
+    lane = queue.lanes[1].tickets
+    admitted = [t for t in lane if t.wait_until <= rig.t + 0.3]     # while it stood
+    shed = rig.sched.stats.shed
     rig.t += 0.3                                # the node stalls: waits pass 2 × target
     rig.sched.expire(rig.t)
-    assert rig.sched.waiting == 0 and rig.sched.stats.shed == shed + waiting
+    assert admitted and rig.sched.stats.shed == shed + len(admitted)
+    assert all(t.wait_until > rig.t for t in queue.lanes[1].tickets if t.state == QUEUED)
 
 
 def test_a_burst_that_drains_is_not_a_standing_queue() -> None:
