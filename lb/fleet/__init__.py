@@ -1,0 +1,9 @@
+"""One proxy at any process count: the admin side of `serve --workers N`.
+
+`rules` declares how each figure adds up across processes; `merge` (for /stats)
+and `prom` (for /metrics) apply those rules; `procinfo` reads a process's own
+memory, CPU and descriptors; `control` is a worker's side (its state over a
+Unix socket to the supervisor); `view` is what the admin port reads: the local
+process (`LocalView`) or all the workers through the supervisor (`FleetView`).
+docs/ARCHITECTURE.md ("Several processes") says how they fit.
+"""
