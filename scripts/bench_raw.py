@@ -1,6 +1,7 @@
 """The data path against real peers: nginx, a naive aiohttp proxy, tfserving-lb.
 
     .venv/bin/python scripts/bench_raw.py [--quick] [--seconds 8] [--connections 32] [--rounds 3]
+        [--only SUBSTR ...] [--baseline DIR]
 
 Three nginx `return 200` stubs (one process each, worker_processes 1) speak
 enough of TF Serving's REST API: model status (version 1 AVAILABLE), minimal
@@ -19,7 +20,11 @@ closed loop, `-t1 -c32 -d8s`, with GET model status and POST :predict of one
 784-float row (~6 KB); the median round is reported with the range. Prints
 requests/s and the ratio to nginx from the same run, the non-2xx and socket
 errors wrk saw (a contender with errors is flagged), and writes
-bench-out/bench_raw.{json,png}. Installs nginx-light and wrk with apt-get
+bench-out/bench_raw.{json,png}. `--only` keeps the rows whose name holds one of
+the given strings (nginx's row always runs: it is the ratios' base);
+`--baseline DIR` adds the `--workers 2` row of another checkout of
+tfserving-lb (its data path compiled there with scripts/build_native.py), so a
+change is measured before/after in the same run. Installs nginx-light and wrk with apt-get
 when missing. 127.0.0.1 only.
 """
 
@@ -136,14 +141,15 @@ def start_script(bench: Bench, ports: list[int], script: str) -> str:
 
 
 def start_lb(bench: Bench, ports: list[int], cache: str, workers: int = 1,
-             pure: bool = False) -> str:
+             pure: bool = False, source: Path | None = None) -> str:
     """tfserving-lb in front of the stubs; `pure`: its data path run as Python, not the
-    compiled build (lb/native.py), which must then be present and in use."""
+    compiled build (lb/native.py), which must then be present and in use; `source`:
+    the checkout to run (default this one)."""
     nodes = [{"name": f"n{i}", "rest": f"http://127.0.0.1:{p}"} for i, p in enumerate(ports)]
     url, admin, _proc = bench.start_proxy(
-        f"raw-{cache}-w{workers}{'-pure' if pure else ''}", nodes, workers=workers,
-        env={native.PURE_ENV: "1"} if pure else {}, cache={"backend": cache},
-        hedge={"enabled": False}, policy={"name": "least_load"})
+        f"raw-{cache}-w{workers}{'-pure' if pure else ''}{'-base' if source else ''}", nodes,
+        workers=workers, env={native.PURE_ENV: "1"} if pure else {}, cache={"backend": cache},
+        hedge={"enabled": False}, policy={"name": "least_load"}, source=source)
     kind = orjson.loads(http_get(f"{admin}/stats")[2])["data_path"]
     if kind != ("python" if pure else "compiled"):
         raise RuntimeError(f"data path {kind}: run scripts/build_native.py")
@@ -181,6 +187,7 @@ def measure(exe: str, url: str, args: argparse.Namespace, lua: Path,
 
 
 NGINX_ROW = "nginx proxy_pass least_conn, keep-alive"
+WORKERS_ROW = "tfserving-lb --workers 2, cache none"
 STUB_ROW = "(reference) one nginx stub, no proxy"
 Contender = tuple[str, Callable[[Bench, list[int]], str], bool, bool]   # name, start, GET?, HIT?
 
@@ -196,10 +203,23 @@ CONTENDERS: list[Contender] = [
     ("tfserving-lb, cache none, as Python", lambda b, p: start_lb(b, p, "none", pure=True),
      True, False),
     ("tfserving-lb, memory cache, all HIT", lambda b, p: start_lb(b, p, "memory"), False, True),
-    ("tfserving-lb --workers 2, cache none", lambda b, p: start_lb(b, p, "none", 2), True, False),
+    (WORKERS_ROW, lambda b, p: start_lb(b, p, "none", 2), True, False),
     # Not a contender: the ceiling of one backend, to show the stubs are not the limit.
     (STUB_ROW, lambda _b, p: f"http://127.0.0.1:{p[0]}", True, False),
 ]
+
+
+def contenders(args: argparse.Namespace) -> list[Contender]:
+    """CONTENDERS, with the baseline's row after ours and only the rows asked for."""
+    rows = list(CONTENDERS)
+    if args.baseline is not None:
+        base: Path = args.baseline.resolve()
+        at = next(i for i, c in enumerate(rows) if c[0] == WORKERS_ROW) + 1
+        rows.insert(at, (f"{WORKERS_ROW} (baseline)",
+                         lambda b, p: start_lb(b, p, "none", 2, source=base), True, False))
+    if args.only:
+        rows = [c for c in rows if c[0] == NGINX_ROW or any(o in c[0] for o in args.only)]
+    return rows
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -214,11 +234,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                "connections": args.connections, "rounds": args.rounds,
                                "rows": {}}
     rows: dict[str, dict[str, Any]] = results["rows"]
+    chosen = contenders(args)
     bench = Bench()
     try:
         ports = start_stubs(bench)
         urls: dict[str, str] = {}
-        for name, start, _get, hit in CONTENDERS:       # all up at once, idle in turn
+        for name, start, _get, hit in chosen:           # all up at once, idle in turn
             try:
                 urls[name] = start(bench, ports)
                 rows[name] = {"problems": verify(urls[name], body, want_hit=hit), "rounds": []}
@@ -227,7 +248,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # Rounds interleave the contenders, so a burst of someone else's load on
         # this shared box lands on one round of each rather than on one contender.
         for k in range(args.rounds):
-            for name, _start, get, _hit in CONTENDERS:
+            for name, _start, get, _hit in chosen:
                 row = rows[name]
                 if row["problems"]:
                     continue
@@ -266,11 +287,11 @@ def report(res: dict[str, Any]) -> None:
     print(f"NOTE: {NOISE_NOTE}")
     loads = " ".join(f"{r['load1']:.1f}" for r in rows.values() if "load1" in r)
     print(f"1-min load average after each row's last round (2 cores): {loads}")
-    print(f"{'path, one process unless said':42} {'GET rps':>9} {'POST rps':>9} "
+    print(f"{'path, one process unless said':48} {'GET rps':>9} {'POST rps':>9} "
           f"{'GET/nginx':>9} {'POST/nginx':>10}  errors")
     for name, row in rows.items():
         if row.get("problems"):
-            print(f"{name:42} FLAGGED: {'; '.join(row['problems'])}")
+            print(f"{name:48} FLAGGED: {'; '.join(row['problems'])}")
             continue
         cells, errs = [], []
         for verb in ("GET", "POST"):
@@ -280,12 +301,12 @@ def report(res: dict[str, Any]) -> None:
                 errs.append(f"{verb}: {r['non_2xx']} non-2xx, {r['socket_errors']} socket")
         ratios = [f"{row[v]['rps'] / base[v]['rps']:.3f}" if v in row and v in base else "—"
                   for v in ("GET", "POST")]
-        print(f"{name:42} {cells[0]} {cells[1]} {ratios[0]:>9} {ratios[1]:>10}  "
+        print(f"{name:48} {cells[0]} {cells[1]} {ratios[0]:>9} {ratios[1]:>10}  "
               f"{'FLAGGED ' + '; '.join(errs) if errs else '0'}")
         if res["rounds"] > 1:
             spread = ", ".join(f"{v} {row[v]['min_rps']:.0f}-{row[v]['max_rps']:.0f}"
                                for v in ("GET", "POST") if v in row)
-            print(f"{'':42} range over rounds: {spread}")
+            print(f"{'':48} range over rounds: {spread}")
 
 
 def chart(res: dict[str, Any]) -> Path:
@@ -306,6 +327,10 @@ def main() -> int:
                         metavar="N",
                         help="interleaved rounds, the table shows medians and ranges "
                              "(default 3; 1 with --quick)")
+    parser.add_argument("--only", nargs="+", metavar="SUBSTR", default=None,
+                        help="only the rows whose name holds one of these (and nginx's)")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                        help="also run `--workers 2` from this checkout (before/after)")
     args = parser.parse_args()
     args.warmup = 1.0
     if args.quick:

@@ -173,7 +173,7 @@ def _families(requests: dict[str, float], inflight: float, tau: float,
     class C:
         def collect(self) -> list[Any]:
             return [req, infl, ewma, h, m, ratio, lat, cpu, rss]
-    return families_of([C()])                      # type: ignore[list-item]
+    return families_of([C()])
 
 
 def _parse(merged: list[Any]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

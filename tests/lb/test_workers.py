@@ -66,8 +66,8 @@ def test_workers_share_the_port_and_stop_together(logs_dir: Path, hp2_pool: Pool
 
 
 def _requests_total(families: dict[str, Any]) -> float:
-    return sum(s.value for s in families["tfslb_requests"].samples
-               if s.name == "tfslb_requests_total")
+    return float(sum(s.value for s in families["tfslb_requests"].samples
+                     if s.name == "tfslb_requests_total"))
 
 
 @pytest.mark.slow
@@ -103,7 +103,7 @@ def test_every_admin_endpoint_answers_for_all_workers(logs_dir: Path, hp2_pool: 
 
         def history_counted() -> bool:
             points = get_json(f"{p.admin}/history")["points"]
-            return round(sum(pt["rps"] for pt in points)) == sent
+            return bool(round(sum(pt["rps"] for pt in points)) == sent)
         wait_until(history_counted, 5.0, "/history to count every request")
         assert get_json(f"{p.admin}/history")["points"][-1]["memory"]["rss_bytes"] > 0
     finally:
