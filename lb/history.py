@@ -3,8 +3,8 @@
 Owned by the composition root (`lb.server.Proxy.history`) and handed to its
 users: the fronts' `lb.observe.Recorder.record` (`History.observe`, once per
 finished client request, REST and gRPC), the task `History.run` that
-`lb.server.start` starts and `Proxy.stop` cancels (`tick`, once a second, with
-the /stats document), and `lb.admin` (`doc`, for `GET /history`).
+`lb.admin.serve_admin_side` starts and `Proxy.stop` cancels (`tick`, once a
+second, with the /stats document), and `lb.admin` (`doc`, for `GET /history`).
 
 Guarantees:
 

@@ -89,7 +89,12 @@ class Supervisor:
                 await self._spawn(slot)
             monitor = asyncio.create_task(self._monitor(), name="supervise")
             await self._wait_ready()
-            runners = await self._serve_admin()
+            try:
+                await self._serve_admin(runners)
+            except OSError as exc:           # the port is taken: stop the workers, exit 1
+                log.error("cannot serve the admin or metrics port: %s", exc)
+                self._gave_up = True
+                self._stop.set()
             tasks = [asyncio.create_task(self.fleet.tick_loop(), name="history"),
                      asyncio.create_task(self.fleet.watch_loop(), name="config-watch")]
             await monitor
@@ -131,20 +136,19 @@ class Supervisor:
         log.warning("not every worker answered within %.0f s; serving the admin port anyway",
                     READY_S)
 
-    async def _serve_admin(self) -> list[web.AppRunner]:
+    async def _serve_admin(self, runners: list[web.AppRunner]) -> None:
+        """listen.admin and listen.metrics over the fleet (their runners added to `runners`)."""
         cfg = self.fleet.cfg
         warn_if_exposed(cfg.listen.admin, cfg.admin.token)
         sites = [(make_admin_app(self.fleet), cfg.listen.admin)]
         if cfg.listen.metrics:
             sites.append((make_metrics_app(self.fleet), cfg.listen.metrics))
-        runners = []
         for app, address in sites:
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
             await runner.setup()
             runners.append(runner)
             host, port = split_hostport(address)
             await web.TCPSite(runner, host, port, backlog=128).start()
-        return runners
 
     async def _monitor(self) -> None:
         """Replace workers that exit, until told to stop or they crash too often."""

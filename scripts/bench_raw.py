@@ -18,8 +18,10 @@ in interleaved rounds (3; a burst of someone else's load hits one round of
 each rather than one contender), each is warmed up 1 s and loaded by wrk,
 closed loop, `-t1 -c32 -d8s`, with GET model status and POST :predict of one
 784-float row (~6 KB); the median round is reported with the range. Prints
-requests/s and the ratio to nginx from the same run, the non-2xx and socket
-errors wrk saw (a contender with errors is flagged), and writes
+requests/s and the ratio to nginx from the same run, for tfserving-lb's rows the
+CPU time its processes (the supervisor and its workers included) spent per
+request during the measured runs (steadier than requests/s on a shared box), the
+non-2xx and socket errors wrk saw (a contender with errors is flagged), and writes
 bench-out/bench_raw.{json,png}. `--only` keeps the rows whose name holds one of
 the given strings (nginx's row always runs: it is the ratios' base);
 `--baseline DIR` adds the `--workers 2` row of another checkout of
@@ -54,6 +56,7 @@ from scripts.benchenv import (
     ensure_tool,
     free_port,
     http_get,
+    tree_cpu_seconds,
 )
 from scripts.charts import NOISE_NOTE, bar_chart
 
@@ -146,13 +149,14 @@ def start_lb(bench: Bench, ports: list[int], cache: str, workers: int = 1,
     compiled build (lb/native.py), which must then be present and in use; `source`:
     the checkout to run (default this one)."""
     nodes = [{"name": f"n{i}", "rest": f"http://127.0.0.1:{p}"} for i, p in enumerate(ports)]
-    url, admin, _proc = bench.start_proxy(
+    url, admin, proc = bench.start_proxy(
         f"raw-{cache}-w{workers}{'-pure' if pure else ''}{'-base' if source else ''}", nodes,
         workers=workers, env={native.PURE_ENV: "1"} if pure else {}, cache={"backend": cache},
         hedge={"enabled": False}, policy={"name": "least_load"}, source=source)
     kind = orjson.loads(http_get(f"{admin}/stats")[2])["data_path"]
     if kind != ("python" if pure else "compiled"):
         raise RuntimeError(f"data path {kind}: run scripts/build_native.py")
+    PIDS[url] = proc.pid
     return url
 
 
@@ -180,12 +184,18 @@ def measure(exe: str, url: str, args: argparse.Namespace, lua: Path,
     if get:
         runs.append(("GET", f"{url}/v1/models/{MODEL}", None))
     runs.append(("POST", f"{url}/v1/models/{MODEL}:predict", lua))
+    pid = PIDS.get(url)
     for verb, target, script in runs:
         wrkload.run(exe, target, args.warmup, args.connections, script)
+        cpu0 = tree_cpu_seconds(pid) if pid else 0.0
         row[verb] = wrkload.run(exe, target, args.seconds, args.connections, script)
+        served = row[verb]["rps"] * max(1, round(args.seconds))
+        if pid and served > 0:
+            row[verb]["cpu_us"] = round((tree_cpu_seconds(pid) - cpu0) / served * 1e6, 2)
     return row
 
 
+PIDS: dict[str, int] = {}       # url -> pid of a tfserving-lb contender (for CPU per request)
 NGINX_ROW = "nginx proxy_pass least_conn, keep-alive"
 WORKERS_ROW = "tfserving-lb --workers 2, cache none"
 STUB_ROW = "(reference) one nginx stub, no proxy"
@@ -262,8 +272,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for verb in ("GET", "POST"):
             runs = sorted((r[verb] for r in row["rounds"] if verb in r), key=lambda r: r["rps"])
             if runs:
+                cpu = sorted(r["cpu_us"] for r in runs if "cpu_us" in r)
                 row[verb] = {**runs[len(runs) // 2], "min_rps": runs[0]["rps"],
                              "max_rps": runs[-1]["rps"],
+                             "cpu_us": cpu[len(cpu) // 2] if cpu else None,
+                             "cpu_us_range": [cpu[0], cpu[-1]] if cpu else None,
                              "non_2xx": sum(r["non_2xx"] for r in runs),
                              "socket_errors": sum(r["socket_errors"] for r in runs)}
     return results
@@ -307,6 +320,11 @@ def report(res: dict[str, Any]) -> None:
             spread = ", ".join(f"{v} {row[v]['min_rps']:.0f}-{row[v]['max_rps']:.0f}"
                                for v in ("GET", "POST") if v in row)
             print(f"{'':48} range over rounds: {spread}")
+        cpu = [f"{v} {row[v]['cpu_us']:.1f} us ({row[v]['cpu_us_range'][0]:.1f}-"
+               f"{row[v]['cpu_us_range'][1]:.1f})" for v in ("GET", "POST")
+               if v in row and row[v].get("cpu_us") is not None]
+        if cpu:
+            print(f"{'':48} CPU per request, all its processes: {', '.join(cpu)}")
 
 
 def chart(res: dict[str, Any]) -> Path:

@@ -81,6 +81,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """`cpu_seconds` of a process and all its descendants (a supervisor's workers):
+    processes that exited in between are not counted."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += cpu_seconds(p)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return total
+
+
 def ensure_tool(exe: str, apt_pkg: str) -> str:
     """The path of `exe`; when missing, installs `apt_pkg` with apt-get first."""
     found = shutil.which(exe) or next((p for p in (f"/usr/sbin/{exe}", f"/usr/bin/{exe}")
@@ -304,15 +317,17 @@ class Bench:
 
     def start_proxy(self, name: str, nodes: list[dict[str, Any]], *, workers: int = 1,
                     ready: bool = True, env: dict[str, str] | None = None,
-                    source: Path | None = None,
+                    source: Path | None = None, listen: dict[str, str] | None = None,
                     **sections: Any) -> tuple[str, str, subprocess.Popen[bytes]]:
         """`tfserving-lb serve [--workers N]` with these nodes and `env` added to the
         environment; returns (url, admin url, process). With `ready`, returns once
         every process sees every node healthy. `source`: run the proxy of another
-        checkout (its `lb/` imported first: a before/after comparison in one run)."""
+        checkout (its `lb/` imported first: a before/after comparison in one run);
+        `listen`: more listen settings (e.g. {"metrics": "127.0.0.1:port"})."""
         rest, admin = free_port(), free_port()
         doc = {"listen": {"rest": f"127.0.0.1:{rest}", "grpc": None,
-                          "admin": f"127.0.0.1:{admin}"}, "nodes": nodes, **sections}
+                          "admin": f"127.0.0.1:{admin}", **(listen or {})},
+               "nodes": nodes, **sections}
         path = self.logs / f"{name}.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child owns it

@@ -3,7 +3,8 @@
 `rules` declares how each figure adds up across processes; `merge` (for /stats)
 and `prom` (for /metrics) apply those rules; `procinfo` reads a process's own
 memory, CPU and descriptors; `control` is a worker's side (its state over a
-Unix socket to the supervisor); `view` is what the admin port reads: the local
-process (`LocalView`) or all the workers through the supervisor (`FleetView`).
+Unix socket to the supervisor); `view` (`FleetView`) is what the supervisor's
+admin port reads: all the workers. One process reads itself (`lb.admin.LocalView`)
+through the same rules, so both answer in one shape.
 docs/ARCHITECTURE.md ("Several processes") says how they fit.
 """

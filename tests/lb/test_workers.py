@@ -27,6 +27,7 @@ from tests.procs import (
 )
 
 HP2 = "half_plus_two"
+HANDOVER_S = 0.05         # a killed process's socket outlives SIGKILL by this much at most
 
 
 def _ppid(pid: int) -> int:
@@ -180,11 +181,14 @@ def test_a_killed_worker_is_replaced_and_no_counter_goes_back(logs_dir: Path,
             time.sleep(2.0)                    # the new worker serves its share
             load.stop()
         assert watch.reads > 20 and watch.backwards == [], watch.backwards
+        # Failed: only requests the killed worker held, in flight (the client's view:
+        # started, not answered) or handed to it by the kernel in the few ms its
+        # listening socket outlived the kill (SO_REUSEPORT's accept queue).
         failed = load.failed()
-        in_flight = [s for s in load.samples
-                     if s.at <= killed_at < s.at + s.latency_ms / 1000.0]
-        assert all(s.at <= killed_at + 0.05 for s in failed), failed
-        assert len(failed) <= len(in_flight), (failed, len(in_flight))
+        held = [s for s in load.samples
+                if s.at <= killed_at + HANDOVER_S and killed_at < s.at + s.latency_ms / 1000.0]
+        assert all(s.at <= killed_at + HANDOVER_S for s in failed), failed
+        assert len(failed) <= len(held), (failed, len(held))
         ok = len(load.samples) - len(failed)
         time.sleep(1.5)
         total = p.stats()["requests"]["total"]
