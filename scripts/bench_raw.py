@@ -327,6 +327,23 @@ def report(res: dict[str, Any]) -> None:
             print(f"{'':48} CPU per request, all its processes: {', '.join(cpu)}")
 
 
+def paired(res: dict[str, Any]) -> None:
+    """With --baseline: this checkout over the baseline, round by round (each round
+    measures both within seconds of each other), the median and the range."""
+    ours, base = res["rows"].get(WORKERS_ROW), res["rows"].get(f"{WORKERS_ROW} (baseline)")
+    if not ours or not base or not ours["rounds"] or not base["rounds"]:
+        return
+    print("\n--workers 2, this checkout / baseline, round by round (paired):")
+    for verb in ("GET", "POST"):
+        pairs = [(a[verb], b[verb]) for a, b in zip(ours["rounds"], base["rounds"], strict=False)
+                 if verb in a and verb in b]
+        for what, key in (("requests/s", "rps"), ("CPU per request", "cpu_us")):
+            ratios = sorted(a[key] / b[key] for a, b in pairs if a.get(key) and b.get(key))
+            if ratios:
+                print(f"  {verb} {what}: median {ratios[len(ratios) // 2]:.3f} "
+                      f"(rounds {', '.join(f'{r:.3f}' for r in ratios)})")
+
+
 def chart(res: dict[str, Any]) -> Path:
     names = [n for n, r in res["rows"].items() if not r.get("problems")]
     series = {v: [res["rows"][n].get(v, {}).get("rps", float("nan")) for n in names]
@@ -360,6 +377,7 @@ def main() -> int:
     res["wall_s"] = round(time.monotonic() - t0, 1)
     (OUT / "bench_raw.json").write_text(json.dumps(res, indent=1))
     report(res)
+    paired(res)
     print(f"\nchart: {chart(res)}  ({res['wall_s']} s wall)")
     return 1 if any(r.get("problems") for r in res["rows"].values()) else 0
 
