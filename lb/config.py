@@ -8,13 +8,22 @@ Called by `tfserving-lb serve` and `check-config` (and by reload later).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lb.errors import ConfigError
 from lb.rollout.settings import (
@@ -29,6 +38,23 @@ from lb.rollout.settings import (
 )
 
 Positive = Annotated[float, Field(gt=0)]
+
+
+def yaml_words(true_word: str, false_word: str) -> BeforeValidator:
+    """For a setting documented with words like on/off: YAML 1.1 (PyYAML) reads an
+    unquoted on/off, yes/no or true/false as a boolean, so map the boolean back to
+    the word the user wrote (`cache: on` is `cache: "on"`)."""
+    def word(value: Any) -> Any:
+        if value is True:
+            return true_word
+        if value is False:
+            return false_word
+        return value
+    return BeforeValidator(word)
+
+
+# `models.M.cache`: auto | on | off, with YAML's `on`/`off` (and yes/no) accepted unquoted.
+CacheMode = Annotated[Literal["auto", "on", "off"], yaml_words("on", "off")]
 
 
 class _Strict(BaseModel):
@@ -49,8 +75,9 @@ class Listen(_Strict):
     rest: str = "0.0.0.0:8501"
     grpc: str | None = "0.0.0.0:8500"
     admin: str = "127.0.0.1:9901"
+    metrics: str | None = None     # GET /metrics alone: read-only, no token (for scrapers)
 
-    @field_validator("rest", "grpc", "admin")
+    @field_validator("rest", "grpc", "admin", "metrics")
     @classmethod
     def _hostport(cls, v: str | None) -> str | None:
         if v is not None:
@@ -62,7 +89,7 @@ class Listen(_Strict):
         # Fronts bind with SO_REUSEPORT (for --workers N): two of them on one port
         # would both bind and the kernel would split connections between them.
         seen: dict[int, str] = {}
-        for name in ("rest", "grpc", "admin"):
+        for name in ("rest", "grpc", "admin", "metrics"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -112,7 +139,7 @@ class ModelConfig(_Strict):
     row_cache: bool = False
     hedge: bool = True                       # hedged requests for this model's calls
     batching: BatchingConfig | None = None   # None: requests are sent one by one
-    cache: Literal["auto", "on", "off"] = "auto"   # auto: adaptive bypass; on/off: pinned
+    cache: CacheMode = "auto"                # auto: adaptive bypass; on/off: pinned
     # Under overload, sheddable requests are refused first, critical ones last
     # (lb.scheduler); a request's X-Priority header may lower this, never raise it.
     priority: Literal["critical", "normal", "sheddable"] = "normal"
@@ -368,11 +395,31 @@ class Config(_Strict):
 _DEFAULT_MODEL = ModelConfig()
 
 
+def config_version(cfg: Config) -> str:
+    """A short digest of a validated config: equal for equal settings (comments and
+    key order aside). `/stats` shows it per process, so one version means one config."""
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:12]
+
+
+# Errors of a field that wanted a word or a string: YAML may have read the word.
+_WORD_ERRORS = ("literal_error", "string_type", "enum")
+
+
+def _yaml_hint(err: Any) -> str:
+    """For a boolean given where a word was expected: say YAML read the word."""
+    value = err.get("input")
+    if err["type"] not in _WORD_ERRORS or not isinstance(value, bool):
+        return ""
+    return (f" (YAML read the unquoted word as the boolean {str(value).lower()}: "
+            "on/off, yes/no and true/false are booleans in YAML; quote the word, "
+            "e.g. \"on\")")
+
+
 def _format_errors(source: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"]
+        msg = err["msg"] + _yaml_hint(err)
         if not where:        # a cross-field check: its message starts with the field
             where, _, msg = msg.removeprefix("Value error, ").partition(": ")
             if not msg:
@@ -398,6 +445,11 @@ def load_config(path: str | Path) -> Config:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    return parse_text(text, source)
+
+
+def parse_text(text: str, source: str = "<config>") -> Config:
+    """Parse and validate a config file's text (a reload pushed by the supervisor)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -9,16 +9,19 @@ drawn by its own code (the admin port is often reachable only from the
 machine itself). Once a second it fetches `history?since=<last point>` and
 `stats` and shows, over the last five minutes: requests/s (also those
 answered without a node, e.g. cache hits), p50 and p99
-latency and errors/s for the whole proxy and per node, in-flight and share
-per node, the cache hit rate, the shadows' argmax agreement per model
-(`lb.rollout`), and events (node state changes, nodes added or
-removed, reloads) as markers on every time axis and as a list; below, the
-current state from `/stats` as tables (nodes; groups, shadows and rollouts
-of the models routed by group; the cache). Hovering a chart reads all charts at
-that second. A failed fetch is shown and polling goes on; a new process (pid)
-restarts the history. For tests, every series path carries `data-series`,
-`data-kind` (total | direct | node | model) and `data-points`; each routing
-row `data-model` and `data-group`.
+latency and errors/s for the whole proxy and per node, in-flight (total and
+per node) and share per node, the cache hit rate, the proxy's memory (resident
+memory of all its processes, the in-process cache's bytes against its budget),
+the shadows' argmax agreement per model (`lb.rollout`), and events (node state
+changes, nodes added or removed, reloads, rollouts) as markers on every time
+axis and as a list; below, the current state from `/stats` as tables: nodes,
+groups, shadows and rollouts of the models routed by group, cache, and each
+process. With `serve --workers N` every figure
+is the whole proxy's (the supervisor merges its workers, `lb.fleet`). Hovering
+a chart reads all charts at that second. A failed fetch is shown and polling
+goes on; a new process (pid) restarts the history. For tests, every series path
+carries `data-series`, `data-kind` (total | direct | node | model) and
+`data-points`; each routing row `data-model` and `data-group`.
 """
 
 from __future__ import annotations
@@ -72,7 +75,11 @@ PAGE = """<!doctype html>
 <th>now %</th><th>health</th><th>routed</th><th>answered</th><th>errors</th><th>shadow</th>
 <th>rollout</th></tr></thead><tbody></tbody></table>
 <table id="cache"><thead><tr><th>cache</th><th>hits</th><th>misses</th><th>hit rate</th>
-<th>coalesced</th><th>partial</th><th>errors</th></tr></thead><tbody></tbody></table>
+<th>coalesced</th><th>partial</th><th>errors</th><th>MB</th><th>budget MB</th></tr></thead>
+<tbody></tbody></table>
+<table id="procs"><thead><tr><th>process</th><th>worker</th><th>state</th><th>requests</th>
+<th>in flight</th><th>RSS MB</th><th>CPU s</th><th>open fds</th><th>config</th></tr></thead>
+<tbody></tbody></table>
 <script>
 "use strict";
 const WINDOW_S = 300, MIN_SPAN_S = 30, W = 560, H = 160, L = 44, R = 10, T = 8, B = 18;
@@ -84,11 +91,16 @@ const CHARTS = [
   {id: "p50", title: "p50 latency (ms)", total: p => p.p50_ms, node: n => n.p50_ms},
   {id: "p99", title: "p99 latency (ms)", total: p => p.p99_ms, node: n => n.p99_ms},
   {id: "errors", title: "errors/s (5xx)", total: p => p.eps, node: n => n.eps},
-  {id: "inflight", title: "in flight", node: n => n.inflight},
+  {id: "inflight", title: "in flight", total: p => p.inflight, node: n => n.inflight},
   {id: "share", title: "share of node-answered requests", node: n => n.share, max: 1},
   {id: "hit", title: "cache hit rate", total: p => p.hit_rate, max: 1, label: "hit rate"},
+  {id: "memory", title: "memory (MB)", lines: [
+    {name: "RSS (all processes)", color: "#24292f", value: p => mb(p.memory?.rss_bytes)},
+    {name: "cache", color: "#0969da", value: p => mb(p.memory?.cache_bytes)},
+    {name: "cache budget", color: "#8c959f", value: p => mb(p.memory?.cache_budget_bytes)}]},
   {id: "agree", title: "shadow agreement (argmax, per model)", model: p => p.shadow, max: 1},
 ];
+const mb = b => (b === null || b === undefined ? null : b / 2 ** 20);
 const S = {points: [], events: [], nodes: [], models: [], since: null, pid: null,
            polls: 0, failures: 0, lastError: null, hoverT: null};
 window.dashboard = S;
@@ -149,6 +161,8 @@ function seriesOf(c) {
                          value: p => c.total(p)});
   if (c.direct) out.push({name: "no node (cache)", kind: "direct", color: "#8c959f",
                           value: p => c.direct(p)});
+  for (const l of c.lines ?? []) out.push({name: l.name, kind: "total", color: l.color,
+                                           value: l.value});
   for (const name of c.node ? S.nodes : []) {
     out.push({name, kind: "node", color: color(name),
               value: p => (p.nodes[name] ? c.node(p.nodes[name]) : null)});
@@ -240,7 +254,10 @@ function drawNow() {
   if (!p) return;
   for (const [id, v, unit] of [["rps", p.rps, "req/s"], ["p50", p.p50_ms, "ms p50"],
                                ["p99", p.p99_ms, "ms p99"], ["eps", p.eps, "errors/s"],
-                               ["hit", p.hit_rate, "cache hit rate"]]) {
+                               ["hit", p.hit_rate, "cache hit rate"],
+                               ["rss", mb(p.memory?.rss_bytes), "MB resident"],
+                               ["cache-mb", mb(p.memory?.cache_bytes),
+                                `/ ${fmt(mb(p.memory?.cache_budget_bytes))} MB cache`]]) {
     const span = document.createElement("span"), b = document.createElement("b");
     b.id = `now-${id}`; b.textContent = fmt(v); span.append(b, ` ${unit}`); now.append(span);
   }
@@ -272,9 +289,18 @@ function drawTable(s) {
   }
   drawRouting(s.routing ?? {});
   const c = s.cache, cb = document.querySelector("#cache tbody"); cb.replaceChildren();
-  const r = cb.insertRow();
+  const r = cb.insertRow(), m = s.memory ?? {};
   for (const v of [c.backend, c.hits, c.misses, fmt(c.hit_rate), c.coalesced, c.partial,
-                   c.errors]) cell(r, v ?? "");
+                   c.errors, fmt(mb(m.cache_bytes)), fmt(mb(m.cache_budget_bytes))]) {
+    cell(r, v ?? "");
+  }
+  const pb = document.querySelector("#procs tbody"); pb.replaceChildren();
+  for (const p of s.processes ?? []) {
+    const row = pb.insertRow(), mem = p.memory ?? {}, pr = p.process ?? {};
+    for (const v of [p.pid, p.worker, p.state, p.requests?.total, p.inflight,
+                     fmt(mb(mem.rss_bytes)), fmt(pr.cpu_seconds), pr.open_fds,
+                     p.config?.version]) cell(row, v ?? "");
+  }
 }
 
 function drawRouting(routing) {
@@ -346,8 +372,9 @@ async function poll() {
     `cannot read /history or /stats: ${S.lastError} (${S.failures} failed polls; retrying)`;
   if (h === null) return;
   merge(h);
-  $("sub").textContent = `policy ${s.policy} - process ${s.pid} - ${S.points.length} s of ` +
-    `history - updated ${clock(Date.now() / 1000, true)}`;
+  $("sub").textContent = `policy ${s.policy} - ${(s.processes ?? []).length} process(es), ` +
+    `pid ${s.pid} - ${S.points.length} s of history - config ${s.config?.version} - ` +
+    `updated ${clock(Date.now() / 1000, true)}`;
   drawAll(); drawNow(); drawEvents(); drawTable(s);
 }
 

@@ -3,8 +3,8 @@
 Owned by the composition root (`lb.server.Proxy.history`) and handed to its
 users: the fronts' `lb.observe.Recorder.record` (`History.observe`, once per
 finished client request, REST and gRPC), the task `History.run` that
-`lb.server.start` starts and `Proxy.stop` cancels (`tick`, once a second, with
-the /stats document), and `lb.admin` (`doc`, for `GET /history`).
+`lb.admin.serve_admin_side` starts and `Proxy.stop` cancels (`tick`, once a
+second, with the /stats document), and `lb.admin` (`doc`, for `GET /history`).
 
 Guarantees:
 
@@ -28,12 +28,20 @@ Guarantees:
   with a wall clock anchored at start and advanced by the monotonic clock, so a
   stepped system clock cannot reorder the ring.
 
+Several processes (`serve --workers N`): each worker only observes; the
+supervisor's `lb.fleet` takes each worker's open second (`drain`, as a
+`Second` per series), merges them (`merge_seconds`: counts summed, the
+reservoirs resampled in proportion to each one's count, so exact while the
+merged second holds at most `RESERVOIR` requests) and closes the second of
+its own ring with the merged /stats (`close`).
+
 A point: {"t", "rps", "eps", "p50_ms", "p99_ms", "hit_rate", "direct_rps" (answered
-without a node), "nodes": {name: {"rps", "eps", "p50_ms", "p99_ms", "share",
-"inflight", "state"}}, "shadow": {model: agreement or None}}; latencies are
-None in a second without requests, and a node that left the config but still
-answered has inflight and state None. An event: {"t", "kind" (state | added |
-removed | reload | reload_failed | rollout), "node",
+without a node), "inflight", "memory": {"rss_bytes", "cache_bytes",
+"cache_budget_bytes"} (None without /stats "memory"), "nodes": {name: {"rps",
+"eps", "p50_ms", "p99_ms", "share", "inflight", "state"}}, "shadow": {model:
+agreement or None}}; latencies are None in a second without requests, and a node
+that left the config but still answered has inflight and state None. An event:
+{"t", "kind" (state | added | removed | reload | reload_failed | rollout), "node",
 "state", "text"}.
 """
 
@@ -62,7 +70,7 @@ Point = dict[str, Any]
 Event = dict[str, Any]
 
 
-class _Second:
+class Second:
     """One series' requests within the open second."""
 
     __slots__ = ("count", "errors", "samples")
@@ -71,6 +79,35 @@ class _Second:
         self.count = 0
         self.errors = 0
         self.samples: list[float] = []
+
+    def as_list(self) -> list[Any]:
+        """[count, errors, samples]: how a worker sends it to the supervisor."""
+        return [self.count, self.errors, self.samples]
+
+
+def second_of(raw: list[Any]) -> Second:
+    """The inverse of `Second.as_list` (from a worker's JSON)."""
+    acc = Second()
+    acc.count, acc.errors, acc.samples = int(raw[0]), int(raw[1]), [float(x) for x in raw[2]]
+    return acc
+
+
+def merge_seconds(parts: list[Second]) -> Second:
+    """One series' second of several processes: counts summed; each part's samples (a
+    uniform sample of its count) resampled in proportion to its count when the union
+    exceeds RESERVOIR, so the result is a uniform sample of all the requests."""
+    out = Second()
+    for part in parts:
+        out.count += part.count
+        out.errors += part.errors
+    if sum(len(p.samples) for p in parts) <= RESERVOIR:
+        for part in parts:
+            out.samples.extend(part.samples)
+        return out
+    for part in parts:
+        want = min(len(part.samples), round(RESERVOIR * part.count / out.count))
+        out.samples.extend(random.sample(part.samples, want))
+    return out
 
 
 def _ms(ordered: list[float], q: float) -> float | None:
@@ -81,7 +118,7 @@ def _ms(ordered: list[float], q: float) -> float | None:
     return round(ordered[rank] * 1000.0, 3)
 
 
-def _series(acc: _Second, elapsed: float) -> dict[str, Any]:
+def _series(acc: Second, elapsed: float) -> dict[str, Any]:
     ordered = sorted(acc.samples)
     return {"rps": round(acc.count / elapsed, 3), "eps": round(acc.errors / elapsed, 3),
             "p50_ms": _ms(ordered, 0.50), "p99_ms": _ms(ordered, 0.99)}
@@ -102,8 +139,8 @@ class History:
         self.interval_s = interval_s
         self._points: deque[Point] = deque(maxlen=WINDOW)
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
-        self._total = _Second()
-        self._by_node: dict[str, _Second] = {}
+        self._total = Second()
+        self._by_node: dict[str, Second] = {}
         self._last_t: float | None = None
         self._states: dict[str, str] | None = None     # None until the first tick
         self._cache: tuple[int, int] | None = None     # (hits, misses) at the last tick
@@ -117,7 +154,7 @@ class History:
         """One finished client request; node "" when no node answered (e.g. a cache hit)."""
         acc = self._by_node.get(node)
         if acc is None:
-            acc = self._by_node[node] = _Second()
+            acc = self._by_node[node] = Second()
         error = status >= ERROR_STATUS
         for each in (self._total, acc):         # the whole, and the node's series
             each.count += 1
@@ -133,36 +170,52 @@ class History:
 
     # -- once a second ----------------------------------------------------------
 
+    def drain(self) -> tuple[Second, dict[str, Second]]:
+        """The open second (the whole, and per node) handed over; a new one opens."""
+        total, by_node = self._total, self._by_node
+        self._total = Second()
+        self._by_node = {}
+        return total, by_node
+
     def tick(self, now_wall: float, stats: Stats) -> Point:
         """Close the second ending at `now_wall`; `stats` is the /stats document now."""
+        total, by_node = self.drain()
+        return self.close(now_wall, stats, total, by_node)
+
+    def close(self, now_wall: float, stats: Stats, total: Second,
+              by_node: dict[str, Second]) -> Point:
+        """Store the point of a second whose requests are `total` and `by_node`."""
         gap = now_wall - self._last_t if self._last_t is not None else 0.0
         elapsed = gap if 0.0 < gap <= MAX_GAP_S else self.interval_s
         nodes = {str(n["name"]): n for n in stats.get("nodes", ())}
         self._record_events(now_wall, nodes, stats.get("config") or {})
-        point: Point = {"t": round(now_wall, 3), **_series(self._total, elapsed),
+        point: Point = {"t": round(now_wall, 3), **_series(total, elapsed),
                         "hit_rate": self._hit_rate(stats.get("cache") or {})}
-        direct = self._by_node.get("")
+        direct = by_node.get("")
         point["direct_rps"] = round(direct.count / elapsed, 3) if direct else 0.0
-        point["nodes"] = self._node_points(nodes, elapsed)
+        point["inflight"] = stats.get("inflight")
+        memory = stats.get("memory")
+        point["memory"] = None if not isinstance(memory, dict) else {
+            k: memory.get(k) for k in ("rss_bytes", "cache_bytes", "cache_budget_bytes")}
+        point["nodes"] = self._node_points(nodes, by_node, elapsed)
         routing = stats.get("routing") or {}
         point["shadow"] = self._agreement(routing)
         self._rollout_events(now_wall, routing)
         self._points.append(point)
         while self._events and self._events[0]["t"] < self._points[0]["t"]:
             self._events.popleft()
-        self._total = _Second()
-        self._by_node = {}
         self._last_t = now_wall
         return point
 
-    def _node_points(self, nodes: dict[str, Stats], elapsed: float) -> dict[str, Any]:
+    def _node_points(self, nodes: dict[str, Stats], by_node: dict[str, Second],
+                     elapsed: float) -> dict[str, Any]:
         """Per node: the /stats nodes and any other node that answered this second
         (a removed node finishing its requests)."""
-        served = sum(acc.count for name, acc in self._by_node.items() if name)
-        names = list(nodes) + [n for n in self._by_node if n and n not in nodes]
+        served = sum(acc.count for name, acc in by_node.items() if name)
+        names = list(nodes) + [n for n in by_node if n and n not in nodes]
         out: dict[str, Any] = {}
         for name in names:
-            acc = self._by_node.get(name) or _Second()
+            acc = by_node.get(name) or Second()
             entry = nodes.get(name)
             out[name] = {**_series(acc, elapsed),
                          "share": round(acc.count / served, 4) if served else 0.0,

@@ -12,9 +12,15 @@ from the live objects, so it costs nothing per request beyond what
   configured and effective weight, health, requests, errors and ejections;
 * retries and retry-budget rejections, hedges (sent, won, budget), requests
   that waited for a model to become available, load shed at the in-flight cap;
-* cache hits, misses, bypasses and hit ratio by model; config reloads and
-  failures (`ConfigStatus`, written by `lb.reload`);
-* node groups, shadows and rollouts (`lb.rollout.metrics`).
+* cache hits, misses, bypasses and hit ratio by model, the memory tier's bytes
+  against its budget; config reloads and failures (`ConfigStatus`, written by
+  `lb.reload`);
+* node groups, shadows and rollouts (`lb.rollout.metrics`);
+* prometheus_client's process and GC collectors (`process_*`, `python_gc_*`).
+
+`families()` hands them to `lb.fleet` (the admin view), which merges the
+processes of `serve --workers N` and renders the text; `exposition()` is this
+process alone.
 
 Everything here runs on the event loop thread.
 """
@@ -26,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -36,6 +42,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from lb.batching import ROW_BUCKETS
+from lb.fleet.procinfo import cache_memory
+from lb.fleet.prom import Family, families_of
 from lb.nodes import Node
 from lb.observe import LATENCY_BUCKETS, Recorder
 from lb.outlier import OutlierPolicy
@@ -58,11 +66,12 @@ class ConfigStatus:
     last_error: str | None = None    # message of the latest rejected reload
     last_result: str = "started"     # started | ok | failed
     loaded_at: float = field(default_factory=time.time)   # wall time of the config in use
+    version: str | None = None       # lb.config.config_version of the config in use
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, "reloads": self.reloads, "failures": self.failures,
                 "last_error": self.last_error, "last_result": self.last_result,
-                "loaded_at": self.loaded_at}
+                "loaded_at": self.loaded_at, "version": self.version}
 
 
 def _node_gauges(nodes: list[Node], now: float, opolicy: OutlierPolicy) -> Iterator[Metric]:
@@ -129,9 +138,14 @@ def _cache_metrics(stats: dict[str, Any] | None) -> Iterator[Metric]:
                                  "Cache store errors (each one served as a miss)")
     errors.add_metric([], (stats or {}).get("errors", 0))
     yield from (hits, misses, ratio, bypasses, errors)
+    tier = cache_memory((stats or {}).get("store"))
+    yield _gauge("cache_bytes", "Bytes held by the in-process cache tier", tier["cache_bytes"])
+    yield _gauge("cache_budget_bytes", "Byte budget of the in-process cache tier (memory_mb)",
+                 tier["cache_budget_bytes"])
+    yield _gauge("cache_entries", "Entries in the in-process cache tier", tier["cache_entries"])
 
 
-def _config_metrics(status: ConfigStatus) -> Iterator[Metric]:
+def config_metrics(status: ConfigStatus) -> Iterator[Metric]:
     reloads = CounterMetricFamily(PREFIX + "config_reloads", "Config reloads applied")
     reloads.add_metric([], status.reloads)
     failures = CounterMetricFamily(PREFIX + "config_reload_failures",
@@ -266,7 +280,7 @@ class StateCollector(Collector):
         yield from _batch_metrics(proxy)
         yield from _adaptive_metrics(proxy)
         yield from _cache_metrics(proxy.cache.stats() if proxy.cache is not None else None)
-        yield from _config_metrics(proxy.status)
+        yield from config_metrics(proxy.status)
         if proxy.discovery is not None:
             yield from proxy.discovery.status.metrics(PREFIX)
         yield from rollout_families(proxy.rollouts)
@@ -278,7 +292,13 @@ class Metrics:
     def __init__(self, proxy: Proxy) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StateCollector(proxy))
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+
+    def families(self) -> list[Family]:
+        """Every family now, JSON-friendly (`lb.fleet.prom.families_of`)."""
+        return families_of([self.registry])
 
     def exposition(self) -> bytes:
-        """The text format for GET /metrics."""
+        """This process's text format (the admin port merges through `lb.fleet`)."""
         return generate_latest(self.registry)

@@ -1,8 +1,10 @@
 """Config reload: SIGHUP, a change of the file, or `POST /reload` → one `reload()`.
 
-Started by `lb.server.start` (`Reloader.start` installs the SIGHUP handler
-and the file watcher when the proxy was started from a file); `POST /reload`
-on the admin app (`lb.admin`) awaits `reload()` directly.
+Started by `lb.admin.serve_admin_side` (`Reloader.start` installs the SIGHUP
+handler and the file watcher when the proxy was started from a file); `POST
+/reload` on the admin app (`lb.admin`) awaits `reload()` directly; under
+`serve --workers N` the worker's control socket (`lb.fleet.control`) does, with
+the text the supervisor read.
 
 Guarantees:
 
@@ -22,6 +24,10 @@ Guarantees:
   value; a change there is logged as needing a restart.
 * Reloads never overlap (one lock); the watcher does not reload again for a
   file version that SIGHUP or POST already read.
+* Under `serve --workers N` (`follow=False`) a worker neither watches the file
+  nor reloads on SIGHUP: the supervisor reads and validates the file once and
+  hands the same text to every worker (`reload(reason, text=...)`), so all of
+  them run one config version (`ConfigStatus.version`).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
-from lb.config import Config, load_config
+from lb.config import Config, config_version, load_config, parse_text
 from lb.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -78,8 +84,9 @@ def describe_changes(old: Config, new: Config) -> str:
 class Reloader:
     """Owns reloading one proxy's config; see the module docstring."""
 
-    def __init__(self, proxy: Proxy, path: str | None) -> None:
+    def __init__(self, proxy: Proxy, path: str | None, follow: bool = True) -> None:
         self.path = path
+        self.follow = follow
         self.status = proxy.status
         self.status.path = path
         self._proxy = proxy
@@ -92,8 +99,16 @@ class Reloader:
         file); the caller cancels the returned task and then calls `close()`."""
         if self.path is None:
             return []
+        if not self.follow:      # the supervisor reloads every worker; SIGHUP must not kill
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._not_here)
+            return []
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.on_sighup)
         return [asyncio.create_task(self.watch(), name="config-watch")]
+
+    @staticmethod
+    def _not_here() -> None:
+        log.warning("SIGHUP to a worker is ignored: send it to the supervisor, which "
+                    "reloads every worker with one version of the file")
 
     def on_sighup(self) -> None:
         task = asyncio.create_task(self.reload("SIGHUP"), name="config-reload:SIGHUP")
@@ -120,8 +135,9 @@ class Reloader:
             if stamp is not None and stamp != self._seen:
                 await self.reload("file changed")
 
-    async def reload(self, reason: str) -> tuple[bool, str]:
-        """Read, validate and apply the file; returns (applied, message).
+    async def reload(self, reason: str, text: str | None = None) -> tuple[bool, str]:
+        """Read, validate and apply the file (or `text`, the file's content as the
+        supervisor read it); returns (applied, message).
 
         Never raises for a bad file: the running config stays and the failure
         is recorded. Waits at most LOCK_TIMEOUT_S for a reload already running.
@@ -137,7 +153,10 @@ class Reloader:
             self._seen = file_stamp(self.path)
             try:
                 async with asyncio.timeout(READ_TIMEOUT_S):
-                    cfg = await asyncio.to_thread(load_config, self.path)
+                    if text is not None:
+                        cfg = await asyncio.to_thread(parse_text, text, self.path)
+                    else:
+                        cfg = await asyncio.to_thread(load_config, self.path)
             except ConfigError as exc:
                 return self._failed(reason, str(exc))
             except TimeoutError:
@@ -157,6 +176,7 @@ class Reloader:
         self.status.reloads += 1
         self.status.last_result = "ok"
         self.status.loaded_at = time.time()
+        self.status.version = config_version(new)
         log.info("config reloaded from %s (%s): %s", self.path, reason, summary)
         return summary
 

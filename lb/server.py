@@ -30,7 +30,7 @@ from cache.adaptive import AdaptiveController, AdaptiveParams
 from cache.result_cache import ResultCache
 from cache.store import make_store
 from lb import native
-from lb.config import Config, NodeConfig, load_config, split_hostport
+from lb.config import Config, NodeConfig, config_version, load_config, split_hostport
 from lb.core import Core
 from lb.discovery import DnsDiscovery
 from lb.dispatch import Dispatcher
@@ -112,11 +112,11 @@ class Proxy:
             grpc_transport.codec = GrpcBatchCodec()
             self.grpc = GrpcFront(self.core, grpc_transport, self.recorder,
                                   self.config, self.pool, self.rollouts)
-        self.status = ConfigStatus(path=config_path)
+        self.status = ConfigStatus(path=config_path, version=config_version(cfg))
         self.metrics = Metrics(self)
         self.started = time.time()
         self._http: HttpServer | None = None
-        self._admin: web.AppRunner | None = None
+        self._admin: list[web.AppRunner] = []     # admin, metrics or control sites
         self._tasks: list[asyncio.Task[Any]] = []
         self.discovery: DnsDiscovery | None = None
         self._discovery_task: asyncio.Task[None]
@@ -213,12 +213,18 @@ class Proxy:
                  cfg.cache.backend, native.kind())
         native.log_status()     # a warning, with the reason, when it runs as Python unasked
 
-    async def serve_admin(self, app: web.Application) -> None:
+    async def serve_admin(self, app: web.Application, address: str | None = None,
+                          unix: str | None = None) -> None:
+        """Serve `app` on `address` (host:port; default listen.admin) or a Unix socket;
+        `stop` closes it."""
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        host, port = split_hostport(self.cfg.listen.admin)
+        self._admin.append(runner)
+        if unix is not None:
+            await web.UnixSite(runner, unix, backlog=128).start()
+            return
+        host, port = split_hostport(address or self.cfg.listen.admin)
         await web.TCPSite(runner, host, port, backlog=128, reuse_port=True).start()
-        self._admin = runner
 
     def add_task(self, coro: Awaitable[Any], name: str) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
@@ -235,9 +241,9 @@ class Proxy:
             stops.append(self.grpc.stop(grace))
         await asyncio.gather(*stops, return_exceptions=True)
         await self.rest.close()
-        if self._admin is not None:
+        for runner in self._admin:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._admin.cleanup(), 2.0)
+                await asyncio.wait_for(runner.cleanup(), 2.0)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -265,18 +271,15 @@ class Proxy:
 
 
 async def start(cfg: Config, config_path: str | None = None) -> Proxy:
-    """Build and start a proxy with its admin port, reloader and discovery."""
-    from lb.admin import make_admin_app, stats_doc
-    from lb.reload import Reloader
+    """Build and start a proxy with its admin side (`lb.admin.serve_admin_side`: the
+    admin and metrics ports, history and reloader; under a supervisor, the worker's
+    control socket instead) and discovery."""
+    from lb.admin import serve_admin_side
 
     proxy = Proxy(cfg, config_path)
     await proxy.start()
-    proxy.add_task(proxy.history.run(lambda: stats_doc(proxy)), "history")
     proxy.add_task(proxy.rollouts.run(), "rollouts")
-    reloader = Reloader(proxy, config_path)
-    for task in reloader.start():
-        proxy.add_task(task, task.get_name())
-    await proxy.serve_admin(make_admin_app(proxy, reloader))
+    await serve_admin_side(proxy, config_path)
     return proxy
 
 
@@ -307,9 +310,12 @@ def setup_logging() -> None:
 
 
 def serve_main(config_path: str) -> int:
+    from lb.fleet import control
+
     setup_logging()
-    try:
-        cfg = load_config(config_path)
+    try:        # a worker of `--workers N` reads the text its supervisor validated
+        cfg = control.worker_config(config_path) if control.supervised() else \
+            load_config(config_path)
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

@@ -1,6 +1,7 @@
 """The data path against real peers: nginx, a naive aiohttp proxy, tfserving-lb.
 
     .venv/bin/python scripts/bench_raw.py [--quick] [--seconds 8] [--connections 32] [--rounds 3]
+        [--only SUBSTR ...] [--baseline DIR]
 
 Three nginx `return 200` stubs (one process each, worker_processes 1) speak
 enough of TF Serving's REST API: model status (version 1 AVAILABLE), minimal
@@ -17,11 +18,17 @@ in interleaved rounds (3; a burst of someone else's load hits one round of
 each rather than one contender), each is warmed up 1 s and loaded by wrk,
 closed loop, `-t1 -c32 -d8s`, with GET model status and POST :predict of one
 784-float row (~6 KB); the median round is reported with the range. Prints
-requests/s and the ratio to nginx from the same run, the non-2xx and socket
-errors wrk saw (a contender with errors is flagged), and writes
-bench-out/bench_raw.{json,png}. Installs nginx-light and wrk with apt-get
-when missing. 127.0.0.1 only. `--lb NAME=EXE` adds a row run by another
+requests/s and the ratio to nginx from the same run, for tfserving-lb's rows the
+CPU time its processes (the supervisor and its workers included) spent per
+request during the measured runs (steadier than requests/s on a shared box), the
+non-2xx and socket errors wrk saw (a contender with errors is flagged), and writes
+bench-out/bench_raw.{json,png}. `--only` keeps the rows whose name holds one of
+the given strings (nginx's row always runs: it is the ratios' base);
+`--baseline DIR` adds the `--workers 2` row of another checkout of
+tfserving-lb (its data path compiled there), so a change is measured
+before/after in the same run; `--lb NAME=EXE` adds a row run by another
 install's console script (e.g. a fresh `pip install .` venv's tfserving-lb).
+Installs nginx-light and wrk with apt-get when missing. 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from scripts.benchenv import (
     ensure_tool,
     free_port,
     http_get,
+    tree_cpu_seconds,
 )
 from scripts.charts import NOISE_NOTE, bar_chart
 
@@ -137,18 +145,22 @@ def start_script(bench: Bench, ports: list[int], script: str) -> str:
 
 
 def start_lb(bench: Bench, ports: list[int], cache: str, workers: int = 1,
-             pure: bool = False, exe: str | None = None, label: str = "") -> str:
+             pure: bool = False, exe: str | None = None, label: str = "",
+             source: Path | None = None) -> str:
     """tfserving-lb in front of the stubs; `pure`: its data path run as Python, not the
     compiled build (lb/native.py), which must then be present and in use. `exe`:
-    another install's console script (--lb NAME=EXE, NAME is `label`)."""
+    another install's console script (--lb NAME=EXE, NAME is `label`); `source`: the
+    checkout to run (default this one)."""
     nodes = [{"name": f"n{i}", "rest": f"http://127.0.0.1:{p}"} for i, p in enumerate(ports)]
-    url, admin, _proc = bench.start_proxy(
-        f"raw-{cache}-w{workers}{'-pure' if pure else ''}{label}", nodes, workers=workers,
-        env={native.PURE_ENV: "1"} if pure else {}, exe=exe, cache={"backend": cache},
-        hedge={"enabled": False}, policy={"name": "least_load"})
+    url, admin, proc = bench.start_proxy(
+        f"raw-{cache}-w{workers}{'-pure' if pure else ''}{'-base' if source else ''}{label}",
+        nodes, workers=workers, env={native.PURE_ENV: "1"} if pure else {}, exe=exe,
+        cache={"backend": cache}, hedge={"enabled": False}, policy={"name": "least_load"},
+        source=source)
     kind = orjson.loads(http_get(f"{admin}/stats")[2])["data_path"]
     if kind != ("python" if pure else "compiled"):
         raise RuntimeError(f"data path {kind}: run scripts/build_native.py")
+    PIDS[url] = proc.pid
     return url
 
 
@@ -176,13 +188,20 @@ def measure(exe: str, url: str, args: argparse.Namespace, lua: Path,
     if get:
         runs.append(("GET", f"{url}/v1/models/{MODEL}", None))
     runs.append(("POST", f"{url}/v1/models/{MODEL}:predict", lua))
+    pid = PIDS.get(url)
     for verb, target, script in runs:
         wrkload.run(exe, target, args.warmup, args.connections, script)
+        cpu0 = tree_cpu_seconds(pid) if pid else 0.0
         row[verb] = wrkload.run(exe, target, args.seconds, args.connections, script)
+        served = row[verb]["rps"] * max(1, round(args.seconds))
+        if pid and served > 0:
+            row[verb]["cpu_us"] = round((tree_cpu_seconds(pid) - cpu0) / served * 1e6, 2)
     return row
 
 
+PIDS: dict[str, int] = {}       # url -> pid of a tfserving-lb contender (for CPU per request)
 NGINX_ROW = "nginx proxy_pass least_conn, keep-alive"
+WORKERS_ROW = "tfserving-lb --workers 2, cache none"
 STUB_ROW = "(reference) one nginx stub, no proxy"
 Contender = tuple[str, Callable[[Bench, list[int]], str], bool, bool]   # name, start, GET?, HIT?
 
@@ -198,7 +217,7 @@ CONTENDERS: list[Contender] = [
     ("tfserving-lb, cache none, as Python", lambda b, p: start_lb(b, p, "none", pure=True),
      True, False),
     ("tfserving-lb, memory cache, all HIT", lambda b, p: start_lb(b, p, "memory"), False, True),
-    ("tfserving-lb --workers 2, cache none", lambda b, p: start_lb(b, p, "none", 2), True, False),
+    (WORKERS_ROW, lambda b, p: start_lb(b, p, "none", 2), True, False),
     # Not a contender: the ceiling of one backend, to show the stubs are not the limit.
     (STUB_ROW, lambda _b, p: f"http://127.0.0.1:{p[0]}", True, False),
 ]
@@ -218,6 +237,20 @@ def other_installs(specs: list[str]) -> list[Contender]:
     return rows
 
 
+def contenders(args: argparse.Namespace) -> list[Contender]:
+    """CONTENDERS, with other installs' rows (--lb) after the first four, the
+    baseline's row after ours, and only the rows asked for."""
+    rows = list(CONTENDERS[:4]) + other_installs(args.lb) + list(CONTENDERS[4:])
+    if args.baseline is not None:
+        base: Path = args.baseline.resolve()
+        at = next(i for i, c in enumerate(rows) if c[0] == WORKERS_ROW) + 1
+        rows.insert(at, (f"{WORKERS_ROW} (baseline)",
+                         lambda b, p: start_lb(b, p, "none", 2, source=base), True, False))
+    if args.only:
+        rows = [c for c in rows if c[0] == NGINX_ROW or any(o in c[0] for o in args.only)]
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     exe = ensure_tool("wrk", "wrk")
     ensure_tool("nginx", "nginx-light")
@@ -230,12 +263,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                "connections": args.connections, "rounds": args.rounds,
                                "rows": {}}
     rows: dict[str, dict[str, Any]] = results["rows"]
-    contenders = CONTENDERS[:4] + other_installs(args.lb) + CONTENDERS[4:]
+    chosen = contenders(args)
     bench = Bench()
     try:
         ports = start_stubs(bench)
         urls: dict[str, str] = {}
-        for name, start, _get, hit in contenders:       # all up at once, idle in turn
+        for name, start, _get, hit in chosen:           # all up at once, idle in turn
             try:
                 urls[name] = start(bench, ports)
                 rows[name] = {"problems": verify(urls[name], body, want_hit=hit), "rounds": []}
@@ -244,7 +277,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # Rounds interleave the contenders, so a burst of someone else's load on
         # this shared box lands on one round of each rather than on one contender.
         for k in range(args.rounds):
-            for name, _start, get, _hit in contenders:
+            for name, _start, get, _hit in chosen:
                 row = rows[name]
                 if row["problems"]:
                     continue
@@ -258,8 +291,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for verb in ("GET", "POST"):
             runs = sorted((r[verb] for r in row["rounds"] if verb in r), key=lambda r: r["rps"])
             if runs:
+                cpu = sorted(r["cpu_us"] for r in runs if "cpu_us" in r)
                 row[verb] = {**runs[len(runs) // 2], "min_rps": runs[0]["rps"],
                              "max_rps": runs[-1]["rps"],
+                             "cpu_us": cpu[len(cpu) // 2] if cpu else None,
+                             "cpu_us_range": [cpu[0], cpu[-1]] if cpu else None,
                              "non_2xx": sum(r["non_2xx"] for r in runs),
                              "socket_errors": sum(r["socket_errors"] for r in runs)}
     return results
@@ -283,11 +319,11 @@ def report(res: dict[str, Any]) -> None:
     print(f"NOTE: {NOISE_NOTE}")
     loads = " ".join(f"{r['load1']:.1f}" for r in rows.values() if "load1" in r)
     print(f"1-min load average after each row's last round (2 cores): {loads}")
-    print(f"{'path, one process unless said':42} {'GET rps':>9} {'POST rps':>9} "
+    print(f"{'path, one process unless said':48} {'GET rps':>9} {'POST rps':>9} "
           f"{'GET/nginx':>9} {'POST/nginx':>10}  errors")
     for name, row in rows.items():
         if row.get("problems"):
-            print(f"{name:42} FLAGGED: {'; '.join(row['problems'])}")
+            print(f"{name:48} FLAGGED: {'; '.join(row['problems'])}")
             continue
         cells, errs = [], []
         for verb in ("GET", "POST"):
@@ -297,12 +333,34 @@ def report(res: dict[str, Any]) -> None:
                 errs.append(f"{verb}: {r['non_2xx']} non-2xx, {r['socket_errors']} socket")
         ratios = [f"{row[v]['rps'] / base[v]['rps']:.3f}" if v in row and v in base else "—"
                   for v in ("GET", "POST")]
-        print(f"{name:42} {cells[0]} {cells[1]} {ratios[0]:>9} {ratios[1]:>10}  "
+        print(f"{name:48} {cells[0]} {cells[1]} {ratios[0]:>9} {ratios[1]:>10}  "
               f"{'FLAGGED ' + '; '.join(errs) if errs else '0'}")
         if res["rounds"] > 1:
             spread = ", ".join(f"{v} {row[v]['min_rps']:.0f}-{row[v]['max_rps']:.0f}"
                                for v in ("GET", "POST") if v in row)
-            print(f"{'':42} range over rounds: {spread}")
+            print(f"{'':48} range over rounds: {spread}")
+        cpu = [f"{v} {row[v]['cpu_us']:.1f} us ({row[v]['cpu_us_range'][0]:.1f}-"
+               f"{row[v]['cpu_us_range'][1]:.1f})" for v in ("GET", "POST")
+               if v in row and row[v].get("cpu_us") is not None]
+        if cpu:
+            print(f"{'':48} CPU per request, all its processes: {', '.join(cpu)}")
+
+
+def paired(res: dict[str, Any]) -> None:
+    """With --baseline: this checkout over the baseline, round by round (each round
+    measures both within seconds of each other), the median and the range."""
+    ours, base = res["rows"].get(WORKERS_ROW), res["rows"].get(f"{WORKERS_ROW} (baseline)")
+    if not ours or not base or not ours["rounds"] or not base["rounds"]:
+        return
+    print("\n--workers 2, this checkout / baseline, round by round (paired):")
+    for verb in ("GET", "POST"):
+        pairs = [(a[verb], b[verb]) for a, b in zip(ours["rounds"], base["rounds"], strict=False)
+                 if verb in a and verb in b]
+        for what, key in (("requests/s", "rps"), ("CPU per request", "cpu_us")):
+            ratios = sorted(a[key] / b[key] for a, b in pairs if a.get(key) and b.get(key))
+            if ratios:
+                print(f"  {verb} {what}: median {ratios[len(ratios) // 2]:.3f} "
+                      f"(rounds {', '.join(f'{r:.3f}' for r in ratios)})")
 
 
 def chart(res: dict[str, Any]) -> Path:
@@ -326,6 +384,10 @@ def main() -> int:
     parser.add_argument("--lb", action="append", default=[], metavar="NAME=EXE",
                         help="also measure another install's tfserving-lb console script "
                              "(cache none), e.g. fresh=/tmp/venv/bin/tfserving-lb")
+    parser.add_argument("--only", nargs="+", metavar="SUBSTR", default=None,
+                        help="only the rows whose name holds one of these (and nginx's)")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                        help="also run `--workers 2` from this checkout (before/after)")
     args = parser.parse_args()
     args.warmup = 1.0
     if args.quick:
@@ -337,6 +399,7 @@ def main() -> int:
     res["wall_s"] = round(time.monotonic() - t0, 1)
     (OUT / "bench_raw.json").write_text(json.dumps(res, indent=1))
     report(res)
+    paired(res)
     print(f"\nchart: {chart(res)}  ({res['wall_s']} s wall)")
     return 1 if any(r.get("problems") for r in res["rows"].values()) else 0
 

@@ -81,6 +81,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """`cpu_seconds` of a process and all its descendants (a supervisor's workers):
+    processes that exited in between are not counted."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += cpu_seconds(p)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return total
+
+
 def ensure_tool(exe: str, apt_pkg: str) -> str:
     """The path of `exe`; when missing, installs `apt_pkg` with apt-get first."""
     found = shutil.which(exe) or next((p for p in (f"/usr/sbin/{exe}", f"/usr/bin/{exe}")
@@ -114,9 +127,10 @@ def http_get(url: str, timeout: float = 2.0, method: str = "GET", body: bytes | 
 
 
 def proxy_stats(admin: str, processes: int = 1, timeout: float = 10.0) -> dict[int, Any]:
-    """`/stats` of every process behind `admin` ({pid: doc}): with `--workers N`
-    each connection lands on one process, so ask on fresh connections until N
-    pids answered (or the deadline passed: fewer entries)."""
+    """`/stats` behind `admin` ({pid: doc}). The proxy answers for all its processes
+    in one document (`processes` lists them); a proxy from before that answered for
+    the process that took the connection, so for one of those ask on fresh
+    connections until N pids answered (or the deadline passed: fewer entries)."""
     host, _, port = admin.removeprefix("http://").partition(":")
     found: dict[int, Any] = {}
     deadline = time.monotonic() + timeout
@@ -128,11 +142,21 @@ def proxy_stats(admin: str, processes: int = 1, timeout: float = 10.0) -> dict[i
             if resp.status == 200:
                 doc = orjson.loads(resp.read())
                 found[int(doc["pid"])] = doc
+                if "processes" in doc:          # one document for the whole proxy
+                    return found
         except OSError:
             time.sleep(0.05)
         finally:
             conn.close()
     return found
+
+
+def processes_up(doc: dict[str, Any]) -> int:
+    """How many processes a /stats document answers for (1 for a proxy from before
+    `processes`)."""
+    if "processes" not in doc:
+        return 1
+    return sum(1 for p in doc["processes"] if p.get("state") == "up")
 
 
 HEDGE_SETTINGS = frozenset({"enabled", "max_ratio"})     # in /stats "hedge": not counters
@@ -145,6 +169,12 @@ def proxy_report(admin: str | None, processes: int) -> dict[str, Any]:
     if admin is None:
         return {"hedge": None}
     docs = proxy_stats(admin, processes, timeout=10.0)
+    whole = [d for d in docs.values() if "processes" in d]
+    if whole:                       # one document: counters already summed
+        own = whole[0]["processes"]
+        spread = sorted(sum(int(n.get("requests", 0)) for n in p.get("nodes", ())) for p in own)
+        return {"hedge": merge_hedge(whole), "processes_seen": len(own),
+                "requests_per_process": spread}
     spread = sorted(sum(int(n.get("requests", 0)) for n in d["nodes"]) for d in docs.values())
     return {"hedge": merge_hedge(list(docs.values())), "processes_seen": len(docs),
             "requests_per_process": spread}
@@ -170,7 +200,7 @@ def wait_proxy_ready(admin: str, processes: int = 1, timeout: float = 30.0) -> N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         docs = proxy_stats(admin, processes, timeout=min(5.0, deadline - time.monotonic()))
-        if len(docs) == processes and all(
+        if sum(processes_up(d) for d in docs.values()) == processes and all(
                 n.get("healthy") for d in docs.values() for n in d["nodes"]):
             return
         time.sleep(0.2)
@@ -287,15 +317,20 @@ class Bench:
 
     def start_proxy(self, name: str, nodes: list[dict[str, Any]], *, workers: int = 1,
                     ready: bool = True, env: dict[str, str] | None = None,
-                    exe: str | None = None,
+                    exe: str | None = None, source: Path | None = None,
+                    listen: dict[str, str] | None = None,
                     **sections: Any) -> tuple[str, str, subprocess.Popen[bytes]]:
         """`tfserving-lb serve [--workers N]` with these nodes and `env` added to the
         environment; returns (url, admin url, process). With `ready`, returns once
         every process sees every node healthy. `exe`: another install's console
-        script (e.g. a venv's bin/tfserving-lb) instead of this interpreter's `lb`."""
+        script (e.g. a venv's bin/tfserving-lb) instead of this interpreter's `lb`;
+        `source`: run the proxy of another checkout (its `lb/` imported first: a
+        before/after comparison in one run); `listen`: more listen settings (e.g.
+        {"metrics": "127.0.0.1:port"})."""
         rest, admin = free_port(), free_port()
         doc = {"listen": {"rest": f"127.0.0.1:{rest}", "grpc": None,
-                          "admin": f"127.0.0.1:{admin}"}, "nodes": nodes, **sections}
+                          "admin": f"127.0.0.1:{admin}", **(listen or {})},
+               "nodes": nodes, **sections}
         path = self.logs / f"{name}.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child owns it
@@ -304,7 +339,7 @@ class Bench:
         if workers > 1:
             cmd += ["--workers", str(workers)]
         # Its own session: the supervisor's children can be stopped as one group.
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=source,
                                 start_new_session=True, env={**os.environ, **(env or {})})
         log.close()
         self.others.append(proc)

@@ -46,6 +46,8 @@ class Result:
     retry_after: int = 0                # 503s that carried a Retry-After header
     send_span_s: float = 0.0            # first to last request start, wall clock
     schedule_span_s: float = 0.0        # first to last request start, as scheduled
+    # (scheduled start, end, status) of each request, time.perf_counter() seconds
+    spans: list[tuple[float, float, int]] = field(default_factory=list)
 
     def pct(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
@@ -108,9 +110,11 @@ def _check_target(url: str) -> None:
 async def _post(session: aiohttp.ClientSession, url: str, data: bytes,
                 headers: dict[str, str], since: float, res: Result) -> None:
     """One POST, recorded in `res`; latency counted from `since`."""
+    status = 0
     try:
         async with session.post(url, data=data, headers=headers) as resp:
             await resp.read()
+            status = resp.status
             res.statuses[resp.status] += 1
             res.x_cache[resp.headers.get("X-Cache", "-")] += 1
             res.nodes[resp.headers.get("X-Node", "-")] += 1
@@ -125,6 +129,7 @@ async def _post(session: aiohttp.ClientSession, url: str, data: bytes,
     except (aiohttp.ClientError, TimeoutError):
         res.failed += 1
         res.statuses[0] += 1
+    res.spans.append((since, time.perf_counter(), status))
 
 
 def schedule(rate: float, count: int, arrivals: str = "uniform", seed: int = 0) -> np.ndarray:
@@ -140,14 +145,16 @@ def schedule(rate: float, count: int, arrivals: str = "uniform", seed: int = 0) 
 async def open_loop(url: str, body: Body, rate: float, count: int, *,
                     timeout_s: float = 10.0, max_duration_s: float = 120.0,
                     headers: dict[str, str] | None = None, arrivals: str = "uniform",
-                    seed: int = 0, connections: int = 1) -> Result:
+                    seed: int = 0, connections: int = 1, fresh: bool = False) -> Result:
     """Send `count` POSTs at `rate` per second and wait for all; request i goes
-    over client session i % `connections`."""
+    over client session i % `connections`; `fresh`: a new connection per request
+    (so a request can fail only with the server process that took it)."""
     _check_target(url)
     res = Result(offered_rps=rate, sent=0, ok=0, failed=0, elapsed_s=0.0)
     hdrs = {"Content-Type": "application/json", **(headers or {})}
     tmo = aiohttp.ClientTimeout(total=timeout_s)
-    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=tmo)
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=fresh),
+                                      timeout=tmo)
                 for _ in range(max(1, connections))]
     offsets = schedule(rate, count, arrivals, seed)
     try:

@@ -28,10 +28,13 @@ class Sample:
 
 class OpenLoad:
     def __init__(self, url: str, body: Callable[[int], bytes], rate: float,
-                 max_s: float = 60.0, timeout_s: float = 10.0):
+                 max_s: float = 60.0, timeout_s: float = 10.0, fresh: bool = False):
+        """`fresh`: a new connection per request (none is reused), so that a request
+        can only fail with the process that accepted it while it is in flight."""
         assert url.startswith("http://127.0.0.1:"), url
         self.url, self.body, self.rate = url, body, rate
         self.max_s, self.timeout_s = max_s, timeout_s
+        self.fresh = fresh
         self.samples: list[Sample] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -51,7 +54,8 @@ class OpenLoad:
     async def _run(self) -> None:
         tmo = aiohttp.ClientTimeout(total=self.timeout_s)
         async with aiohttp.ClientSession(timeout=tmo,
-                                         connector=aiohttp.TCPConnector(limit=0)) as s:
+                                         connector=aiohttp.TCPConnector(
+                                             limit=0, force_close=self.fresh)) as s:
             tasks: set[asyncio.Task[None]] = set()
             start = time.monotonic()
             i = 0

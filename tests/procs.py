@@ -274,17 +274,18 @@ class ProxyProc:
     """`tfserving-lb serve` in a child process, with its REST and admin URLs."""
 
     def __init__(self, log_dir: Path, nodes: list[dict[str, Any]], *, name: str = "proxy",
-                 grpc: bool = False, workers: int = 1, **sections: Any):
+                 grpc: bool = False, workers: int = 1, metrics: bool = False, **sections: Any):
         self.rest_port, self.admin_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.rest_port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.grpc = f"127.0.0.1:{free_port()}" if grpc else None   # the gRPC front, if asked
-        doc: dict[str, Any] = {
-            "listen": {"rest": f"127.0.0.1:{self.rest_port}", "grpc": self.grpc,
-                       "admin": f"127.0.0.1:{self.admin_port}"},
-            "nodes": nodes,
-            **sections,
-        }
+        # listen.metrics, if asked: GET /metrics alone
+        self.metrics = f"http://127.0.0.1:{free_port()}" if metrics else None
+        listen = {"rest": f"127.0.0.1:{self.rest_port}", "grpc": self.grpc,
+                  "admin": f"127.0.0.1:{self.admin_port}"}
+        if self.metrics:
+            listen["metrics"] = self.metrics.removeprefix("http://")
+        doc: dict[str, Any] = {"listen": listen, "nodes": nodes, **sections}
         self.config_path = write_config(log_dir / f"{name}-{self.rest_port}.yaml", doc)
         self.proc = Proc(f"{name}-{self.rest_port}",
                          lb_cmd("serve", "--config", str(self.config_path),

@@ -29,7 +29,11 @@ from lb.errors import ConfigError
 from tests.procs import ROOT
 
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())   # oldest we claim, newest
-KUSTOMIZATIONS = ("deploy/k8s/overlays/example", "deploy/k8s/base")
+KUSTOMIZATIONS = ("deploy/k8s/overlays/example", "deploy/k8s/base",
+                  "deploy/k8s/overlays/example-prometheus-operator")
+# Custom resources: no Kubernetes schema; check_service_monitor checks them instead.
+CUSTOM = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+MONITORING_NS = {"kubernetes.io/metadata.name": "monitoring"}
 PROXY, TF, REDIS = "tfserving-lb", "tf-serving", "tfslb-redis"    # Deployment names
 TF_IMAGE_PORTS = {"grpc": 8500, "rest": 8501}    # tensorflow/serving's entrypoint defaults
 MARGIN_S = 5              # grace beyond preStop + drain: closing pools and Redis
@@ -123,7 +127,8 @@ def check_config(objs: list[Obj]) -> None:
 
 
 def check_schemas(objs: list[Obj]) -> None:
-    for o, version in ((o, v) for o in objs for v in K8S_VERSIONS):
+    core = [o for o in objs if (o["apiVersion"], o["kind"]) not in CUSTOM]
+    for o, version in ((o, v) for o in core for v in K8S_VERSIONS):
         try:
             kubernetes_validate.validate(o, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -159,6 +164,47 @@ def check_admin_not_exposed(objs: list[Obj]) -> None:
                 assert number != port, f"Service {svc['metadata']['name']} exposes admin"
 
 
+def _metrics_services(objs: list[Obj]) -> list[Obj]:
+    """The Services that send to the proxy's metrics port."""
+    c, labels = container(objs, PROXY), pod(objs, PROXY)["metadata"]["labels"]
+    port = split_hostport(str(config(objs).listen.metrics))[1]
+    return [svc for svc in find(objs, "Service") if matches(svc["spec"].get("selector"), labels)
+            and any(target_port(c, p) == port for p in svc["spec"]["ports"])]
+
+
+def check_metrics_port(objs: list[Obj]) -> None:
+    cfg, c = config(objs), container(objs, PROXY)
+    assert cfg.listen.metrics is not None, "listen.metrics: Prometheus scrapes it"
+    host, port = split_hostport(cfg.listen.metrics)
+    assert host in ("0.0.0.0", "::"), f"listen.metrics must bind all addresses: {host}"
+    assert container_port(c, "metrics") == port, "containerPort metrics != listen.metrics"
+    notes = pod(objs, PROXY)["metadata"].get("annotations", {})
+    assert (notes.get("prometheus.io/scrape"), notes.get("prometheus.io/port"),
+            notes.get("prometheus.io/path")) == ("true", str(port), "/metrics"), notes
+    (svc,) = _metrics_services(objs)
+    assert [target_port(c, p) for p in svc["spec"]["ports"]] == [port], "metrics alone"
+    proxy = pod(objs, PROXY)["metadata"]["labels"]
+    prometheus = {"app.kubernetes.io/name": "prometheus"}
+    assert allowed(objs, "Ingress", proxy, prometheus, port, peer_ns=MONITORING_NS)
+    other = {"kubernetes.io/metadata.name": "other"}
+    assert not allowed(objs, "Ingress", proxy, prometheus, port, peer_ns=other)
+    assert not allowed(objs, "Ingress", proxy, {"app": "some-client"}, port), "same namespace"
+
+
+def check_service_monitor(objs: list[Obj]) -> None:
+    """Each ServiceMonitor selects the metrics Service and scrapes its metrics port."""
+    for sm in find(objs, "ServiceMonitor"):
+        assert sm["metadata"].get("namespace") == namespace(objs)
+        picked = [svc for svc in find(objs, "Service")
+                  if matches(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])]
+        assert picked == _metrics_services(objs), [p["metadata"]["name"] for p in picked]
+        names = {p["name"] for p in picked[0]["spec"]["ports"]}
+        for endpoint in sm["spec"]["endpoints"]:
+            assert endpoint["port"] in names, f"no Service port named {endpoint['port']}"
+            assert endpoint.get("path", "/metrics") == "/metrics"
+            assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
+
+
 def check_probes(objs: list[Obj]) -> None:
     c = container(objs, PROXY)
     rest = split_hostport(config(objs).listen.rest)[1]
@@ -184,8 +230,10 @@ def check_selectors(objs: list[Obj]) -> None:
     for d in find(objs, "Deployment"):
         assert matches(d["spec"]["selector"]["matchLabels"], pods[d["metadata"]["name"]])
     for svc in find(objs, "Service"):
+        name = svc["metadata"]["name"]
         picked = [n for n, labels in pods.items() if matches(svc["spec"]["selector"], labels)]
-        assert picked == [svc["metadata"]["name"]], f"Service {svc['metadata']['name']}: {picked}"
+        assert len(picked) == 1 and (name == picked[0] or name.startswith(picked[0] + "-")), \
+            f"Service {name}: {picked}"
     for kind in ("PodDisruptionBudget", "NetworkPolicy"):
         for o in find(objs, kind):
             sel = o["spec"]["selector" if kind == "PodDisruptionBudget" else "podSelector"]
@@ -356,7 +404,7 @@ def check_rollout(objs: list[Obj]) -> None:
 CHECKS: list[Callable[[list[Obj]], None]] = [
     check_schemas, check_config, check_ports, check_admin_not_exposed, check_probes, check_drain,
     check_selectors, check_scaling, check_discovery, check_redis, check_security,
-    check_network_policy, check_rollout,
+    check_network_policy, check_rollout, check_metrics_port, check_service_monitor,
 ]
 
 
@@ -450,6 +498,17 @@ MUTATIONS: dict[str, tuple[Callable[[list[Obj]], None], Callable[[list[Obj]], No
         "egress"].pop()),
     "in-place config": (check_rollout, lambda o: edit_config(
         o, lambda d: d["reload"].update(watch=True))),
+    "metrics on loopback": (check_metrics_port, lambda o: edit_config(
+        o, lambda d: d["listen"].update(metrics="127.0.0.1:9902"))),
+    "no scrape annotation": (check_metrics_port, lambda o: pod(o, PROXY)["metadata"][
+        "annotations"].pop("prometheus.io/scrape")),
+    "metrics port open": (check_metrics_port, lambda o: one(o, "NetworkPolicy", PROXY)["spec"][
+        "ingress"][1]["from"].append({"namespaceSelector": {}})),
+    "metrics port to clients": (check_metrics_port, lambda o: one(o, "NetworkPolicy", PROXY)[
+        "spec"]["ingress"][0]["ports"].append({"port": 9902, "protocol": "TCP"})),
+    "admin in metrics service": (check_metrics_port, lambda o: one(
+        o, "Service", f"{PROXY}-metrics")["spec"]["ports"].append(
+        {"name": "admin", "port": 9901, "targetPort": 9901})),
 }
 
 
@@ -466,3 +525,18 @@ def test_check_catches(overlay: list[Obj], name: str) -> None:
     mutate(broken)
     with pytest.raises(AssertionError):      # ... and fails after it
         check(broken)
+
+
+def test_the_operator_overlay_adds_a_service_monitor() -> None:
+    objs = render(KUSTOMIZATIONS[2])
+    assert len(find(objs, "ServiceMonitor")) == 1
+    check_service_monitor(objs)
+    breaks: list[Callable[[Obj], None]] = [
+        lambda sm: sm["spec"]["endpoints"][0].update(port="http"),
+        lambda sm: sm["spec"]["selector"]["matchLabels"].update(
+            {"app.kubernetes.io/component": "proxy"})]
+    for break_it in breaks:
+        broken = copy.deepcopy(objs)
+        break_it(one(broken, "ServiceMonitor", PROXY))
+        with pytest.raises(AssertionError):
+            check_service_monitor(broken)

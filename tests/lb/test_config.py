@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import pytest
+import yaml
+from pydantic import BaseModel
 
-from lb.config import load_config, parse_config
+from lb.config import Config, load_config, parse_config
 from lb.errors import ConfigError
 
 GOOD = """
@@ -95,3 +100,109 @@ def test_check_config_cli(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert fail.returncode != 0
     assert f"{bad}: nodes.0.weight: Input should be greater than 0" in fail.stderr
+
+
+# --- YAML's on/off: every setting written with words accepts what YAML makes of them ----
+
+_YAML_BOOL_WORDS = {"on", "off", "yes", "no", "true", "false", "y", "n"}
+
+
+def _fields(model: type[BaseModel], path: tuple[str, ...] = ()) -> Iterator[
+        tuple[tuple[str, ...], Any]]:
+    """(path, annotation) of every setting under `model`: lists as item 0, dicts as "m"."""
+    for name, info in model.model_fields.items():
+        yield from _walk((*path, name), info.annotation)
+
+
+def _walk(path: tuple[str, ...], ann: Any) -> Iterator[tuple[tuple[str, ...], Any]]:
+    origin, args = get_origin(ann), [a for a in get_args(ann) if a is not type(None)]
+    if origin is Annotated or (origin in (Union, UnionType) and len(args) == 1):
+        yield from _walk(path, args[0])
+    elif origin is list:
+        yield from _walk((*path, "0"), args[0])
+    elif origin is dict:
+        yield from _walk((*path, "m"), args[1])
+    elif isinstance(ann, type) and issubclass(ann, BaseModel):
+        yield from _fields(ann, path)
+    else:
+        yield path, ann
+
+
+def _words(ann: Any) -> set[str]:
+    """The values of a Literal setting (through Annotated), else empty."""
+    while get_origin(ann) is Annotated:
+        ann = get_args(ann)[0]
+    return {a for a in get_args(ann) if isinstance(a, str)} if get_origin(ann) is Literal else set()
+
+
+def _base() -> dict[str, Any]:
+    return {"nodes": [{"name": "a", "rest": "http://h:1"}], "discovery": {"dns": "tf.example"},
+            "models": {"m": {"batching": {}}}}
+
+
+def _set(doc: Any, path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        doc = doc[int(key)] if isinstance(doc, list) else doc.setdefault(key, {})
+    doc[path[-1]] = value
+
+
+def _yaml_of(doc: dict[str, Any], words: dict[tuple[str, ...], str]) -> str:
+    """`doc` as YAML with the settings of `words` written as bare, unquoted words."""
+    marks = {}
+    for i, (path, word) in enumerate(words.items()):
+        marks[f"@@{i}@@"] = word
+        _set(doc, path, f"@@{i}@@")
+    text = yaml.safe_dump(doc, sort_keys=False)
+    for mark, word in marks.items():
+        text = text.replace(f"'{mark}'", word).replace(mark, word)
+    return text
+
+
+SETTINGS = list(_fields(Config))
+ON_OFF = {p: w for p, ann in SETTINGS if (w := _words(ann)) & _YAML_BOOL_WORDS}
+OTHER_WORDS = {p: w for p, ann in SETTINGS if (w := _words(ann)) and p not in ON_OFF}
+# The routing sections of lb.rollout (sticky_by: header or api_key, not both nor
+# neither) validate across their fields: a bare word in one of them alone is not a
+# config; their booleans are plain pydantic ones, tested in tests/lb/rollout.
+_ROUTING = {"split", "match", "sticky_by", "shadow", "rollout"}
+BOOLS = [p for p, ann in SETTINGS if ann is bool and not _ROUTING & set(p)]
+
+
+def test_the_walk_finds_the_settings_written_with_words() -> None:
+    assert ("models", "m", "cache") in ON_OFF        # auto | on | off
+    assert ("log", "format") in OTHER_WORDS and ("hedge", "enabled") in BOOLS
+    assert {("reload", "watch"), ("cache", "adaptive", "enabled")} <= set(BOOLS)
+
+
+@pytest.mark.parametrize("word", ["on", "off", "yes", "no", "On", "OFF"])
+def test_check_config_takes_yaml_booleans_for_on_off_settings(tmp_path: Path, word: str) -> None:
+    """check-config accepts every on/off setting, and every boolean one, written bare."""
+    path = tmp_path / "lb.yaml"
+    path.write_text(_yaml_of(_base(), {p: word for p in [*ON_OFF, *BOOLS]}))
+    out = subprocess.run([sys.executable, "-m", "lb", "check-config", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    cfg = load_config(path)
+    truth = word.lower() in ("on", "yes")
+    for setting in ON_OFF:
+        value: Any = cfg
+        for key in setting:
+            value = value[0] if key == "0" else value.get(key) if isinstance(value, dict) \
+                else getattr(value, key)
+        assert value == ("on" if truth else "off"), (setting, value)
+    assert cfg.hedge.enabled is truth and cfg.log.access is truth
+
+
+def test_a_yaml_boolean_where_a_word_is_expected_says_so(tmp_path: Path) -> None:
+    """Settings whose words are not booleans: the message names YAML and how to quote."""
+    path = tmp_path / "lb.yaml"
+    path.write_text(_yaml_of(_base(), dict.fromkeys(OTHER_WORDS, "on")))
+    out = subprocess.run([sys.executable, "-m", "lb", "check-config", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == len(OTHER_WORDS), lines
+    for setting in OTHER_WORDS:
+        line = next(ln for ln in lines if f": {'.'.join(setting)}: " in ln)
+        assert "YAML read the unquoted word as the boolean true" in line, line
+        assert 'quote the word, e.g. "on"' in line, line

@@ -36,6 +36,8 @@ FACTS = """(() => {
           rps: text("now-rps"), hit: text("now-hit"), err: text("err"),
           events: [...document.querySelectorAll("#events li")].map(li => li.textContent),
           rows: [...document.querySelectorAll("#nodes tbody tr")].map(r => r.cells[0].textContent),
+          procs: [...document.querySelectorAll("#procs tbody tr")].map(r => r.cells[2].textContent),
+          rss: text("now-rss"),
           polls: window.dashboard.polls, failures: window.dashboard.failures};
 })()"""
 
@@ -124,6 +126,10 @@ def _charted(facts: dict[str, Any]) -> bool:
             and c["rps"].get("node:slow", 0) >= 3 and c["rps"].get("node:late", 0) >= 2
             and c["p99"].get("total:all", 0) >= 8 and c["hit"].get("total:hit rate", 0) >= 5
             and all(c["inflight"].get(k, 0) >= 10 for k in fast)
+            and c["inflight"].get("total:all", 0) >= 10
+            and c.get("memory", {}).get("total:RSS (all processes)", 0) >= 10
+            and c["memory"].get("total:cache budget", 0) >= 10
+            and facts["procs"] == ["up", "up"] and float(facts["rss"] or 0) > 40
             and all(c["share"].get(k, 0) >= 10 for k in fast)
             and any("slow removed" in e for e in facts["events"])
             and any("late added" in e for e in facts["events"])
@@ -146,9 +152,10 @@ async def test_dashboard_in_headless_chromium(logs_dir: Path, hp2_pool: Pool,
     proxy: ProxyProc | None = None
     try:
         nodes = [node(f"fast-{i}", u) for i, u in enumerate(hp2_pool.fast)]
+        # Two processes: every chart is the whole proxy's (the supervisor merges them).
         proxy = ProxyProc(logs_dir, [*nodes, node("slow", hp2_pool.slow)],
                           name="proxy-dashboard-ui", cache={"backend": "memory"},
-                          reload={"watch": False})
+                          reload={"watch": False}, workers=2)
         with OpenLoad(f"{proxy.url}/v1/models/half_plus_two:predict", body, RATE,
                       max_s=LOAD_S) as load:
             started = time.monotonic()

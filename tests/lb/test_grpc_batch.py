@@ -412,7 +412,7 @@ def test_pbwire_packed_helpers() -> None:
 def batching_setup(logs_dir: Path, test_models: Path
                    ) -> Iterator[tuple[list[tuple[Proc, str]], ProxyProc]]:
     # A few ms of node latency, as any real model has: concurrent calls then find
-    # every node busy and queue, so batches form (lb.batcher sends at once otherwise).
+    # every node busy and queue, so batches form (a free slot takes a call at once otherwise).
     started = start_workers(logs_dir, [{"models": {HP2: test_models / "half_plus_two_cpu"},
                                         "name": f"batch-{i}", "delay_ms": 10.0}
                                        for i in range(2)])
