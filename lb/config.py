@@ -131,6 +131,7 @@ class BatchingConfig(_Strict):
     """Proxy-side micro-batching of concurrent single-model predicts (opt-in per model)."""
 
     max_rows: Annotated[int, Field(ge=2, le=4096)] = 64
+    # Accepted and no longer used: a batch leaves the proxy's queue when a slot frees.
     max_delay_ms: Annotated[float, Field(ge=0, le=1000)] = 2.0
 
 

@@ -470,9 +470,30 @@ class Scheduler:
             if self._worth_waiting(ticket, cands, best, n, now):
                 return None, False
             bound = best * (1.0 + self.settings.tie_band)
+            growing = self._starting(ticket, cands, bound, now)
+            if growing is not None:           # as good, and in its slow start: grow it
+                return growing, True
             ties = [node for node, tau in zip(free, taus, strict=True) if tau <= bound]
             return (ties[0] if len(ties) == 1 else self._least_used(ties, now)), False
         return self._probe(ticket, cands, now), True
+
+    def _starting(self, ticket: Ticket, cands: list[Node], bound: float,
+                  now: float) -> Node | None:
+        """A node in its slow start with fewer slots than another candidate (added to a
+        running pool, readmitted: it began at one), at its limit and as fast as the
+        best free one (τ within `bound`): it takes a probe, so that it grows while it
+        keeps up, not only once requests wait (it would stay at one slot while the
+        others can take the load)."""
+        most = 0
+        for node in cands:
+            most = max(most, node.limit.allowed())
+        for node in cands:
+            limit = node.limit
+            if (limit.starting and limit.allowed() < most and limit.wants_probe()
+                    and node.occupied(now) >= limit.allowed()
+                    and self._tau(node, ticket.key, now) <= bound):
+                return node
+        return None
 
     def _least_used(self, ties: list[Node], now: float) -> Node:
         """Among nodes that tie on τ, the one with the most of its slots free (at random

@@ -26,8 +26,11 @@ from scripts.charts import latency_chart
 P99_MS = 50.0
 MIN_ACHIEVED = 0.95
 LOW_SHARE = 0.2
-BATCHING = {"max_rows": 64, "max_delay_ms": 2}
+BATCHING = {"max_rows": 64}
 NGINX, LB, LB_BATCH = "nginx least_conn", "tfserving-lb", "tfserving-lb +batching"
+# The same proxy without its concurrency limiter: 64 slots a node, pinned (no queue
+# in front of the nodes, as before the proxy held one): what the limiter costs.
+LB_FREE = "tfserving-lb, no limiter"
 
 
 def step_line(s: dict[str, Any]) -> str:
@@ -118,8 +121,8 @@ def report_checks(res: dict[str, Any]) -> None:
 
 def report(res: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"\n3 MNIST workers (1 inference thread each), one 784-float row per request, "
-          f"{args.connections} client sessions; contenders: {NGINX} (keep-alive), {LB} and "
-          f"{LB_BATCH} ({BATCHING}), cache none, hedging off")
+          f"{args.connections} client sessions; contenders: {NGINX} (keep-alive), {LB}, "
+          f"{LB_FREE} and {LB_BATCH} ({BATCHING}), cache none, hedging off")
     print("NOTE: the load generator, the proxy and the workers share the 2 cores of a "
           "shared, noisy box: only ratios from one run compare, not absolute figures")
     print("load average (1/5/15 min) at start: "
@@ -148,6 +151,11 @@ def report_closed(closed: dict[str, Any], args: argparse.Namespace) -> None:
         peak = max((r["rps"] for r in row["runs"]), default=float("nan"))
         print(f"   {name:24} {best['rps']:8.0f} {best['rps'] / base_best:7.2f} "
               f"{best['connections']:>5} {peak:8.0f} {peak / base_peak:7.2f}")
+    if LB in closed and LB_FREE in closed:
+        peak = {n: max((r["rps"] for r in closed[n]["runs"]), default=float("nan"))
+                for n in (LB, LB_FREE)}
+        print(f"   the limiter's cost: {LB} peak / {LB_FREE} peak = "
+              f"{peak[LB] / peak[LB_FREE]:.2f}")
 
 
 def chart(res: dict[str, Any]) -> Path:

@@ -10,7 +10,8 @@ to bench-out/models/mnist with `lb export-mnist`, reused) serve three
 contenders, all started at once and loaded in turn: nginx `proxy_pass`
 least_conn with upstream keep-alive (scripts/bench_raw.py's front), tfserving-lb
 with cache none and hedging off, and the same with
-`models: {mnist: {batching: {max_rows: 64, max_delay_ms: 2}}}`. Every request is
+`models: {mnist: {batching: {max_rows: 64}}}`, and tfserving-lb without its
+concurrency limiter (64 slots a node, pinned: what the limiter costs). Every request is
 one 784-float digit (1797 distinct rows, from backends/digits.py), sent open
 loop with Poisson arrivals (scripts/loadgen.py).
 
@@ -65,6 +66,7 @@ from scripts.batching_report import (
     BATCHING,
     LB,
     LB_BATCH,
+    LB_FREE,
     LOW_SHARE,
     MIN_ACHIEVED,
     NGINX,
@@ -143,15 +145,19 @@ class Rig:
 
 
 def start_contenders(bench: Bench, workers: list[str]) -> tuple[dict[str, str], str]:
-    """All three up at once (idle in turn); ({name: url}, the batching proxy's admin)."""
+    """All four up at once (idle in turn); ({name: url}, the batching proxy's admin)."""
     ports = [int(u.rsplit(":", 1)[1]) for u in workers]
     nodes = [{"name": f"n{i}", "rest": u} for i, u in enumerate(workers)]
     common: dict[str, Any] = {"cache": {"backend": "none"}, "hedge": {"enabled": False},
                               "policy": {"name": "least_load"}}
     lb_url, _admin, _proc = bench.start_proxy("batching-off", nodes, **common)
+    free_url, _admin, _proc = bench.start_proxy(
+        "no-limiter", nodes, **{**common, "policy": {
+            "name": "least_load", "concurrency": {"initial": 64, "learn": False}}})
     batch_url, batch_admin, _proc = bench.start_proxy(
         "batching-on", nodes, models={MODEL: {"batching": BATCHING}}, **common)
-    urls = {NGINX: start_nginx_front(bench, ports), LB: lb_url, LB_BATCH: batch_url}
+    urls = {NGINX: start_nginx_front(bench, ports), LB: lb_url, LB_FREE: free_url,
+            LB_BATCH: batch_url}
     return urls, batch_admin
 
 

@@ -146,17 +146,18 @@ def start_script(bench: Bench, ports: list[int], script: str) -> str:
 
 def start_lb(bench: Bench, ports: list[int], cache: str, workers: int = 1,
              pure: bool = False, exe: str | None = None, label: str = "",
-             source: Path | None = None) -> str:
+             source: Path | None = None, cache_extra: dict[str, Any] | None = None) -> str:
     """tfserving-lb in front of the stubs; `pure`: its data path run as Python, not the
     compiled build (lb/native.py), which must then be present and in use. `exe`:
     another install's console script (--lb NAME=EXE, NAME is `label`); `source`: the
     checkout to run (default this one)."""
     nodes = [{"name": f"n{i}", "rest": f"http://127.0.0.1:{p}"} for i, p in enumerate(ports)]
+    backend = cache.removesuffix(" cache").replace("cache none", "none")
     url, admin, proc = bench.start_proxy(
-        f"raw-{cache}-w{workers}{'-pure' if pure else ''}{'-base' if source else ''}{label}",
+        f"raw-{backend}-w{workers}{'-pure' if pure else ''}{'-base' if source else ''}{label}",
         nodes, workers=workers, env={native.PURE_ENV: "1"} if pure else {}, exe=exe,
-        cache={"backend": cache}, hedge={"enabled": False}, policy={"name": "least_load"},
-        source=source)
+        cache={"backend": backend, **(cache_extra or {})}, hedge={"enabled": False},
+        policy={"name": "least_load"}, source=source)
     kind = orjson.loads(http_get(f"{admin}/stats")[2])["data_path"]
     if kind != ("python" if pure else "compiled"):
         raise RuntimeError(f"data path {kind}: run scripts/build_native.py")
@@ -183,6 +184,8 @@ def verify(url: str, body: bytes, want_hit: bool) -> list[str]:
 
 def measure(exe: str, url: str, args: argparse.Namespace, lua: Path,
             get: bool) -> dict[str, Any]:
+    if url in DISTINCT_URLS:              # --distinct rows: every body new
+        lua = DISTINCT_URLS[url]
     row: dict[str, Any] = {}
     runs: list[tuple[str, str, Path | None]] = []
     if get:
@@ -200,6 +203,7 @@ def measure(exe: str, url: str, args: argparse.Namespace, lua: Path,
 
 
 PIDS: dict[str, int] = {}       # url -> pid of a tfserving-lb contender (for CPU per request)
+DISTINCT_URLS: dict[str, Path] = {}   # url -> the distinct-bodies script of its row
 NGINX_ROW = "nginx proxy_pass least_conn, keep-alive"
 WORKERS_ROW = "tfserving-lb --workers 2, cache none"
 STUB_ROW = "(reference) one nginx stub, no proxy"
@@ -237,10 +241,27 @@ def other_installs(specs: list[str]) -> list[Contender]:
     return rows
 
 
+def distinct_rows(bench_lua: Path) -> list[Contender]:
+    """--distinct: cache none, memory and tiered with a new body every request (the
+    cheap path: a model whose requests never repeat is bypassed by the adaptive cache
+    and must cost what cache none costs). The tiered row starts a private redis."""
+    def start(cache: str) -> Callable[[Bench, list[int]], str]:
+        def go(b: Bench, p: list[int]) -> str:
+            extra = {"redis_url": b.start_redis()} if cache == "tiered" else {}
+            url = start_lb(b, p, cache, label="-distinct", cache_extra=extra)
+            DISTINCT_URLS[url] = bench_lua
+            return url
+        return go
+    return [(f"tfserving-lb, {c}, distinct bodies", start(c), False, False)
+            for c in ("cache none", "memory cache", "tiered cache")]
+
+
 def contenders(args: argparse.Namespace) -> list[Contender]:
     """CONTENDERS, with other installs' rows (--lb) after the first four, the
-    baseline's row after ours, and only the rows asked for."""
+    baseline's row after ours, the --distinct rows last, and only the rows asked for."""
     rows = list(CONTENDERS[:4]) + other_installs(args.lb) + list(CONTENDERS[4:])
+    if args.distinct:
+        rows += distinct_rows(wrkload.distinct_script(OUT / "raw_distinct.lua"))
     if args.baseline is not None:
         base: Path = args.baseline.resolve()
         at = next(i for i, c in enumerate(rows) if c[0] == WORKERS_ROW) + 1
@@ -384,6 +405,9 @@ def main() -> int:
     parser.add_argument("--lb", action="append", default=[], metavar="NAME=EXE",
                         help="also measure another install's tfserving-lb console script "
                              "(cache none), e.g. fresh=/tmp/venv/bin/tfserving-lb")
+    parser.add_argument("--distinct", action="store_true",
+                        help="also cache none / memory / tiered with a new body every "
+                             "request (the adaptive cache's bypass: the cheap path)")
     parser.add_argument("--only", nargs="+", metavar="SUBSTR", default=None,
                         help="only the rows whose name holds one of these (and nginx's)")
     parser.add_argument("--baseline", type=Path, default=None, metavar="DIR",

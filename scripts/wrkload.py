@@ -26,6 +26,26 @@ wrk.headers["Content-Type"] = "application/json"
 _SCALE = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
+LUA_DISTINCT = """
+-- every request a body no other has: the cache never hits (its adaptive controller
+-- bypasses the model soon), and the proxy does what a miss costs
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, nil, nil,
+    '{{"instances": [[' .. n .. ', 0.25, 0.5, 0.75, 1.0, 0.125, 0.375, 0.625]]}}')
+end
+"""
+
+
+def distinct_script(path: Path) -> Path:
+    """Write a wrk Lua script at `path` that POSTs a different JSON body every time."""
+    path.write_text(LUA_DISTINCT.format())
+    return path
+
+
 def post_script(path: Path, body_path: Path) -> Path:
     """Write a wrk Lua script at `path` that POSTs the bytes of `body_path` as JSON."""
     path.write_text(LUA_POST.format(body=body_path))
