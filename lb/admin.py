@@ -53,7 +53,8 @@ def stats_doc(proxy: Proxy) -> dict[str, Any]:
             "batching": proxy.core.batcher.as_dict(),
             "upstream": {"rest": proxy.rest_upstream.stats(),
                          "grpc_channels": proxy.grpc_upstream.channels},
-            "discovery": proxy.discovery.status.as_dict() if proxy.discovery else None}
+            "discovery": proxy.discovery.status.as_dict() if proxy.discovery else None,
+            "security": proxy.edge.stats()}
 
 
 async def handle_stats(request: web.Request) -> web.Response:

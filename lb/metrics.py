@@ -251,6 +251,7 @@ class StateCollector(Collector):
         yield from _config_metrics(proxy.status)
         if proxy.discovery is not None:
             yield from proxy.discovery.status.metrics(PREFIX)
+        yield from proxy.edge.metrics(PREFIX)
 
 
 class Metrics:

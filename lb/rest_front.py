@@ -16,6 +16,9 @@ and the node checks it. A request whose body repeats one the cache answered
 before is answered synchronously from the in-process tier (`_hit`): no Task,
 no JSON parse, no key (`lb.rest_keys` remembers which key those bytes made).
 
+With `auth` configured, the edge's gate (`lb.edge.gate`) checks every request first
+(`handle`): a refused one is answered here (`refuse`) and reaches nothing else.
+
 Guarantees: one Task per request that is not answered synchronously, and none
 for cache hits from the in-process tier, `/healthz` and `/readyz`; a client
 that leaves cancels its request (the node attempt is cancelled and its
@@ -30,7 +33,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -58,6 +61,13 @@ def error_body(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
 
+class Gate(Protocol):
+    """The edge's check (`lb.edge.gate.Edge`): True to go on; False when it answered
+    the request, or will call `serve_exchange` itself once it knows."""
+
+    def rest(self, ex: Exchange) -> bool: ...
+
+
 class RestFront:
     """The `App` of the REST front's `HttpServer`; see the module docstring."""
 
@@ -73,10 +83,22 @@ class RestFront:
         self._routes: dict[str, tuple[Route, str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.sizes = RowSizes()
+        self.gate: Gate | None = None   # set by lb.server while `auth` is configured
 
     # -- entry --------------------------------------------------------------------
 
     def handle(self, ex: Exchange) -> None:
+        gate = self.gate                # lb.edge: keys and budgets, before anything else
+        if gate is not None and not gate.rest(ex):
+            return
+        self.serve_exchange(ex)
+
+    def refuse(self, ex: Exchange, exc: LbError) -> None:
+        """Answer a request the gate refused (401, 403, 429), counted like any other."""
+        self._fail(ex, exc, time.perf_counter())
+
+    def serve_exchange(self, ex: Exchange) -> None:
+        """A request the gate let through (or any, without a gate)."""
         req = ex.request
         if req.method == "POST" and self.keys.memo and self._hit(ex):
             return
@@ -278,7 +300,7 @@ class RestFront:
 
     def _fail(self, ex: Exchange, exc: LbError, start: float) -> None:
         """The one place an LbError becomes a client reply."""
-        headers = b""
+        headers = exc.headers
         if exc.retry_after is not None:
             headers += b"Retry-After: %d\r\n" % exc.retry_after
         if isinstance(exc, NotCached):

@@ -3,7 +3,8 @@
 Called by `lb.cli` (`serve_main`) and by the demo. `Proxy` owns every
 component of one proxy process and is the only object that knows them all:
 config → node pool → upstreams (REST pools, gRPC channels) → health checks →
-dispatcher → cache → core → fronts, plus the recorder, metrics and reloader.
+dispatcher → cache → core → fronts, plus the recorder, metrics and reloader, and
+the edge (`lb.edge`: the fronts' TLS pair, API keys and budgets, checked first).
 Components never assign into each other: a new config (a reload, or nodes
 found by DNS discovery) reaches each through its own `reconfigure`.
 
@@ -33,6 +34,7 @@ from lb.config import Config, NodeConfig, load_config, split_hostport
 from lb.core import Core
 from lb.discovery import DnsDiscovery
 from lb.dispatch import Dispatcher
+from lb.edge.gate import Edge
 from lb.errors import ConfigError, LbError
 from lb.grpc_batch import GrpcBatchCodec
 from lb.grpc_front import GrpcFront
@@ -54,7 +56,7 @@ from lb.signatures import Signatures
 log = logging.getLogger("lb.server")
 
 # Sections a running proxy cannot change: sockets, the cache store, pool sizes, limits.
-RESTART_ONLY = ("listen", "cache", "upstream", "limits", "grpc")
+RESTART_ONLY = ("listen", "cache", "upstream", "limits", "grpc", "rate_limit")
 
 
 def build_cache(cfg: Config, pin: Callable[[str], str]) -> ResultCache | None:
@@ -89,7 +91,7 @@ class Proxy:
         self.discovered: list[NodeConfig] = []
         self.pool = NodePool(cfg.nodes, cfg.policy, outlier=outlier_policy(cfg.outlier, cfg.policy))
         self.rest_upstream = RestUpstream(cfg.upstream)
-        self.grpc_upstream = GrpcUpstream(cfg.grpc)
+        self.grpc_upstream = GrpcUpstream(cfg.grpc, cfg.upstream.tls)
         self.health = HealthChecker(cfg.health, self.pool, self.rest_upstream, list(cfg.models))
         self.dispatcher = Dispatcher(cfg, self.pool)
         self.cache = build_cache(cfg, lambda model: self.cfg.model(model).cache)
@@ -108,6 +110,9 @@ class Proxy:
             grpc_transport.codec = GrpcBatchCodec()
             self.grpc = GrpcFront(self.core, grpc_transport, self.recorder,
                                   self.config, self.pool)
+        self.edge = Edge(cfg, self.rest.sizes)     # TLS pair, keys, budgets (lb.edge)
+        self.edge.bind_rest(self.rest.serve_exchange, self.rest.refuse)
+        self._hook_edge()
         self.status = ConfigStatus(path=config_path)
         self.metrics = Metrics(self)
         self.started = time.time()
@@ -119,6 +124,13 @@ class Proxy:
 
     def config(self) -> Config:
         return self.cfg
+
+    def _hook_edge(self) -> None:
+        """The fronts call the edge's gate while `auth` is configured (none otherwise)."""
+        gate = self.edge if self.edge.active else None
+        self.rest.gate = gate
+        if self.grpc is not None:
+            self.grpc.gate = gate
 
     # -- reconfiguration ----------------------------------------------------------
 
@@ -137,9 +149,12 @@ class Proxy:
             log.warning("config %r changed; it takes effect at the next restart "
                         "(the running value stays)", name)
         cfg = new.model_copy(update=keep) if keep else new
-        self._rediscover(cfg)                  # first: it may refuse (ConfigError)
+        keys = self.edge.prepare(cfg)          # first: they may refuse (ConfigError)
+        self._rediscover(cfg)
         self.static_nodes = list(cfg.nodes)
         self._apply(cfg.model_copy(update={"nodes": self._merged()}))
+        self.edge.apply(cfg, keys)
+        self._hook_edge()
         return self.cfg
 
     def _rediscover(self, cfg: Config) -> None:
@@ -196,12 +211,16 @@ class Proxy:
         self._tasks.append(asyncio.create_task(self.health.run(), name="health"))
         self._http = HttpServer(self.rest, server_limits(cfg))
         host, port = split_hostport(cfg.listen.rest)
-        await self._http.start(host, port)
+        tls = self.edge.tls
+        await self._http.start(host, port, ssl=tls.context if tls else None,
+                               handshake_timeout_s=tls.cfg.handshake_timeout_s if tls else 10.0)
         if self.grpc is not None and cfg.listen.grpc:
-            await self.grpc.start(cfg.listen.grpc)
-        log.info("listening: rest %s, grpc %s, admin %s; %d nodes, cache %s; data path %s",
-                 cfg.listen.rest, cfg.listen.grpc, cfg.listen.admin, len(cfg.nodes),
-                 cfg.cache.backend, native.kind())
+            await self.grpc.start(cfg.listen.grpc, tls.grpc_credentials() if tls else None)
+        for coro, name in self.edge.tasks(self.config):
+            self.add_task(coro, name)
+        log.info("listening: rest %s, grpc %s, admin %s%s; %d nodes, cache %s; data path %s",
+                 cfg.listen.rest, cfg.listen.grpc, cfg.listen.admin, " (TLS)" if tls else "",
+                 len(cfg.nodes), cfg.cache.backend, native.kind())
 
     async def serve_admin(self, app: web.Application) -> None:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -238,6 +257,7 @@ class Proxy:
             await self.cache.close()
         await self.rest_upstream.close()
         await self.grpc_upstream.close()
+        await self.edge.close()
 
     async def _fetch_metadata(self, model: str, version: int) -> bytes | None:
         """Signature metadata of one model version, from any node serving it."""

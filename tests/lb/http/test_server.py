@@ -1,7 +1,9 @@
 """The lean HTTP/1.1 server over raw sockets: a real HttpServer on a free port per test,
 a small app (echo / slow / raising / big replies), no HTTP client library.
 
-Every test runs on uvloop (what the proxy ships) and on asyncio's own loop.
+Every test runs on uvloop (what the proxy ships) and on asyncio's own loop, over
+plaintext and over TLS (real handshakes with a certificate made by the tests): the
+same bytes above the transport, the same behaviour.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import contextlib
 import json
 import logging
 import socket
+import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
@@ -21,6 +24,23 @@ from lb.http.server import Exchange, HttpServer, Request, ServerLimits
 
 Run = Callable[[Coroutine[Any, Any, None]], None]
 WAIT = 5.0      # the deadline of every single read in these tests
+# (server, client) SSL contexts while a test runs over TLS (the `transport` fixture)
+_TLS: list[tuple[ssl.SSLContext, ssl.SSLContext] | None] = [None]
+
+
+@pytest.fixture(autouse=True, params=["plain", "tls"])
+def transport(request: pytest.FixtureRequest,
+              tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> Iterator[str]:
+    """Every test of this module over plaintext and over TLS."""
+    _TLS[0] = tls_contexts if request.param == "tls" else None
+    yield request.param
+    _TLS[0] = None
+
+
+async def listen(server: HttpServer) -> None:
+    """Start `server` on a free port, over TLS when the test runs over TLS."""
+    tls = _TLS[0]
+    await server.start("127.0.0.1", 0, ssl=tls[0] if tls else None)
 
 
 class App:
@@ -63,7 +83,7 @@ def echo(req: Request) -> bytes:
 async def serving(app: App | None = None, **limits: Any) -> AsyncIterator[tuple[HttpServer, App]]:
     app = app or App()
     server = HttpServer(app, ServerLimits(**limits))
-    await server.start("127.0.0.1", 0)
+    await listen(server)
     try:
         yield server, app
     finally:
@@ -84,7 +104,11 @@ class Client:
 
     @classmethod
     async def connect(cls, server: HttpServer) -> Client:
-        return cls(*await asyncio.open_connection("127.0.0.1", server.port))
+        tls = _TLS[0]
+        if tls is None:
+            return cls(*await asyncio.open_connection("127.0.0.1", server.port))
+        return cls(*await asyncio.open_connection("127.0.0.1", server.port, ssl=tls[1],
+                                                  server_hostname="localhost"))
 
     def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -106,7 +130,7 @@ class Client:
         """Whether the server closes the connection (EOF or reset) with nothing more."""
         try:
             rest = await asyncio.wait_for(self.reader.read(65536), within)
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLError):     # TLS: a reset mid-record
             return True
         return rest == b""
 
@@ -491,7 +515,7 @@ def test_shutdown_drains_then_aborts(run: Run) -> None:
     async def body() -> None:
         app = App()
         server = HttpServer(app, ServerLimits())
-        await server.start("127.0.0.1", 0)
+        await listen(server)
         port = server.port
         idle, busy, stuck = [await Client.connect(server) for _ in range(3)]
         idle.send(get("/"))
@@ -535,7 +559,7 @@ def test_requests_after_a_shutdown_reply_in_the_same_chunk_are_not_handled(run: 
     async def body() -> None:
         app = App()
         server = HttpServer(app, ServerLimits())
-        await server.start("127.0.0.1", 0)
+        await listen(server)
         c = await Client.connect(server)
         c.send(b"GET /a HTTP/1.1\r\nHost: t\r\n")      # a head arriving: not idle
         await until(lambda: bool(server.conns))
