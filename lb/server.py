@@ -110,7 +110,7 @@ class Proxy:
             grpc_transport.codec = GrpcBatchCodec()
             self.grpc = GrpcFront(self.core, grpc_transport, self.recorder,
                                   self.config, self.pool)
-        self.edge = Edge(cfg, self.rest.sizes)     # TLS pair, keys, budgets (lb.edge)
+        self.edge = Edge(cfg)     # TLS pair, keys, budgets (lb.edge)
         self.edge.bind_rest(self.rest.serve_exchange, self.rest.refuse)
         self._hook_edge()
         self.status = ConfigStatus(path=config_path)

@@ -1,6 +1,6 @@
 """The edge's check: the first thing both fronts do with a request, before admission.
 
-Built by `lb.server.Proxy` (`Edge(cfg, sizes)`), which hooks it into the REST
+Built by `lb.server.Proxy` (`Edge(cfg)`), which hooks it into the REST
 front (`RestFront.gate`, with `bind_rest`) and the gRPC front (`GrpcFront.gate`)
 while `auth` is configured, hands it each new config (`prepare`, then `apply`)
 and runs its tasks (`tasks`: the TLS pair's and the keys file's watchers).
@@ -42,7 +42,7 @@ from lb.edge.ratelimit import budget_for, retry_after
 from lb.edge.tls import ServerTls, subject_of
 from lb.errors import BadRequest, Forbidden, LbError, NotFound, RateLimited, Unauthenticated
 from lb.reload import file_stamp
-from lb.routes import RowSizes, parse_body, parse_path
+from lb.routes import parse_body, parse_path
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -92,9 +92,8 @@ def classify(path: str) -> Route:
 class Edge:
     """TLS pair, keys, budgets and their counters; see the module docstring."""
 
-    def __init__(self, cfg: Config, sizes: RowSizes | None = None) -> None:
+    def __init__(self, cfg: Config) -> None:
         self.tls = ServerTls(cfg.listen.tls) if cfg.listen.tls is not None else None
-        self.sizes = sizes
         self.shared: SharedLimiter | None = None
         if cfg.rate_limit.shared == "redis":        # redis.asyncio only when used
             from lb.edge.shared import SharedLimiter as Shared
@@ -209,7 +208,7 @@ class Edge:
         if limits is None:
             principal.allowed += 1
             return True
-        rows = self._rows(ex, model, route[2]) if kind == CALL and limits.rows_per_s else 0
+        rows = self._rows(ex, route[2]) if kind == CALL and limits.rows_per_s else 0
         wait = self._charge(principal, model, rows)
         if not isinstance(wait, float):
             wait.add_done_callback(functools.partial(self._decided, ex, principal))
@@ -226,18 +225,17 @@ class Edge:
             self._paths[path] = route
         return route
 
-    def _rows(self, ex: Exchange, model: str, verb: str | None) -> int:
-        """Rows of a REST call for a rows/s budget: the front's estimate, else a parse."""
-        body = ex.request.body
+    @staticmethod
+    def _rows(ex: Exchange, verb: str | None) -> int:
+        """Rows of a REST call for a rows/s budget, counted exactly: the body is parsed
+        (the front's size estimate is exact only for rows of one size). Only keys with
+        a rows/s limit pay for it."""
         if verb is None:
             return 1
-        rows = self.sizes.estimate(model, verb, len(body)) if self.sizes is not None else None
-        if rows is None:
-            try:
-                rows = parse_body(body, verb).rows
-            except BadRequest:
-                rows = 1                # the front answers it 400
-        return rows
+        try:
+            return parse_body(ex.request.body, verb).rows
+        except BadRequest:
+            return 1                    # the front answers it 400
 
     def _decided(self, ex: Exchange, principal: Principal, fut: asyncio.Future[float]) -> None:
         """A shared budget's answer for a REST request."""
