@@ -88,10 +88,11 @@ class Principal:
 class KeyStore:
     """The principals by key digest and by certificate subject."""
 
-    __slots__ = ("_by_digest", "_by_subject", "principals")
+    __slots__ = ("_by_digest", "_by_subject", "lookups", "principals")
 
     def __init__(self, keys: list[ApiKey], previous: KeyStore | None = None) -> None:
         self.principals: dict[str, Principal] = {}
+        self.lookups = 0            # keys hashed (a connection's repeats are not)
         self._by_digest: dict[bytes, tuple[bytes, Principal]] = {}
         self._by_subject: dict[str, Principal] = {}
         for key in keys:
@@ -107,6 +108,7 @@ class KeyStore:
 
     def by_key(self, presented: bytes) -> Principal | None:
         """The principal whose key is `presented` (the raw key bytes), or None."""
+        self.lookups += 1
         digest = hashlib.sha256(presented).digest()
         found = self._by_digest.get(digest)
         if found is None or not hmac.compare_digest(found[0], digest):

@@ -34,6 +34,8 @@ from tests.procs import (
     free_port,
     http,
     lb_cmd,
+    read_config,
+    rewrite_config,
     scrape,
     tcp_open,
     wait_until,
@@ -507,3 +509,32 @@ def test_rate_limits_shared_in_redis_by_two_proxies(logs_dir: Path, hp2_pool: Po
         two.stop()
     for proxy in (one, two):
         assert "Traceback" not in proxy.proc.log_path.read_text()
+
+
+def test_auth_turned_on_and_off_by_a_reload(logs_dir: Path, hp2_pool: Pool,
+                                            tmp_path: Path) -> None:
+    proxy = ProxyProc(logs_dir, [node_of(hp2_pool)], name="edge-reload", grpc=True,
+                      cache={"backend": "none"}, reload={"watch": False})
+    try:
+        url = proxy.url + PREDICT_URL
+        assert http("POST", url, body())[0] == 200
+        doc = read_config(proxy.config_path)
+        keys = tmp_path / "keys.yaml"
+        keys.write_text(f"keys:\n  - id: late\n    sha256: {sha(KEY_A)}\n")
+        rewrite_config(proxy.config_path, {**doc, "auth": {"keys_file": str(keys)}})
+        status, _h, got = http("POST", proxy.admin + "/reload")
+        assert status == 200, got
+        assert http("POST", url, body())[0] == 401
+        assert http("POST", url, body(), {"x-api-key": KEY_A})[0] == 200
+        assert asyncio.run(_grpc_burst(str(proxy.grpc), KEY_A, 1)) == [grpc.StatusCode.OK]
+        assert asyncio.run(_grpc_burst(str(proxy.grpc), "wrong", 1)) == [
+            grpc.StatusCode.UNAUTHENTICATED]
+        keys.write_text("keys:\n  - id: late\n    sha256: not-a-hash\n")
+        status, _h, got = http("POST", proxy.admin + "/reload")
+        assert status == 400 and b"auth.keys_file" in got and b"not-a-hash" not in got
+        assert http("POST", url, body(), {"x-api-key": KEY_A})[0] == 200   # kept
+        rewrite_config(proxy.config_path, doc)
+        assert http("POST", proxy.admin + "/reload")[0] == 200
+        assert http("POST", url, body())[0] == 200                          # off again
+    finally:
+        proxy.stop()
