@@ -1,5 +1,7 @@
 """lb.http.client against real sockets: an aiohttp server for normal traffic and a
-raw asyncio server whose every byte the test scripts, on both asyncio and uvloop."""
+raw asyncio server whose every byte the test scripts, on both asyncio and uvloop,
+to nodes in plaintext and over TLS (certificates made by the tests): a node's
+https:// pool behaves as its http:// one."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import socket
 import ssl
 import struct
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,6 +22,23 @@ from aiohttp import web
 from lb.errors import BadRequest, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from lb.http.client import ClientLimits, NodeClient, Response
 from tests.procs import free_port
+
+
+# (server, client) SSL contexts while a test runs with TLS to the node (`node_tls`)
+_TLS: list[tuple[ssl.SSLContext, ssl.SSLContext] | None] = [None]
+
+
+@pytest.fixture(autouse=True, params=["plain", "tls"])
+def node_tls(request: pytest.FixtureRequest,
+             tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> Iterator[str]:
+    """Every test of this module with http:// and with https:// nodes."""
+    _TLS[0] = tls_contexts if request.param == "tls" else None
+    yield request.param
+    _TLS[0] = None
+
+
+def _scheme() -> str:
+    return "https" if _TLS[0] else "http"
 
 
 def ok(body: bytes = b"ok", extra: bytes = b"") -> bytes:
@@ -95,9 +114,11 @@ async def raw_server(script: Script) -> AsyncIterator[tuple[str, list[RawConn]]]
             await script(conn, len(conns) - 1)
 
     port = free_port()
-    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    tls = _TLS[0]
+    server = await asyncio.start_server(handle, "127.0.0.1", port,
+                                        ssl=tls[0] if tls else None)
     try:
-        yield f"http://127.0.0.1:{port}", conns
+        yield f"{_scheme()}://127.0.0.1:{port}", conns
     finally:
         server.close()
         for c in conns:
@@ -149,6 +170,8 @@ async def big(request: web.Request) -> web.Response:
 
 @contextlib.asynccontextmanager
 async def aio_server(ssl_ctx: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+    if ssl_ctx is None and _TLS[0] is not None:
+        ssl_ctx = _TLS[0][0]
     app = web.Application()
     app.add_routes([web.get("/peer", peer), web.post("/echo", echo),
                     web.get("/chunked", chunked), web.get("/big", big)])
@@ -189,7 +212,9 @@ async def eventually(check: Callable[[], bool], what: str, within_s: float = 3.0
 
 
 def node(url: str, **limits: Any) -> NodeClient:
-    return NodeClient("n1", url, ClientLimits(**limits))
+    """A pool to `url`, trusting the tests' CA when the test runs over TLS."""
+    tls = _TLS[0]
+    return NodeClient("n1", url, ClientLimits(**limits), ssl_context=tls[1] if tls else None)
 
 
 # -- keep-alive and the bound -------------------------------------------------------------
@@ -658,7 +683,8 @@ def test_https_with_verification(run: Any, tls_files: tuple[Path, Path]) -> None
             assert len(set(ports)) == 1 and client.stats()["created"] == 1
             await client.close()
             with pytest.raises(UpstreamConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-                await call(node(url), "/peer")  # the default context does not trust it
+                # the default context does not trust it
+                await call(NodeClient("n1", url, ClientLimits()), "/peer")
     run(main())
 
 
