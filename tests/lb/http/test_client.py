@@ -23,7 +23,6 @@ from lb.errors import BadRequest, UpstreamConnectError, UpstreamError, UpstreamT
 from lb.http.client import ClientLimits, NodeClient, Response
 from tests.procs import free_port
 
-
 # (server, client) SSL contexts while a test runs with TLS to the node (`node_tls`)
 _TLS: list[tuple[ssl.SSLContext, ssl.SSLContext] | None] = [None]
 
