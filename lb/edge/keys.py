@@ -32,6 +32,7 @@ import yaml
 from pydantic import ValidationError
 
 from lb.edge.config import ApiKey, AuthConfig, KeysFile, RateLimit, check_unique
+from lb.edge.ratelimit import Budget
 from lb.errors import ConfigError
 
 MAX_SCOPE_MEMO = 1024
@@ -43,6 +44,7 @@ class Principal:
     __slots__ = (
         "_scope",
         "allowed",
+        "budget",
         "budgets",
         "digests",
         "forbidden",
@@ -59,7 +61,10 @@ class Principal:
         self.subject = key.subject
         self.models = list(key.models)
         self.limits: RateLimit | None = key.limits
-        self.budgets: dict[str, Any] = {}   # lb.edge.ratelimit.Budget by model ("" per key)
+        self.budgets: dict[str, Budget] = {}    # by model, with limits.per_model
+        # the key's one budget (limits without per_model): no lookup per request
+        self.budget = (Budget(key.limits) if key.limits is not None
+                       and not key.limits.per_model else None)
         self._scope: dict[str, bool] = {}
         self.allowed = 0            # requests let through (scope and rate passed)
         self.forbidden = 0          # 403: a model out of scope
@@ -77,7 +82,7 @@ class Principal:
         """Keep the counters (and, with the same limits, the budgets) of a reloaded key."""
         self.allowed, self.forbidden, self.limited = old.allowed, old.forbidden, old.limited
         if old.limits == self.limits:
-            self.budgets = old.budgets
+            self.budgets, self.budget = old.budgets, old.budget
 
     def stats(self) -> dict[str, Any]:
         return {"allowed": self.allowed, "forbidden": self.forbidden, "limited": self.limited,

@@ -57,17 +57,26 @@ class Budget:
 
     def take(self, now: float, rows: int) -> float:
         """Charge one request of `rows` rows and return 0.0, or return the seconds to
-        wait (and charge nothing)."""
+        wait (and charge nothing). Bucket.wait and take, written out: every request of
+        a key with limits runs this."""
         req, by_rows = self.requests, self.rows
-        wait = req.wait(now, 1.0) if req is not None else 0.0
+        wait = 0.0
+        req_at = rows_at = 0.0
+        if req is not None:             # cost 1: one interval (depth >= interval)
+            req_at = (req.tat if req.tat > now else now) + req.interval
+            wait = req_at - now - req.depth
         if by_rows is not None:
-            wait = max(wait, by_rows.wait(now, float(rows)))
+            rows_at = ((by_rows.tat if by_rows.tat > now else now)
+                       + min(rows * by_rows.interval, by_rows.depth))
+            excess = rows_at - now - by_rows.depth
+            if excess > wait:
+                wait = excess
         if wait > 0.0:
             return wait
         if req is not None:
-            req.take(now, 1.0)
+            req.tat = req_at
         if by_rows is not None:
-            by_rows.take(now, float(rows))
+            by_rows.tat = rows_at
         return 0.0
 
 

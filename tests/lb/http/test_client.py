@@ -21,6 +21,7 @@ from aiohttp import web
 
 from lb.errors import BadRequest, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from lb.http.client import ClientLimits, NodeClient, Response
+from tests.certs import CA
 from tests.procs import free_port
 
 # (server, client) SSL contexts while a test runs with TLS to the node (`node_tls`)
@@ -684,6 +685,51 @@ def test_https_with_verification(run: Any, tls_files: tuple[Path, Path]) -> None
             with pytest.raises(UpstreamConnectError, match="CERTIFICATE_VERIFY_FAILED"):
                 # the default context does not trust it
                 await call(NodeClient("n1", url, ClientLimits()), "/peer")
+    run(main())
+
+
+def test_https_node_checks_expiry_name_and_client_certificates(run: Any, tmp_path: Path,
+                                                               node_tls: str) -> None:
+    """What upstream.tls guarantees, on the pool itself: an expired node certificate,
+    one for another name (unless server_name says that name), and a node that wants
+    a client certificate (mTLS) the pool does not present, all fail to connect."""
+    if node_tls == "plain":
+        pytest.skip("TLS only")
+    ca = CA(tmp_path)
+    expired = ca.issue("expired", "node", expired=True)
+    other_name = ca.issue("named", "node", hosts=("node.internal",))
+    proxy_pair = ca.issue("proxy", "tfserving-lb", client=True)
+
+    def server_ctx(pair: Any, client_ca: bool = False) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pair.cert, pair.key)
+        if client_ca:
+            ctx.load_verify_locations(ca.path)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def pool(url: str, pair: Any = None, server_name: str | None = None) -> NodeClient:
+        ctx = ssl.create_default_context(cafile=str(ca.path))
+        if pair is not None:
+            ctx.load_cert_chain(pair.cert, pair.key)
+        return NodeClient("n1", url, ClientLimits(), ssl_context=ctx, server_name=server_name)
+
+    async def main() -> None:
+        async with aio_server(server_ctx(expired)) as url:
+            with pytest.raises(UpstreamConnectError, match="certificate has expired"):
+                await call(pool(url), "/peer")
+        async with aio_server(server_ctx(other_name)) as url:
+            with pytest.raises(UpstreamConnectError, match="match"):
+                await call(pool(url), "/peer")
+            client = pool(url, server_name="node.internal")
+            assert (await call(client, "/peer")).status == 200
+            await client.close()
+        async with aio_server(server_ctx(other_name, client_ca=True)) as url:
+            with pytest.raises((UpstreamConnectError, UpstreamError)):
+                await call(pool(url, server_name="node.internal"), "/peer")
+            client = pool(url, proxy_pair, server_name="node.internal")
+            assert (await call(client, "/peer")).status == 200
+            await client.close()
     run(main())
 
 
