@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from lb.config import parse_config
-from lb.edge.config import ApiKey, AuthConfig
+from lb.edge.config import ApiKey, AuthConfig, RateLimit
 from lb.edge.gate import CALL, HEALTH, METADATA, OTHER, STATUS, Edge, classify
 from lb.edge.keys import KeyStore, load_keys
 from lb.errors import ConfigError
@@ -79,14 +79,19 @@ def test_scopes_are_globs_remembered_per_model() -> None:
 
 
 def test_a_reload_keeps_counters_and_budgets_by_id() -> None:
-    first = KeyStore([ApiKey(id="a", sha256=[digest("k")])])
+    limits = RateLimit(requests_per_s=1)
+    first = KeyStore([ApiKey(id="a", sha256=[digest("k")], limits=limits)])
+    budget = first.principals["a"].budget
+    assert budget is not None and budget.take(0.0, 1) == 0.0          # a spent budget
     first.principals["a"].allowed = 7
-    first.principals["a"].budgets["x"] = object()
-    again = KeyStore([ApiKey(id="a", sha256=[digest("k2")]), ApiKey(id="b", sha256=[digest("b")])],
-                     first)
-    assert again.principals["a"].allowed == 7 and "x" in again.principals["a"].budgets
+    again = KeyStore([ApiKey(id="a", sha256=[digest("k2")], limits=limits),
+                      ApiKey(id="b", sha256=[digest("b")])], first)
+    assert again.principals["a"].allowed == 7 and again.principals["a"].budget is budget
     assert again.by_key(b"k") is None and again.by_key(b"k2") is again.principals["a"]
     assert again.principals["b"].allowed == 0
+    other = KeyStore([ApiKey(id="a", sha256=[digest("k")],
+                             limits=RateLimit(requests_per_s=5))], again)
+    assert other.principals["a"].budget is not budget                 # new limits: new budget
 
 
 def test_keys_file(tmp_path: Path) -> None:
