@@ -1,7 +1,7 @@
 """lb.http.client against real sockets: an aiohttp server for normal traffic and a
 raw asyncio server whose every byte the test scripts, on both asyncio and uvloop,
-to nodes in plaintext and over TLS (certificates made by the tests): a node's
-https:// pool behaves as its http:// one."""
+and on uvloop to nodes over TLS (certificates made by the tests): a node's https://
+pool behaves as its http:// one."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import socket
 import ssl
 import struct
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,23 +22,18 @@ from aiohttp import web
 from lb.errors import BadRequest, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from lb.http.client import ClientLimits, NodeClient, Response
 from tests.certs import CA
+from tests.lb.http.conftest import TLS, Runner, runner
 from tests.procs import free_port
 
-# (server, client) SSL contexts while a test runs with TLS to the node (`node_tls`)
-_TLS: list[tuple[ssl.SSLContext, ssl.SSLContext] | None] = [None]
 
-
-@pytest.fixture(autouse=True, params=["plain", "tls"])
-def node_tls(request: pytest.FixtureRequest,
-             tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> Iterator[str]:
-    """Every test of this module with http:// and with https:// nodes."""
-    _TLS[0] = tls_contexts if request.param == "tls" else None
-    yield request.param
-    _TLS[0] = None
+@pytest.fixture
+def run(run_tls: Runner) -> Runner:
+    """Every test of this module on asyncio, uvloop and uvloop over TLS."""
+    return run_tls
 
 
 def _scheme() -> str:
-    return "https" if _TLS[0] else "http"
+    return "https" if TLS[0] else "http"
 
 
 def ok(body: bytes = b"ok", extra: bytes = b"") -> bytes:
@@ -114,7 +109,7 @@ async def raw_server(script: Script) -> AsyncIterator[tuple[str, list[RawConn]]]
             await script(conn, len(conns) - 1)
 
     port = free_port()
-    tls = _TLS[0]
+    tls = TLS[0]
     server = await asyncio.start_server(handle, "127.0.0.1", port,
                                         ssl=tls[0] if tls else None)
     try:
@@ -170,8 +165,8 @@ async def big(request: web.Request) -> web.Response:
 
 @contextlib.asynccontextmanager
 async def aio_server(ssl_ctx: ssl.SSLContext | None = None) -> AsyncIterator[str]:
-    if ssl_ctx is None and _TLS[0] is not None:
-        ssl_ctx = _TLS[0][0]
+    if ssl_ctx is None and TLS[0] is not None:
+        ssl_ctx = TLS[0][0]
     app = web.Application()
     app.add_routes([web.get("/peer", peer), web.post("/echo", echo),
                     web.get("/chunked", chunked), web.get("/big", big)])
@@ -213,7 +208,7 @@ async def eventually(check: Callable[[], bool], what: str, within_s: float = 3.0
 
 def node(url: str, **limits: Any) -> NodeClient:
     """A pool to `url`, trusting the tests' CA when the test runs over TLS."""
-    tls = _TLS[0]
+    tls = TLS[0]
     return NodeClient("n1", url, ClientLimits(**limits), ssl_context=tls[1] if tls else None)
 
 
@@ -688,13 +683,12 @@ def test_https_with_verification(run: Any, tls_files: tuple[Path, Path]) -> None
     run(main())
 
 
-def test_https_node_checks_expiry_name_and_client_certificates(run: Any, tmp_path: Path,
-                                                               node_tls: str) -> None:
-    """What upstream.tls guarantees, on the pool itself: an expired node certificate,
-    one for another name (unless server_name says that name), and a node that wants
-    a client certificate (mTLS) the pool does not present, all fail to connect."""
-    if node_tls == "plain":
-        pytest.skip("TLS only")
+def test_https_node_checks_expiry_name_and_client_certificates(tmp_path: Path) -> None:
+    """What upstream.tls guarantees, on the pool itself (uvloop): an expired node
+    certificate, one for another name (unless server_name says that name), and a node
+    that wants a client certificate (mTLS) the pool does not present, all fail to
+    connect."""
+    run = runner("uvloop")
     ca = CA(tmp_path)
     expired = ca.issue("expired", "node", expired=True)
     other_name = ca.issue("named", "node", hosts=("node.internal",))

@@ -1,9 +1,9 @@
 """The lean HTTP/1.1 server over raw sockets: a real HttpServer on a free port per test,
 a small app (echo / slow / raising / big replies), no HTTP client library.
 
-Every test runs on uvloop (what the proxy ships) and on asyncio's own loop, over
-plaintext and over TLS (real handshakes with a certificate made by the tests): the
-same bytes above the transport, the same behaviour.
+Every test runs on uvloop (what the proxy ships) and on asyncio's own loop, and on
+uvloop over TLS (real handshakes with a certificate made by the tests): the same
+bytes above the transport, the same behaviour.
 """
 
 from __future__ import annotations
@@ -15,31 +15,25 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import pytest
 
 from lb.http.server import Exchange, HttpServer, Request, ServerLimits
+from tests.lb.http.conftest import TLS, Runner
 
 Run = Callable[[Coroutine[Any, Any, None]], None]
 WAIT = 5.0      # the deadline of every single read in these tests
-# (server, client) SSL contexts while a test runs over TLS (the `transport` fixture)
-_TLS: list[tuple[ssl.SSLContext, ssl.SSLContext] | None] = [None]
-
-
-@pytest.fixture(autouse=True, params=["plain", "tls"])
-def transport(request: pytest.FixtureRequest,
-              tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> Iterator[str]:
-    """Every test of this module over plaintext and over TLS."""
-    _TLS[0] = tls_contexts if request.param == "tls" else None
-    yield request.param
-    _TLS[0] = None
+@pytest.fixture
+def run(run_tls: Runner) -> Runner:
+    """Every test of this module on asyncio, uvloop and uvloop over TLS."""
+    return run_tls
 
 
 async def listen(server: HttpServer) -> None:
     """Start `server` on a free port, over TLS when the test runs over TLS."""
-    tls = _TLS[0]
+    tls = TLS[0]
     await server.start("127.0.0.1", 0, ssl=tls[0] if tls else None)
 
 
@@ -104,7 +98,7 @@ class Client:
 
     @classmethod
     async def connect(cls, server: HttpServer) -> Client:
-        tls = _TLS[0]
+        tls = TLS[0]
         if tls is None:
             return cls(*await asyncio.open_connection("127.0.0.1", server.port))
         return cls(*await asyncio.open_connection("127.0.0.1", server.port, ssl=tls[1],
