@@ -155,14 +155,6 @@ class RowSizes:
             return None
         return max(round((size - self.ENVELOPE) / known[0]), 1)
 
-    def estimate(self, model: str, verb: str, size: int) -> int | None:
-        """The rows of a body of `size` bytes once the model is warm, else None; unlike
-        `rows` it counts nothing (`lb.edge.gate` asks it for rate limits by rows)."""
-        known = self._known.get((model, verb))
-        if known is None or known[1] < self.WARM:
-            return None
-        return max(round((size - self.ENVELOPE) / known[0]), 1)
-
     def learn(self, model: str, verb: str, size: int, rows: int) -> None:
         key = (model, verb)
         per_row = max(size - self.ENVELOPE, 1) / max(rows, 1)
