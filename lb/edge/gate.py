@@ -89,6 +89,21 @@ def classify(path: str) -> Route:
     return (METADATA if route.metadata else STATUS), route.model, None
 
 
+class _Seen:
+    """What a connection's last credentials proved (kept in `Pipeline.memo`): for the
+    same keys and the same header value, the same principal, and its verdict on the
+    last model asked for."""
+
+    __slots__ = ("keys", "may", "model", "principal", "raw")
+
+    def __init__(self, keys: KeyStore, raw: bytes | None, principal: Principal) -> None:
+        self.keys = keys
+        self.raw = raw
+        self.principal = principal
+        self.model: str | None = None
+        self.may = False
+
+
 class Edge:
     """TLS pair, keys, budgets and their counters; see the module docstring."""
 
@@ -178,32 +193,35 @@ class Edge:
         keys = self.keys
         if keys is None:
             return True
-        path = ex.request.path
-        route = self._paths.get(path) or self._route(path)
+        req = ex.request
+        route = self._paths.get(req.path) or self._route(req.path)
         kind = route[0]
         if kind & self.open_mask:
             return True
         raw: bytes | None = None
-        for name, value in ex.request.headers:
+        for name, value in req.headers:
             if name in _CREDENTIALS:
                 raw = value if name == _API_KEY else b"\x00" + value   # \x00: bearer
                 break
         conn = ex.connection
-        memo = conn.memo
-        if type(memo) is tuple and memo[0] is keys and memo[1] == raw:
-            principal: Principal = memo[2]
-        else:
+        seen = conn.memo
+        if type(seen) is not _Seen or seen.keys is not keys or seen.raw != raw:
             found = self._who(keys, raw, conn.peercert)
             if isinstance(found, LbError):
                 self._refuse(ex, found)
                 return False
-            principal = found
-            conn.memo = (keys, raw, principal)
+            conn.memo = seen = _Seen(keys, raw, found)
+        principal = seen.principal
         model = route[1]
-        if kind != OTHER and not principal.may_call(model):
-            principal.forbidden += 1
-            self._refuse(ex, Forbidden(f"key {principal.id!r} may not call model {model!r}"))
-            return False
+        if kind != OTHER:
+            if seen.model is not model:     # a route's model is one str object per path
+                seen.model = model
+                seen.may = principal.may_call(model)
+            if not seen.may:
+                principal.forbidden += 1
+                self._refuse(ex, Forbidden(f"key {principal.id!r} may not call model "
+                                           f"{model!r}"))
+                return False
         limits = principal.limits
         if limits is None:
             principal.allowed += 1
