@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from ssl import SSLContext
 
 from lb.http.exchange import App, Exchange, Request
@@ -22,6 +23,7 @@ from lb.http.limits import ServerLimits
 from lb.http.outbox import Outbox
 from lb.http.pipeline import Pipeline
 from lb.http.server_protocol import ServerConnection
+from lb.http.tls_reader import TlsReader, shared_buffer
 
 __all__ = ["App", "Exchange", "HttpServer", "Request", "ServerLimits"]
 
@@ -48,9 +50,14 @@ class HttpServer:
         connection sees plaintext, and a failed handshake never reaches it)."""
         loop = asyncio.get_running_loop()
         self.tls = ssl is not None
+        factory: Callable[[], asyncio.BaseProtocol]
+        if ssl is None:
+            factory = lambda: ServerConnection(self, loop)   # noqa: E731
+        else:                           # decrypted into one buffer (lb.http.tls_reader)
+            view = shared_buffer()
+            factory = lambda: TlsReader(ServerConnection(self, loop), view)   # noqa: E731
         self._server = await loop.create_server(
-            lambda: ServerConnection(self, loop), host, port, reuse_port=reuse_port,
-            backlog=backlog, ssl=ssl,
+            factory, host, port, reuse_port=reuse_port, backlog=backlog, ssl=ssl,
             ssl_handshake_timeout=handshake_timeout_s if ssl is not None else None)
 
     @property
