@@ -374,7 +374,7 @@ class Edge:
         auth: dict[str, Any] = {"enabled": keys is not None}
         if keys is not None:
             auth.update({
-                "keys": len(keys.principals),
+                "keys": len(keys.principals), "hashed": keys.lookups,
                 "open": [k for k, bit in OPENABLE.items() if bit & self.open_mask],
                 "unauthenticated": dict(self.unauthenticated),
                 "by_key": {i: p.stats() for i, p in keys.principals.items()},
