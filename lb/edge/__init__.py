@@ -7,6 +7,7 @@
     ratelimit.py  budgets per key (and model): local GCRA buckets
     shared.py     the same budgets kept in Redis for every replica, failing open to local
     gate.py       the check both fronts make first, before admission; its counters
+    metrics.py    its families for /metrics (read at scrape time)
 
 `lb.server` builds one `Edge` (gate.py) per proxy and hooks it into both fronts.
 """
