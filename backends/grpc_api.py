@@ -358,8 +358,9 @@ class ModelServicer(_Base):
 
 async def serve(host: str, port: int, registry: Registry, stats: WorkerStats,
                 executor: Executor, delay_s: float, stop: asyncio.Event,
-                grace_s: float) -> None:
-    """Serve both services on host:port until `stop` is set, then drain within `grace_s`.
+                grace_s: float, tls: tuple[bytes, bytes, bytes | None] | None = None) -> None:
+    """Serve both services on host:port until `stop` is set, then drain within `grace_s`;
+    over TLS with `tls` = (cert, key, client CA or None: with one, mTLS) PEM bytes.
 
     Raises RuntimeError when the port cannot be bound.
     """
@@ -370,7 +371,13 @@ async def serve(host: str, port: int, registry: Registry, stats: WorkerStats,
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionServicer(*args), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(*args), server)
-    if server.add_insecure_port(f"{host}:{port}") == 0:
+    if tls is not None:
+        creds = grpc.ssl_server_credentials([(tls[1], tls[0])], root_certificates=tls[2],
+                                            require_client_auth=tls[2] is not None)
+        bound = server.add_secure_port(f"{host}:{port}", creds)
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
         raise RuntimeError(f"cannot bind gRPC port {host}:{port}")
     await server.start()
     logger.info("worker gRPC listening on %s:%d", host, port)

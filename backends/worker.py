@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import logging
 import signal
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-s", type=float, default=1.0,
                    help="seconds between scans for new version folders (0: never)")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--tls-cert", help="serve REST and gRPC over TLS with this PEM certificate")
+    p.add_argument("--tls-key", help="its private key (with --tls-cert)")
+    p.add_argument("--tls-client-ca", help="require client certificates from this CA (mTLS)")
     return p
 
 
@@ -110,6 +114,26 @@ def load_models(registry: Registry, threads: int, poll_s: float = 0.0,
         registry.rescan(runtime.Servable)
 
 
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The REST port's TLS context (--tls-cert/--tls-key; --tls-client-ca: mTLS)."""
+    if not args.tls_cert:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.tls_client_ca:
+        ctx.load_verify_locations(args.tls_client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def tls_pem(args: argparse.Namespace) -> tuple[bytes, bytes, bytes | None] | None:
+    """(cert, key, client CA) PEM bytes for the gRPC port, None without TLS."""
+    if not args.tls_cert:
+        return None
+    ca = Path(args.tls_client_ca).read_bytes() if args.tls_client_ca else None
+    return Path(args.tls_cert).read_bytes(), Path(args.tls_key).read_bytes(), ca
+
+
 def start_grpc(args: argparse.Namespace, registry: Registry, stats: WorkerStats,
                executor: ThreadPoolExecutor, stop: asyncio.Event) -> asyncio.Task[None]:
     """The gRPC surface (backends.grpc_api) as a named task: its import (TensorFlow) runs
@@ -118,7 +142,7 @@ def start_grpc(args: argparse.Namespace, registry: Registry, stats: WorkerStats,
         try:
             api = await asyncio.to_thread(importlib.import_module, "backends.grpc_api")
             await api.serve(args.host, args.grpc_port, registry, stats, executor,
-                            args.delay_ms / 1000.0, stop, GRACE_S)
+                            args.delay_ms / 1000.0, stop, GRACE_S, tls_pem(args))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -133,7 +157,8 @@ async def serve(args: argparse.Namespace, registry: Registry) -> int:
     app = build_app(registry, stats, executor, args.delay_ms / 1000.0)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=GRACE_S)
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
+    site = web.TCPSite(runner, args.host, args.port, reuse_address=True,
+                       ssl_context=tls_context(args))
     await site.start()
     logger.info("worker listening on http://%s:%d (delay %.1f ms)",
                 args.host, args.port, args.delay_ms)

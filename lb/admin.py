@@ -98,6 +98,7 @@ def stats_doc(proxy: Proxy) -> dict[str, Any]:
                          "grpc_channels": proxy.grpc_upstream.channels},
             "discovery": proxy.discovery.status.as_dict() if proxy.discovery else None,
             "routing": proxy.rollouts.stats(),
+            "security": proxy.edge.stats(),
             "requests": _client_requests(proxy.recorder),
             "memory": {"rss_bytes": own["rss_bytes"], **cache_memory(cache.get("store"))},
             "process": {"cpu_seconds": own["cpu_seconds"], "open_fds": own["open_fds"],

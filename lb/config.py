@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from lb.edge.config import AuthConfig, ListenTls, NodeTls, RateLimitConfig
 from lb.errors import ConfigError
 from lb.rollout.settings import (
     DEFAULT_GROUP,
@@ -76,6 +77,7 @@ class Listen(_Strict):
     grpc: str | None = "0.0.0.0:8500"
     admin: str = "127.0.0.1:9901"
     metrics: str | None = None     # GET /metrics alone: read-only, no token (for scrapers)
+    tls: ListenTls | None = None        # TLS on the REST and gRPC fronts (lb.edge.config)
 
     @field_validator("rest", "grpc", "admin", "metrics")
     @classmethod
@@ -240,6 +242,7 @@ class UpstreamConfig(_Strict):
     try_timeout_s: Positive | None = None       # per attempt; None: the request's deadline
     retry_budget_ratio: Annotated[float, Field(ge=0, le=1)] = 0.2
     retry_min_per_s: Annotated[float, Field(ge=0)] = 5.0
+    tls: NodeTls | None = None      # CA, client pair, server name for https:// and gRPC nodes
 
 
 class OutlierConfig(_Strict):
@@ -321,6 +324,7 @@ class DiscoveryConfig(_Strict):
 
     dns: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.\-]+$")
     rest_port: Annotated[int, Field(gt=0, lt=65536)] = 8501
+    rest_scheme: Literal["http", "https"] = "http"     # https: see upstream.tls
     grpc_port: Annotated[int, Field(gt=0, lt=65536)] | None = 8500
     weight: Positive = 1.0
     group: GroupName = DEFAULT_GROUP     # the group of every discovered node
@@ -374,6 +378,8 @@ class Config(_Strict):
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
     reload: ReloadConfig = ReloadConfig()
+    auth: AuthConfig | None = None          # API keys (lb.edge); None: no key is asked for
+    rate_limit: RateLimitConfig = RateLimitConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:

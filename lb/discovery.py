@@ -10,8 +10,8 @@ Guarantees:
 * a node is named by its address: IPv4 as is ("10.1.2.3"), IPv6 in its
   compressed form with ':' written '-' ("fd00--1" for fd00::1), as Kubernetes
   writes IPv6 pod names, because a node name admits no ':';
-  `rest` is http://ADDR:rest_port (IPv6 bracketed), `grpc` ADDR:grpc_port or
-  None, every node has the configured weight and group;
+  `rest` is http(s)://ADDR:rest_port (`rest_scheme`; IPv6 bracketed), `grpc`
+  ADDR:grpc_port or None, every node has the configured weight and group;
 * `apply` gets a non-empty list sorted by address (IPv4 first), and only when
   it differs from the last list it accepted; an exception from it is logged
   and the same list is offered again next round;
@@ -67,7 +67,8 @@ def nodes_for(cfg: DiscoveryConfig, addresses: Iterable[IPAddress]) -> list[Node
     for addr in sorted(set(addresses), key=lambda a: (a.version, int(a))):
         host = str(addr) if addr.version == 4 else f"[{addr.compressed}]"
         grpc = None if cfg.grpc_port is None else f"{host}:{cfg.grpc_port}"
-        out.append(NodeConfig(name=node_name(addr), rest=f"http://{host}:{cfg.rest_port}",
+        out.append(NodeConfig(name=node_name(addr),
+                              rest=f"{cfg.rest_scheme}://{host}:{cfg.rest_port}",
                               grpc=grpc, weight=cfg.weight, group=cfg.group))
     return out
 

@@ -6,6 +6,9 @@
     ├── NotFound               404: route the TF Serving API does not have
     ├── RequestTimeout         408: the client sent its body too slowly
     ├── PayloadTooLarge        413
+    ├── Unauthenticated        401: no API key, or not a known one (lb.edge)
+    ├── Forbidden              403: the key may not call this model
+    ├── RateLimited            429 + Retry-After: over the key's budget
     ├── Unavailable            503: no node could take the request
     │   ├── NotReady           503 + Retry-After: no node has the model AVAILABLE yet
     │   └── Overloaded         503 + Retry-After: past limits.max_inflight
@@ -30,6 +33,7 @@ class LbError(Exception):
 
     status = 500
     retry_after: int | None = None      # seconds, for a Retry-After header
+    headers = b""                       # more reply header lines (b"Name: value\r\n")
 
 
 class ConfigError(LbError):
@@ -50,6 +54,30 @@ class RequestTimeout(LbError):
 
 class PayloadTooLarge(LbError):
     status = 413
+
+
+class Unauthenticated(LbError):
+    """No API key (or client certificate) the proxy knows; gRPC UNAUTHENTICATED."""
+
+    status = 401
+    headers = b'WWW-Authenticate: Bearer realm="tfserving-lb"\r\n'
+
+
+class Forbidden(LbError):
+    """A known key that may not call this model; gRPC PERMISSION_DENIED."""
+
+    status = 403
+
+
+class RateLimited(LbError):
+    """Over the key's budget; `retry_after` says when it would pass. gRPC
+    RESOURCE_EXHAUSTED."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unavailable(LbError):

@@ -18,6 +18,9 @@ routing and cache keys need straight from the wire.
 Calls of models routed by node group (`lb.rollout`) get their group from the
 call's metadata before the core sees them, and a ticket that learns how the
 call ended (`Rollouts.watch`; Predict calls may be shadowed).
+With `auth` configured, the edge's gate (`lb.edge.gate`) checks each call first
+(keys in `authorization` / `x-api-key` metadata, or a client certificate), before
+admission. Over TLS with `listen.tls` (`lb.edge.tls` makes the credentials).
 
 Guarantees: every call gets the node's reply, or the node's status code and
 details, or the `LbError` it ran into as a gRPC status (mapped here and only
@@ -40,6 +43,7 @@ import grpc.aio
 from lb.call import Call, Deadline, Outcome
 from lb.config import Config, split_hostport
 from lb.core import Core, Plan
+from lb.edge.gate import Edge
 from lb.errors import LbError
 from lb.grpc_messages import (
     NOT_SERVING,
@@ -67,7 +71,8 @@ SERVICE_UNKNOWN = 3
 WATCH_POLL_S = 1.0
 
 _CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
+    400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     502: grpc.StatusCode.UNAVAILABLE, 503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -78,6 +83,7 @@ _HTTP = {
     grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.FAILED_PRECONDITION: 400, grpc.StatusCode.OUT_OF_RANGE: 400,
     grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.CANCELLED: 499, grpc.StatusCode.UNIMPLEMENTED: 501,
     grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
@@ -113,13 +119,18 @@ class GrpcFront:
         self.pool = pool
         self.rollouts = rollouts        # node groups and shadows (lb.rollout)
         self.server: grpc.aio.Server | None = None
+        self.gate: Edge | None = None       # set by lb.server while `auth` is configured
 
-    async def start(self, address: str) -> None:
-        """Listen on `address` (host:port); raises OSError when the port cannot be bound."""
+    async def start(self, address: str,
+                    credentials: grpc.ServerCredentials | None = None) -> None:
+        """Listen on `address` (host:port), over TLS with `credentials` (lb.edge.tls);
+        raises OSError when the port cannot be bound."""
         server = grpc.aio.server(options=channel_options(self._cfg().grpc))
         server.add_generic_rpc_handlers(self._handlers())
         host, port = split_hostport(address)
-        bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else address)
+        where = f"[{host}]:{port}" if ":" in host else address
+        bound = (server.add_insecure_port(where) if credentials is None
+                 else server.add_secure_port(where, credentials))
         if bound == 0:
             raise OSError(f"gRPC front cannot listen on {address}")
         await server.start()
@@ -164,6 +175,8 @@ class GrpcFront:
             try:
                 req = read_request(method, raw)
                 model = req.spec.name
+                if self.gate is not None:       # lb.edge: keys and budgets, first
+                    await self.gate.grpc(context, method, model, req.rows)
                 self.core.admit()
                 admitted = True
                 out = await self._outcome(path, method, req, raw, context)
@@ -227,6 +240,8 @@ class GrpcFront:
     async def _check(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Health/Check: SERVING while some node is healthy; NOT_FOUND for other services."""
         try:
+            if self.gate is not None:
+                await self.gate.grpc(context, "Health", "", 0)
             status = self._health(health_service(raw))
         except LbError as exc:
             await context.abort(status_code(exc), str(exc))
@@ -238,6 +253,8 @@ class GrpcFront:
                      ) -> AsyncIterator[bytes]:
         """Health/Watch: the status now and on every change, until the client leaves."""
         try:
+            if self.gate is not None:
+                await self.gate.grpc(context, "Health", "", 0)
             service = health_service(raw)
         except LbError as exc:
             await context.abort(status_code(exc), str(exc))

@@ -11,7 +11,8 @@ the node's status code and details (to be passed through to the client) or,
 when the node gave no answer (`UNAVAILABLE`: refused, reset, not ready), an
 `UpstreamRefused` that the caller retries on another node.
 
-Guarantees: every call carries a deadline (`timeout_s`); channels have the
+Guarantees: every call carries a deadline (`timeout_s`); channels use TLS with
+`upstream.tls.grpc` (`lb.edge.node_tls`: CA, client pair, server name); they have the
 configured message limits (above gRPC's 4 MB default) and are closed by
 `close()`; a channel is re-created when a node's address changes (reload).
 """
@@ -30,6 +31,8 @@ import grpc.aio
 
 from lb.call import BUSY, CLIENT_ERROR, GOOD, NODE_ERROR, UNAVAILABLE, Call, Verdict
 from lb.config import GrpcConfig
+from lb.edge.config import NodeTls
+from lb.edge.node_tls import grpc_credentials, grpc_options
 from lb.errors import UpstreamRefused
 from lb.grpc_messages import Request
 from lb.nodes import Node
@@ -64,8 +67,9 @@ class GrpcReply:
 class GrpcUpstream:
     """Channels to the nodes, created on first use."""
 
-    def __init__(self, cfg: GrpcConfig) -> None:
-        self._options = channel_options(cfg)
+    def __init__(self, cfg: GrpcConfig, tls: NodeTls | None = None) -> None:
+        self._options: list[tuple[str, Any]] = [*channel_options(cfg), *grpc_options(tls)]
+        self._credentials = grpc_credentials(tls)       # None: plaintext (upstream.tls.grpc)
         self._channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
 
@@ -75,7 +79,10 @@ class GrpcUpstream:
             return known[1]
         if known is not None:                      # the address changed on reload
             self._retire(known[1], lambda: False, grace_s=5.0)
-        channel = grpc.aio.insecure_channel(address, options=self._options)
+        if self._credentials is None:
+            channel = grpc.aio.insecure_channel(address, options=self._options)
+        else:
+            channel = grpc.aio.secure_channel(address, self._credentials, options=self._options)
         self._channels[node] = (address, channel)
         return channel
 

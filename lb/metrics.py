@@ -284,6 +284,7 @@ class StateCollector(Collector):
         if proxy.discovery is not None:
             yield from proxy.discovery.status.metrics(PREFIX)
         yield from rollout_families(proxy.rollouts)
+        yield from proxy.edge.metrics(PREFIX)
 
 
 class Metrics:

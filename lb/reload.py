@@ -19,7 +19,8 @@ Guarantees:
   they hold. Nodes whose name stays keep their counters, in-flight work, τ and
   health.
 * Live: nodes, weights, URLs, policy, models (cost, row_cache), health, admin
-  token, log, reload. Sections in `RESTART_ONLY` (sockets, the cache store,
+  token, log, reload, auth (API keys: `lb.edge`, which reads its keys file
+  first and may refuse the reload). Sections in `RESTART_ONLY` (sockets, the cache store,
   connection pools, body limit, gRPC message limits) keep their running
   value; a change there is logged as needing a restart.
 * Reloads never overlap (one lock); the watcher does not reload again for a

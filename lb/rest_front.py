@@ -20,6 +20,8 @@ Calls of models routed by node group (`lb.rollout`) get their group before
 the core sees them (`Rollouts.route_rest`); their inference calls get a
 `Ticket` (which may start a shadow copy) that learns the client's answer once
 it is sent.
+With `auth` configured, the edge's gate (`lb.edge.gate`) checks every request first
+(`handle`): a refused one is answered here (`refuse`) and reaches nothing else.
 
 Guarantees: one Task per request that is not answered synchronously, and none
 for cache hits from the in-process tier, `/healthz` and `/readyz`; a client
@@ -35,7 +37,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -71,6 +73,13 @@ def error_body(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
 
+class Gate(Protocol):
+    """The edge's check (`lb.edge.gate.Edge`): True to go on; False when it answered
+    the request, or will call `serve_exchange` itself once it knows."""
+
+    def rest(self, ex: Exchange) -> bool: ...
+
+
 class RestFront:
     """The `App` of the REST front's `HttpServer`; see the module docstring."""
 
@@ -88,10 +97,22 @@ class RestFront:
         self.sizes = RowSizes()
         self.rollouts = rollouts        # node groups and shadows (lb.rollout)
         self._tickets: dict[Exchange, Ticket] = {}     # calls of routed models, in progress
+        self.gate: Gate | None = None   # set by lb.server while `auth` is configured
 
     # -- entry --------------------------------------------------------------------
 
     def handle(self, ex: Exchange) -> None:
+        gate = self.gate                # lb.edge: keys and budgets, before anything else
+        if gate is not None and not gate.rest(ex):
+            return
+        self.serve_exchange(ex)
+
+    def refuse(self, ex: Exchange, exc: LbError) -> None:
+        """Answer a request the gate refused (401, 403, 429), counted like any other."""
+        self._fail(ex, exc, time.perf_counter())
+
+    def serve_exchange(self, ex: Exchange) -> None:
+        """A request the gate let through (or any, without a gate)."""
         req = ex.request
         if req.method == "POST" and self.keys.memo and self._hit(ex):
             return
@@ -284,7 +305,7 @@ class RestFront:
 
     def _fail(self, ex: Exchange, exc: LbError, start: float) -> None:
         """The one place an LbError becomes a client reply."""
-        headers = b""
+        headers = exc.headers
         if exc.retry_after is not None:
             headers += b"Retry-After: %d\r\n" % exc.retry_after
         if isinstance(exc, NotCached):

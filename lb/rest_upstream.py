@@ -27,6 +27,7 @@ from typing import Any
 
 from lb.call import BUSY, CLIENT_ERROR, GOOD, NODE_ERROR, REFUSED, Call, Verdict
 from lb.config import UpstreamConfig
+from lb.edge import node_tls
 from lb.formats import adapt
 from lb.http.client import ClientLimits, NodeClient, Response
 from lb.nodes import Node
@@ -77,6 +78,8 @@ class RestUpstream:
                                     connect_timeout_s=cfg.connect_timeout_s,
                                     keepalive_s=cfg.keepalive_s)
         self._read_timeout_s = cfg.read_timeout_s
+        self._ssl = node_tls.rest_context(cfg.tls)      # for https:// nodes (upstream.tls)
+        self._server_name = cfg.tls.server_name if cfg.tls is not None else None
         self._clients: dict[str, tuple[str, NodeClient]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -87,7 +90,7 @@ class RestUpstream:
             return known[1]
         if known is not None:                          # the address changed (reload)
             self._retire(known, lambda: False, grace_s=5.0)
-        client = NodeClient(node.name, node.rest, self._limits)
+        client = NodeClient(node.name, node.rest, self._limits, self._ssl, self._server_name)
         self._clients[node.name] = (node.rest, client)
         return client
 

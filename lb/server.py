@@ -4,7 +4,8 @@ Called by `lb.cli` (`serve_main`) and by the demo. `Proxy` owns every
 component of one proxy process and is the only object that knows them all:
 config → node pool → upstreams (REST pools, gRPC channels) → health checks →
 dispatcher → cache → core → rollouts (groups, shadows) → fronts, plus the
-recorder, metrics and reloader.
+recorder, metrics and reloader, and the edge (`lb.edge`: the fronts' TLS pair,
+API keys and budgets, checked first).
 Components never assign into each other: a new config (a reload, or nodes
 found by DNS discovery) reaches each through its own `reconfigure`.
 
@@ -34,6 +35,7 @@ from lb.config import Config, NodeConfig, config_version, load_config, split_hos
 from lb.core import Core
 from lb.discovery import DnsDiscovery
 from lb.dispatch import Dispatcher
+from lb.edge.gate import Edge
 from lb.errors import ConfigError, LbError
 from lb.grpc_batch import GrpcBatchCodec
 from lb.grpc_front import GrpcFront
@@ -56,7 +58,7 @@ from lb.signatures import Signatures
 log = logging.getLogger("lb.server")
 
 # Sections a running proxy cannot change: sockets, the cache store, pool sizes, limits.
-RESTART_ONLY = ("listen", "cache", "upstream", "limits", "grpc")
+RESTART_ONLY = ("listen", "cache", "upstream", "limits", "grpc", "rate_limit")
 
 
 def build_cache(cfg: Config, pin: Callable[[str], str]) -> ResultCache | None:
@@ -91,7 +93,7 @@ class Proxy:
         self.discovered: list[NodeConfig] = []
         self.pool = NodePool(cfg.nodes, cfg.policy, outlier=outlier_policy(cfg.outlier, cfg.policy))
         self.rest_upstream = RestUpstream(cfg.upstream)
-        self.grpc_upstream = GrpcUpstream(cfg.grpc)
+        self.grpc_upstream = GrpcUpstream(cfg.grpc, cfg.upstream.tls)
         self.health = HealthChecker(cfg.health, self.pool, self.rest_upstream, list(cfg.models))
         self.pool.on_refusal = self.health.recheck
         self.dispatcher = Dispatcher(cfg, self.pool)
@@ -112,6 +114,9 @@ class Proxy:
             grpc_transport.codec = GrpcBatchCodec()
             self.grpc = GrpcFront(self.core, grpc_transport, self.recorder,
                                   self.config, self.pool, self.rollouts)
+        self.edge = Edge(cfg)     # TLS pair, keys, budgets (lb.edge)
+        self.edge.bind_rest(self.rest.serve_exchange, self.rest.refuse)
+        self._hook_edge()
         self.status = ConfigStatus(path=config_path, version=config_version(cfg))
         self.metrics = Metrics(self)
         self.started = time.time()
@@ -127,6 +132,12 @@ class Proxy:
     def _load(self) -> tuple[int, int, int]:
         """What shadows read to go first when the proxy sheds (`lb.rollout.service`)."""
         return self.core.inflight, self.cfg.limits.max_inflight, self.core.shed
+    def _hook_edge(self) -> None:
+        """The fronts call the edge's gate while `auth` is configured (none otherwise)."""
+        gate = self.edge if self.edge.active else None
+        self.rest.gate = gate
+        if self.grpc is not None:
+            self.grpc.gate = gate
 
     # -- reconfiguration ----------------------------------------------------------
 
@@ -145,9 +156,12 @@ class Proxy:
             log.warning("config %r changed; it takes effect at the next restart "
                         "(the running value stays)", name)
         cfg = new.model_copy(update=keep) if keep else new
-        self._rediscover(cfg)                  # first: it may refuse (ConfigError)
+        keys = self.edge.prepare(cfg)          # first: they may refuse (ConfigError)
+        self._rediscover(cfg)
         self.static_nodes = list(cfg.nodes)
         self._apply(cfg.model_copy(update={"nodes": self._merged()}))
+        self.edge.apply(cfg, keys)
+        self._hook_edge()
         return self.cfg
 
     def _rediscover(self, cfg: Config) -> None:
@@ -205,12 +219,16 @@ class Proxy:
         self._tasks.append(asyncio.create_task(self.health.run(), name="health"))
         self._http = HttpServer(self.rest, server_limits(cfg))
         host, port = split_hostport(cfg.listen.rest)
-        await self._http.start(host, port)
+        tls = self.edge.tls
+        await self._http.start(host, port, ssl=tls.context if tls else None,
+                               handshake_timeout_s=tls.cfg.handshake_timeout_s if tls else 10.0)
         if self.grpc is not None and cfg.listen.grpc:
-            await self.grpc.start(cfg.listen.grpc)
-        log.info("listening: rest %s, grpc %s, admin %s; %d nodes, cache %s; data path %s",
-                 cfg.listen.rest, cfg.listen.grpc, cfg.listen.admin, len(cfg.nodes),
-                 cfg.cache.backend, native.kind())
+            await self.grpc.start(cfg.listen.grpc, tls.grpc_credentials() if tls else None)
+        for coro, name in self.edge.tasks(self.config):
+            self.add_task(coro, name)
+        log.info("listening: rest %s, grpc %s, admin %s%s; %d nodes, cache %s; data path %s",
+                 cfg.listen.rest, cfg.listen.grpc, cfg.listen.admin, " (TLS)" if tls else "",
+                 len(cfg.nodes), cfg.cache.backend, native.kind())
         native.log_status()     # a warning, with the reason, when it runs as Python unasked
 
     async def serve_admin(self, app: web.Application, address: str | None = None,
@@ -255,6 +273,7 @@ class Proxy:
             await self.cache.close()
         await self.rest_upstream.close()
         await self.grpc_upstream.close()
+        await self.edge.close()
 
     async def _fetch_metadata(self, model: str, version: int) -> bytes | None:
         """Signature metadata of one model version, from any node serving it."""

@@ -13,6 +13,13 @@ with cache none (its compiled data path, lb/native.py: it refuses to run
 without it), the same run as Python (TFSERVING_LB_PURE=1), with the memory
 cache answering every request from the cache (X-Cache: HIT), and
 `serve --workers 2` with cache none; hedging off (nginx does not hedge).
+TLS rows: nginx with TLS and tfserving-lb with `listen.tls` (a certificate
+made by the run, tests/certs.py; wrk keeps its connections, so each makes one
+handshake), nodes in plaintext; and tfserving-lb with an API key on every
+request and a local rate limit that refuses none (`auth`). For the proxy's own
+rows the CPU it used per request is measured too (/proc: user + system), and
+the report ends with the edge's ratios: TLS vs nginx TLS, and CPU per request
+with the key and rate limit vs without.
 All contenders are started and checked first (200 and the right body); then,
 in interleaved rounds (3; a burst of someone else's load hits one round of
 each rather than one contender), each is warmed up 1 s and loaded by wrk,
@@ -34,6 +41,7 @@ Installs nginx-light and wrk with apt-get when missing. 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -108,6 +116,44 @@ FRONT = """
 
 
 
+# The same front with TLS (ssl_session_cache and tickets: sessions are resumed).
+FRONT_TLS = """
+    upstream tf {{
+        least_conn;
+{servers}
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} ssl backlog=4096;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets on;
+        client_body_buffer_size 64k;
+        location / {{
+            proxy_pass http://tf;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+"""
+# Made by `run` (tests.certs): the certificate both TLS fronts serve.
+TLS_FILES: dict[str, str] = {}
+BENCH_KEY = "bench-" + "k" * 26
+# Per contender URL: the proxy's pid (CPU per request) and headers wrk sends.
+PIDS: dict[str, int] = {}
+HEADERS: dict[str, dict[str, str]] = {}
+
+
+def make_certs() -> None:
+    from tests.certs import CA
+
+    pair = CA(OUT / "tls", "bench-ca").issue("front", "localhost")
+    TLS_FILES.update(cert=str(pair.cert), key=str(pair.key))
+
+
 def predict_body() -> bytes:
     rng = random.Random(784)
     return orjson.dumps({"instances": [[round(rng.random(), 4) for _ in range(784)]]})
@@ -123,12 +169,15 @@ def start_stubs(bench: Bench) -> list[int]:
     return ports
 
 
-def start_nginx_front(bench: Bench, ports: list[int]) -> str:
+def start_nginx_front(bench: Bench, ports: list[int], tls: bool = False) -> str:
     port = free_port()
     servers = "\n".join(f"        server 127.0.0.1:{p};" for p in ports)
-    bench.start_nginx("front", FRONT.format(servers=servers, port=port),
-                      f"http://127.0.0.1:{port}/v1/models/{MODEL}")
-    return f"http://127.0.0.1:{port}"
+    scheme = "https" if tls else "http"
+    conf = (FRONT_TLS.format(servers=servers, port=port, **TLS_FILES) if tls
+            else FRONT.format(servers=servers, port=port))
+    bench.start_nginx("front-tls" if tls else "front", conf,
+                      f"{scheme}://127.0.0.1:{port}/v1/models/{MODEL}")
+    return f"{scheme}://127.0.0.1:{port}"
 
 
 def start_script(bench: Bench, ports: list[int], script: str) -> str:
@@ -146,33 +195,48 @@ def start_script(bench: Bench, ports: list[int], script: str) -> str:
 
 def start_lb(bench: Bench, ports: list[int], cache: str, workers: int = 1,
              pure: bool = False, exe: str | None = None, label: str = "",
-             source: Path | None = None, cache_extra: dict[str, Any] | None = None) -> str:
+             source: Path | None = None, cache_extra: dict[str, Any] | None = None,
+             tls: bool = False, auth: bool = False) -> str:
     """tfserving-lb in front of the stubs; `pure`: its data path run as Python, not the
     compiled build (lb/native.py), which must then be present and in use. `exe`:
     another install's console script (--lb NAME=EXE, NAME is `label`); `source`: the
-    checkout to run (default this one)."""
+    checkout to run (default this one). `tls`: the REST front over TLS; `auth`: one
+    API key with a local rate limit far above the load (every request is checked
+    and charged, none refused), sent by wrk."""
     nodes = [{"name": f"n{i}", "rest": f"http://127.0.0.1:{p}"} for i, p in enumerate(ports)]
+    sections: dict[str, Any] = {}
+    if auth:
+        sections["auth"] = {"keys": [{
+            "id": "bench", "sha256": hashlib.sha256(BENCH_KEY.encode()).hexdigest(),
+            "models": [MODEL], "limits": {"requests_per_s": 1e9}}]}
     backend = cache.removesuffix(" cache").replace("cache none", "none")
+    name = (f"raw-{backend}-w{workers}{'-pure' if pure else ''}{'-base' if source else ''}"
+            f"{'-tls' if tls else ''}{'-auth' if auth else ''}{label}")
     url, admin, proc = bench.start_proxy(
-        f"raw-{backend}-w{workers}{'-pure' if pure else ''}{'-base' if source else ''}{label}",
-        nodes, workers=workers, env={native.PURE_ENV: "1"} if pure else {}, exe=exe,
+        name, nodes, workers=workers, env={native.PURE_ENV: "1"} if pure else {}, exe=exe,
         cache={"backend": backend, **(cache_extra or {})}, hedge={"enabled": False},
-        policy={"name": "least_load"}, source=source)
+        policy={"name": "least_load"}, source=source, tls=dict(TLS_FILES) if tls else None,
+        **sections)
     kind = orjson.loads(http_get(f"{admin}/stats")[2])["data_path"]
     if kind != ("python" if pure else "compiled"):
         raise RuntimeError(f"data path {kind}: run scripts/build_native.py")
     PIDS[url] = proc.pid
+    if auth:
+        HEADERS[url] = {"x-api-key": BENCH_KEY}
     return url
 
 
 def verify(url: str, body: bytes, want_hit: bool) -> list[str]:
     """What is wrong with this contender's answers (empty: nothing)."""
     problems = []
-    status, _h, got = http_get(f"{url}/v1/models/{MODEL}")
+    extra = HEADERS.get(url, {})
+    status, _h, got = http_get(f"{url}/v1/models/{MODEL}", headers=extra)
     if status != 200 or orjson.loads(got) != STATUS:
         problems.append(f"GET status: {status} {got[:80]!r}")
+    if extra and http_get(f"{url}/v1/models/{MODEL}")[0] != 401:
+        problems.append("GET without the API key: not 401")
     predict = f"{url}/v1/models/{MODEL}:predict"
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **extra}
     for _ in range(2 if want_hit else 1):
         status, hdrs, got = http_get(predict, method="POST", body=body, headers=headers)
     if status != 200 or orjson.loads(got) != PREDICTION:
@@ -191,21 +255,25 @@ def measure(exe: str, url: str, args: argparse.Namespace, lua: Path,
     if get:
         runs.append(("GET", f"{url}/v1/models/{MODEL}", None))
     runs.append(("POST", f"{url}/v1/models/{MODEL}:predict", lua))
+    headers = HEADERS.get(url)
     pid = PIDS.get(url)
     for verb, target, script in runs:
-        wrkload.run(exe, target, args.warmup, args.connections, script)
+        wrkload.run(exe, target, args.warmup, args.connections, script, headers)
         cpu0 = tree_cpu_seconds(pid) if pid else 0.0
-        row[verb] = wrkload.run(exe, target, args.seconds, args.connections, script)
-        served = row[verb]["rps"] * max(1, round(args.seconds))
-        if pid and served > 0:
+        row[verb] = wrkload.run(exe, target, args.seconds, args.connections, script, headers)
+        served = row[verb].get("requests") or row[verb]["rps"] * max(1, round(args.seconds))
+        if pid and served > 0:          # all the proxy's processes: user + system CPU
             row[verb]["cpu_us"] = round((tree_cpu_seconds(pid) - cpu0) / served * 1e6, 2)
     return row
 
 
-PIDS: dict[str, int] = {}       # url -> pid of a tfserving-lb contender (for CPU per request)
 DISTINCT_URLS: dict[str, Path] = {}   # url -> the distinct-bodies script of its row
 NGINX_ROW = "nginx proxy_pass least_conn, keep-alive"
 WORKERS_ROW = "tfserving-lb --workers 2, cache none"
+NGINX_TLS_ROW = "nginx TLS, proxy_pass least_conn"
+LB_ROW = "tfserving-lb, cache none"
+LB_TLS_ROW = "tfserving-lb TLS, cache none"
+LB_AUTH_ROW = "tfserving-lb, cache none, key + rate limit"
 STUB_ROW = "(reference) one nginx stub, no proxy"
 Contender = tuple[str, Callable[[Bench, list[int]], str], bool, bool]   # name, start, GET?, HIT?
 
@@ -216,7 +284,12 @@ CONTENDERS: list[Contender] = [
     # Not a product: how far Python on uvloop goes when a proxy does nothing else.
     ("lean httptools proxy (no features)", lambda b, p: start_script(b, p, "lean_proxy.py"),
      True, False),
-    ("tfserving-lb, cache none", lambda b, p: start_lb(b, p, "none"), True, False),
+    (LB_ROW, lambda b, p: start_lb(b, p, "none"), True, False),
+    # TLS on the client side (wrk keeps its connections: one handshake each), nodes plain
+    (NGINX_TLS_ROW, lambda b, p: start_nginx_front(b, p, tls=True), True, False),
+    (LB_TLS_ROW, lambda b, p: start_lb(b, p, "none", tls=True), True, False),
+    # an API key on every request and a local rate limit that refuses none
+    (LB_AUTH_ROW, lambda b, p: start_lb(b, p, "none", auth=True), True, False),
     # The same code run as Python (TFSERVING_LB_PURE=1): what the compiled build gains.
     ("tfserving-lb, cache none, as Python", lambda b, p: start_lb(b, p, "none", pure=True),
      True, False),
@@ -280,6 +353,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     OUT.mkdir(exist_ok=True)
     body_path.write_bytes(body)
     lua = wrkload.post_script(OUT / "raw_post.lua", body_path)
+    make_certs()
     results: dict[str, Any] = {"body_bytes": len(body), "seconds": args.seconds,
                                "connections": args.connections, "rounds": args.rounds,
                                "rows": {}}
@@ -384,6 +458,27 @@ def paired(res: dict[str, Any]) -> None:
                       f"(rounds {', '.join(f'{r:.3f}' for r in ratios)})")
 
 
+def report_edge(res: dict[str, Any]) -> None:
+    """The edge's targets: TLS vs nginx TLS, and the CPU an API key and a rate limit add."""
+    rows = res["rows"]
+    tls, peer, plain, auth = (rows.get(n, {}) for n in (LB_TLS_ROW, NGINX_TLS_ROW, LB_ROW,
+                                                         LB_AUTH_ROW))
+    print("\nTLS (wrk keep-alive, one handshake per connection; nodes in plaintext):")
+    for verb in ("GET", "POST"):
+        if verb in tls and verb in peer:
+            print(f"  {verb}: tfslb TLS {tls[verb]['rps']:.0f} rps / nginx TLS "
+                  f"{peer[verb]['rps']:.0f} rps = {tls[verb]['rps'] / peer[verb]['rps']:.3f}x")
+    print("proxy CPU per request (user + system, the median round):")
+    for verb in ("GET", "POST"):
+        cells = {name: r[verb].get("cpu_us") for name, r in
+                 ((LB_ROW, plain), (LB_TLS_ROW, tls), (LB_AUTH_ROW, auth)) if verb in r}
+        line = ", ".join(f"{n} {v:.1f} us" for n, v in cells.items() if v)
+        print(f"  {verb}: {line}")
+        base, with_auth = cells.get(LB_ROW), cells.get(LB_AUTH_ROW)
+        if base and with_auth:
+            print(f"  {verb}: with key + rate limit {with_auth / base:.3f}x the CPU without")
+
+
 def chart(res: dict[str, Any]) -> Path:
     names = [n for n, r in res["rows"].items() if not r.get("problems")]
     series = {v: [res["rows"][n].get(v, {}).get("rps", float("nan")) for n in names]
@@ -424,6 +519,7 @@ def main() -> int:
     (OUT / "bench_raw.json").write_text(json.dumps(res, indent=1))
     report(res)
     paired(res)
+    report_edge(res)
     print(f"\nchart: {chart(res)}  ({res['wall_s']} s wall)")
     return 1 if any(r.get("problems") for r in res["rows"].values()) else 0
 

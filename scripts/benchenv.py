@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -115,12 +116,17 @@ def ensure_tool(exe: str, apt_pkg: str) -> str:
     return found
 
 
+def _context(url: str) -> ssl.SSLContext | None:
+    """https on loopback in the benchmarks: certificates made by the run, not verified."""
+    return ssl._create_unverified_context() if url.startswith("https:") else None
+
+
 def http_get(url: str, timeout: float = 2.0, method: str = "GET", body: bytes | None = None,
              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     """One request on a fresh connection: (status, headers, body); any status is returned."""
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=_context(url)) as r:
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
@@ -240,7 +246,7 @@ def _wait_http(url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1.0) as r:
+            with urllib.request.urlopen(url, timeout=1.0, context=_context(url)) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -318,7 +324,7 @@ class Bench:
     def start_proxy(self, name: str, nodes: list[dict[str, Any]], *, workers: int = 1,
                     ready: bool = True, env: dict[str, str] | None = None,
                     exe: str | None = None, source: Path | None = None,
-                    listen: dict[str, str] | None = None,
+                    listen: dict[str, str] | None = None, tls: dict[str, Any] | None = None,
                     **sections: Any) -> tuple[str, str, subprocess.Popen[bytes]]:
         """`tfserving-lb serve [--workers N]` with these nodes and `env` added to the
         environment; returns (url, admin url, process). With `ready`, returns once
@@ -326,10 +332,10 @@ class Bench:
         script (e.g. a venv's bin/tfserving-lb) instead of this interpreter's `lb`;
         `source`: run the proxy of another checkout (its `lb/` imported first: a
         before/after comparison in one run); `listen`: more listen settings (e.g.
-        {"metrics": "127.0.0.1:port"})."""
+        {"metrics": "127.0.0.1:port"}); `tls`: listen.tls (the URL is https)."""
         rest, admin = free_port(), free_port()
         doc = {"listen": {"rest": f"127.0.0.1:{rest}", "grpc": None,
-                          "admin": f"127.0.0.1:{admin}", **(listen or {})},
+                          "admin": f"127.0.0.1:{admin}", "tls": tls, **(listen or {})},
                "nodes": nodes, **sections}
         path = self.logs / f"{name}.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -348,7 +354,7 @@ class Bench:
         _wait_http(f"{admin_url}/stats", 30.0)
         if ready:
             wait_proxy_ready(admin_url, workers, 30.0)
-        return f"http://127.0.0.1:{rest}", admin_url, proc
+        return f"{'https' if tls else 'http'}://127.0.0.1:{rest}", admin_url, proc
 
     def start_nginx(self, name: str, http_conf: str, wait_url: str, *,
                     processes: int = 1) -> subprocess.Popen[bytes]:

@@ -58,11 +58,15 @@ def _ms(out: str, pct: str) -> float:
 
 
 def run(exe: str, url: str, seconds: float, connections: int,
-        lua: Path | None) -> dict[str, Any]:
-    """One `wrk -t1 -cN -dSs --latency` run: requests/s, p50/p99 (ms), errors."""
+        lua: Path | None, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """One `wrk -t1 -cN -dSs --latency` run: requests/s, p50/p99 (ms), errors.
+    `headers` are sent with every request (-H); an https URL is TLS (keep-alive
+    connections: one handshake each for the whole run)."""
     cmd = [exe, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
     if lua is not None:
         cmd += ["-s", str(lua)]
+    for name, value in (headers or {}).items():
+        cmd += ["-H", f"{name}: {value}"]
     out = subprocess.run([*cmd, url], capture_output=True, text=True,
                          timeout=seconds + 30).stdout
     return parse(out)
@@ -71,9 +75,11 @@ def run(exe: str, url: str, seconds: float, connections: int,
 def parse(out: str) -> dict[str, Any]:
     """The figures of wrk's `--latency` report (NaN where it has none)."""
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {"rps": float(rps.group(1)) if rps else float("nan"),
+            "requests": int(total.group(1)) if total else 0,
             "non_2xx": int(non2xx.group(1)) if non2xx else 0,
             "socket_errors": sum(int(g) for g in sock.groups()) if sock else 0,
             "p50_ms": _ms(out, "50"), "p99_ms": _ms(out, "99"),

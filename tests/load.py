@@ -3,7 +3,7 @@
 Requests start on a fixed schedule (`rate` per second) whatever the replies
 do, so a stalled node shows up as latency rather than as a slower sender.
 Bounded: it stops at `stop()`, after `max_s`, or after `rate * max_s`
-requests, whichever comes first; 127.0.0.1 only.
+requests, whichever comes first; 127.0.0.1 only (http or https).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from ssl import SSLContext
 
 import aiohttp
 import numpy as np
@@ -27,14 +28,21 @@ class Sample:
 
 
 class OpenLoad:
+    """`headers` go with every request; `ssl` is the client context of an https:// URL;
+    `fresh` opens a new connection (a new TLS handshake) for every request."""
+
     def __init__(self, url: str, body: Callable[[int], bytes], rate: float,
-                 max_s: float = 60.0, timeout_s: float = 10.0, fresh: bool = False):
+                 max_s: float = 60.0, timeout_s: float = 10.0,
+                 headers: dict[str, str] | None = None, ssl: SSLContext | None = None,
+                 fresh: bool = False):
         """`fresh`: a new connection per request (none is reused), so that a request
         can only fail with the process that accepted it while it is in flight."""
-        assert url.startswith("http://127.0.0.1:"), url
+        assert url.startswith(("http://127.0.0.1:", "https://127.0.0.1:",
+                               "https://localhost:")), url
         self.url, self.body, self.rate = url, body, rate
         self.max_s, self.timeout_s = max_s, timeout_s
-        self.fresh = fresh
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
+        self.ssl, self.fresh = ssl, fresh
         self.samples: list[Sample] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -53,9 +61,9 @@ class OpenLoad:
 
     async def _run(self) -> None:
         tmo = aiohttp.ClientTimeout(total=self.timeout_s)
-        async with aiohttp.ClientSession(timeout=tmo,
-                                         connector=aiohttp.TCPConnector(
-                                             limit=0, force_close=self.fresh)) as s:
+        connector = aiohttp.TCPConnector(limit=0, ssl=self.ssl or True,
+                                         force_close=self.fresh)
+        async with aiohttp.ClientSession(timeout=tmo, connector=connector) as s:
             tasks: set[asyncio.Task[None]] = set()
             start = time.monotonic()
             i = 0
@@ -71,8 +79,7 @@ class OpenLoad:
     async def _one(self, s: aiohttp.ClientSession, i: int, at: float) -> None:
         status, node = 0, "-"
         try:
-            async with s.post(self.url, data=self.body(i),
-                              headers={"Content-Type": "application/json"}) as r:
+            async with s.post(self.url, data=self.body(i), headers=self.headers) as r:
                 await r.read()
                 status, node = r.status, r.headers.get("X-Node", "-")
         except (aiohttp.ClientError, TimeoutError):

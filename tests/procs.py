@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -76,14 +77,16 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str,
 
 
 def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-         timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
-    """One blocking HTTP call; returns (status, headers, body) for any status."""
+         timeout: float = 10.0, context: ssl.SSLContext | None = None,
+         ) -> tuple[int, dict[str, str], bytes]:
+    """One blocking HTTP call; returns (status, headers, body) for any status.
+    `context`: for https:// URLs (a test's own CA)."""
     data = None
     if body is not None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
@@ -274,15 +277,17 @@ class ProxyProc:
     """`tfserving-lb serve` in a child process, with its REST and admin URLs."""
 
     def __init__(self, log_dir: Path, nodes: list[dict[str, Any]], *, name: str = "proxy",
-                 grpc: bool = False, workers: int = 1, metrics: bool = False, **sections: Any):
+                 grpc: bool = False, workers: int = 1, metrics: bool = False,
+                 tls: dict[str, Any] | None = None, **sections: Any):
         self.rest_port, self.admin_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.rest_port}"
+        # with `tls` (listen.tls) the REST front is https (tests.certs names 127.0.0.1)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.rest_port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.grpc = f"127.0.0.1:{free_port()}" if grpc else None   # the gRPC front, if asked
         # listen.metrics, if asked: GET /metrics alone
         self.metrics = f"http://127.0.0.1:{free_port()}" if metrics else None
         listen = {"rest": f"127.0.0.1:{self.rest_port}", "grpc": self.grpc,
-                  "admin": f"127.0.0.1:{self.admin_port}"}
+                  "admin": f"127.0.0.1:{self.admin_port}", "tls": tls}
         if self.metrics:
             listen["metrics"] = self.metrics.removeprefix("http://")
         doc: dict[str, Any] = {"listen": listen, "nodes": nodes, **sections}

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from lb.config import Config, load_config, split_hostport
+from lb.edge.keys import load_keys
 from tests.procs import ROOT
 
 TF_GRPC, TF_REST = 8500, 8501
@@ -145,3 +146,24 @@ def test_the_image_runs_the_data_path_compiled(compose: dict[str, Any]) -> None:
     assert "tfserving-lb data-path" in install                 # fails unless compiled
     assert not any("mypy" in ln or "gcc" in ln or "-e " in ln for ln in final)
     assert (context / "MANIFEST.in").is_file()
+
+
+def test_the_tls_variant_mounts_what_its_config_reads(compose: dict[str, Any]) -> None:
+    """docker-compose.tls.yml replaces each proxy's config and mounts the pair and the
+    keys file where that config reads them (compose merges volumes by target)."""
+    override = yaml.safe_load((ROOT / "docker-compose.tls.yml").read_text())["services"]
+    assert set(override) == set(_proxies(compose))
+    for name, svc in override.items():
+        mounts = {_mount(v)[1]: _mount(v)[0] for v in compose[name]["volumes"]}
+        mounts.update({_mount(v)[1]: _mount(v)[0] for v in svc["volumes"]})
+        cfg = load_config(ROOT / mounts["/etc/tfserving-lb/lb.yaml"])
+        assert cfg.listen.tls is not None and cfg.auth is not None
+        assert cfg.auth.keys_file is not None and "health" in cfg.auth.open
+        for path in (cfg.listen.tls.cert, cfg.listen.tls.key):
+            target = path.rsplit("/", 1)[0]
+            assert mounts.get(target) == "./certs", path        # a directory: watched
+        source = mounts[cfg.auth.keys_file]
+        keys = load_keys(cfg.auth.model_copy(update={"keys_file": str(ROOT / source)}))
+        assert keys and all(k.sha256 for k in keys)
+        assert cfg.rate_limit.shared == "redis"
+        assert urlsplit(cfg.rate_limit.redis_url).hostname == "redis"

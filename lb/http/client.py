@@ -60,11 +60,13 @@ class ClientLimits:
 class NodeClient:
     """Connections to one node (base URL http://host:port or https://host:port).
 
-    `ssl_context` replaces the default verifying context for https (tests pass one
-    that trusts their own CA)."""
+    `ssl_context` replaces the default verifying context for https (`upstream.tls`:
+    `lb.edge.node_tls`); `server_name` replaces the URL's host as the name the node's
+    certificate must carry (and the SNI sent)."""
 
     def __init__(self, name: str, base_url: str, limits: ClientLimits,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 server_name: str | None = None) -> None:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ConfigError(f"node {name}: base URL {base_url!r} is not http(s)://host[:port]")
@@ -74,6 +76,7 @@ class NodeClient:
         self._host = url.hostname
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._ssl = (ssl_context or ssl.create_default_context()) if url.scheme == "https" else None
+        self._server_name = (server_name or url.hostname) if self._ssl is not None else None
         self._prefix = url.path.rstrip("/").encode("ascii")
         self._host_line = b"Host: " + url.netloc.encode("idna") + b"\r\n"
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -225,7 +228,7 @@ class NodeClient:
         conn = Conn(self)
         task = loop.create_task(loop.create_connection(
             lambda: conn, self._host, self._port, ssl=self._ssl,
-            server_hostname=self._host if self._ssl is not None else None))
+            server_hostname=self._server_name))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(functools.partial(self._connected, ex, conn))

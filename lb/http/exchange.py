@@ -61,6 +61,11 @@ class Exchange:
     def done(self) -> bool:
         return self._done
 
+    @property
+    def connection(self) -> Pipeline:
+        """The client connection it came on (its `memo`, its TLS `peercert()`)."""
+        return self._conn
+
     def respond(self, status: int, body: bytes, content_type: bytes = b"application/json",
                 headers: bytes = b"") -> None:
         """Send the reply. `headers`: extra lines, each b"Name: value\\r\\n". The first

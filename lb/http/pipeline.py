@@ -9,7 +9,8 @@ by `Exchange.respond`, and by `HttpServer.shutdown`. Guarantees:
 - Replies leave through the server's `lb.http.outbox.Outbox` (every write of the
   connection does, and it is flushed before the connection is shut or closed).
 - Server-made errors are answered after the replies owed to earlier requests, then the
-  connection closes (lingering briefly so the client can read the error).
+  connection closes (lingering briefly so the client can read the error; over TLS
+  the transport's closing handshake does that).
 - On loss of the connection the exchange in flight gets `on_abort` once; the queue is
   dropped; timers are cancelled.
 - All deadlines share one loop timer, moved only when it would fire too late (`_arm`).
@@ -23,7 +24,7 @@ import logging
 import math
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from lb.http.exchange import Exchange, Request
 from lb.http.limits import (
@@ -72,7 +73,7 @@ class Pipeline(asyncio.Protocol):
     __slots__ = ("_active", "_app", "_closed", "_deadline", "_dispatching", "_input_done",
                  "_lim", "_loop", "_lost", "_now", "_out", "_paused", "_phase", "_queue", "_remote",
                  "_req", "_send_timer", "_server", "_shutting", "_timer", "_timer_at",
-                 "_transport", "_write_paused")
+                 "_transport", "_write_paused", "memo")
     _transport: asyncio.Transport
 
     def __init__(self, server: HttpServer, loop: asyncio.AbstractEventLoop) -> None:
@@ -98,6 +99,9 @@ class Pipeline(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = INF
         self._send_timer: asyncio.TimerHandle | None = None
+        # What the app remembers about this connection (lb.edge.gate: the identity the
+        # last credentials proved), so a keep-alive client is not checked from scratch
+        self.memo: object = None
 
     # --- transport events -----------------------------------------------------------
 
@@ -114,6 +118,12 @@ class Pipeline(asyncio.Protocol):
             self._close()
         else:
             self._arm(IDLE, self._loop.time() + self._lim.header_timeout_s)
+
+    def peercert(self) -> dict[str, Any] | None:
+        """The client's TLS certificate as `ssl` decodes it, when it sent one that was
+        verified (None on plaintext, or without a certificate)."""
+        cert = self._transport.get_extra_info("peercert")
+        return cert if isinstance(cert, dict) and cert else None
 
     def eof_received(self) -> bool | None:
         return None         # the client left: close, which aborts what is in flight
@@ -307,6 +317,9 @@ class Pipeline(asyncio.Protocol):
         self._queue.clear()
         self._out.flush()
         tr = self._transport
+        # TLS cannot half-close: its close sends close_notify after the reply and
+        # reads (and drops) what the client still sends until its close_notify, which
+        # is the linger (the TCP socket is not closed under unread bytes either)
         if linger and not self._shutting and tr.can_write_eof():
             tr.write_eof()
             if self._paused:

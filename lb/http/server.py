@@ -4,6 +4,8 @@ Called by the REST front, which wraps its request core (an `App`) in an `HttpSer
 `await HttpServer(app, limits).start(host, port)`, later `await server.shutdown(grace_s)`.
 It knows nothing of TF Serving or of proxying; per-connection behaviour (ordering,
 pipelining, limits, timeouts, aborts) is guaranteed by `lb.http.server_protocol`.
+With an `ssl.SSLContext` it serves TLS (`lb.edge.tls` makes the REST front's): the
+connections behave the same, requests are the same plaintext above the transport.
 Guarantees here: shutdown in uvicorn's order (stop accepting, close idle connections,
 close busy ones after their reply, abort what is left after the grace period) and
 returns within `grace_s` plus about a second.
@@ -13,12 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from ssl import SSLContext
 
 from lb.http.exchange import App, Exchange, Request
 from lb.http.limits import ServerLimits
 from lb.http.outbox import Outbox
 from lb.http.pipeline import Pipeline
 from lb.http.server_protocol import ServerConnection
+from lb.http.tls_reader import TlsReader, shared_buffer
 
 __all__ = ["App", "Exchange", "HttpServer", "Request", "ServerLimits"]
 
@@ -36,13 +41,24 @@ class HttpServer:
         self._server: asyncio.Server | None = None
         self._drained: asyncio.Event | None = None
         self.outbox = Outbox()         # of every connection's replies (one loop)
+        self.tls = False
 
     async def start(self, host: str, port: int, *, reuse_port: bool = True,
-                    backlog: int = 1024) -> None:
+                    backlog: int = 1024, ssl: SSLContext | None = None,
+                    handshake_timeout_s: float = 10.0) -> None:
+        """Listen; with `ssl`, every connection is TLS (uvloop's TLS transport: the
+        connection sees plaintext, and a failed handshake never reaches it)."""
         loop = asyncio.get_running_loop()
+        self.tls = ssl is not None
+        factory: Callable[[], asyncio.BaseProtocol]
+        if ssl is None:
+            factory = lambda: ServerConnection(self, loop)   # noqa: E731
+        else:                           # decrypted into one buffer (lb.http.tls_reader)
+            view = shared_buffer()
+            factory = lambda: TlsReader(ServerConnection(self, loop), view)   # noqa: E731
         self._server = await loop.create_server(
-            lambda: ServerConnection(self, loop), host, port, reuse_port=reuse_port,
-            backlog=backlog)
+            factory, host, port, reuse_port=reuse_port, backlog=backlog, ssl=ssl,
+            ssl_handshake_timeout=handshake_timeout_s if ssl is not None else None)
 
     @property
     def port(self) -> int:

@@ -1,9 +1,10 @@
 """deploy/k8s renders, fits the Kubernetes schemas and agrees with the proxy's config.
 
-Called by pytest, offline, no cluster. Each kustomization (the example overlay and
-the base) is rendered with `kubectl kustomize` (`$KUBECTL` names another binary:
-CI has Debian's kubectl 1.20 with kustomize v2.0.3), every object is validated
-with kubernetes-validate in strict mode, and the objects are checked against one
+Called by pytest, offline, no cluster. Each kustomization (the example overlay, the
+TLS overlay and the base) is rendered with `kubectl kustomize` (`$KUBECTL` names
+another binary: CI has Debian's kubectl 1.20 with kustomize v2.0.3), every object
+but cert-manager's is validated with kubernetes-validate in strict mode (check_tls
+reads those), and the objects are checked against one
 another and against lb.yaml parsed by `lb.config.parse_config`. Guarantees: each
 `check_*` raises AssertionError on the defect it names; the mutation tests at the
 end feed key checks a broken copy of a render to show that they can fail.
@@ -11,6 +12,7 @@ end feed key checks a broken copy of a render to show that they can fail.
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 import re
@@ -23,16 +25,19 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from lb.config import Config, parse_config, split_hostport
+from lb.edge.config import KeysFile
 from lb.errors import ConfigError
 from tests.procs import ROOT
 
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())   # oldest we claim, newest
 KUSTOMIZATIONS = ("deploy/k8s/overlays/example", "deploy/k8s/base",
-                  "deploy/k8s/overlays/example-prometheus-operator")
-# Custom resources: no Kubernetes schema; check_service_monitor checks them instead.
+                  "deploy/k8s/overlays/example-prometheus-operator", "deploy/k8s/overlays/tls")
+# Custom resources: no Kubernetes schema; check_service_monitor and check_tls check them.
 CUSTOM = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CERT_MANAGER = "cert-manager.io/v1"      # CRDs: not in the Kubernetes schemas (check_tls)
 MONITORING_NS = {"kubernetes.io/metadata.name": "monitoring"}
 PROXY, TF, REDIS = "tfserving-lb", "tf-serving", "tfslb-redis"    # Deployment names
 TF_IMAGE_PORTS = {"grpc": 8500, "rest": 8501}    # tensorflow/serving's entrypoint defaults
@@ -127,7 +132,8 @@ def check_config(objs: list[Obj]) -> None:
 
 
 def check_schemas(objs: list[Obj]) -> None:
-    core = [o for o in objs if (o["apiVersion"], o["kind"]) not in CUSTOM]
+    core = [o for o in objs if (o["apiVersion"], o["kind"]) not in CUSTOM
+            and o["apiVersion"] != CERT_MANAGER]
     for o, version in ((o, v) for o in core for v in K8S_VERSIONS):
         try:
             kubernetes_validate.validate(o, version, strict=True)
@@ -146,9 +152,14 @@ def check_ports(objs: list[Obj]) -> None:
     svc = one(objs, "Service", PROXY)
     targets = {target_port(c, p): p for p in svc["spec"]["ports"]}
     assert set(targets) == {port for _, port in fronts.values()}, "Service targetPorts"
-    grpc = targets[fronts["grpc"][1]]
-    assert grpc.get("appProtocol") in ("kubernetes.io/h2c", "grpc") \
-        and grpc["name"].startswith("grpc"), "meshes must see the gRPC port as h2c"
+    grpc, rest = targets[fronts["grpc"][1]], targets[fronts["rest"][1]]
+    if cfg.listen.tls is None:
+        assert grpc.get("appProtocol") in ("kubernetes.io/h2c", "grpc") \
+            and grpc["name"].startswith("grpc"), "meshes must see the gRPC port as h2c"
+    else:                   # TLS from the client: a mesh must not take it for plaintext
+        assert grpc.get("appProtocol") == "tls" and grpc["name"].startswith("grpc"), \
+            "the gRPC port over TLS is opaque TLS to a mesh, not h2c"
+        assert rest.get("appProtocol") == "https", "the REST port over TLS is https"
 
 
 def check_admin_not_exposed(objs: list[Obj]) -> None:
@@ -208,9 +219,15 @@ def check_service_monitor(objs: list[Obj]) -> None:
 def check_probes(objs: list[Obj]) -> None:
     c = container(objs, PROXY)
     rest = split_hostport(config(objs).listen.rest)[1]
+    cfg = config(objs)
     for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         get = c[probe]["httpGet"]
         assert get["path"] == path, f"{probe} path {get['path']}"
+        scheme = "HTTPS" if cfg.listen.tls is not None else "HTTP"
+        assert get.get("scheme", "HTTP") == scheme, f"{probe} scheme: the REST port is {scheme}"
+        assert cfg.listen.tls is None or not cfg.listen.tls.require_client_cert, \
+            "the kubelet's probes send no client certificate"
+        assert cfg.auth is None or "health" in cfg.auth.open, "the probes send no API key"
         assert container_port(c, get["port"]) == rest, f"{probe} is not on the REST port"
 
 
@@ -401,10 +418,56 @@ def check_rollout(objs: list[Obj]) -> None:
     assert strategy["maxUnavailable"] == 0, "a new pod is ready before an old one drains"
 
 
+def mounted(objs: list[Obj], path: str) -> Obj:
+    """The volume whose mount holds `path` in the proxy container (no subPath: updates
+    of a Secret or ConfigMap then reach the running pod)."""
+    c, spec = container(objs, PROXY), pod(objs, PROXY)["spec"]
+    found = [m for m in c["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert len(found) == 1, f"{path}: mounted {len(found)} times"
+    assert "subPath" not in found[0], f"{path}: a subPath mount never sees a rotation"
+    (vol,) = [v for v in spec["volumes"] if v["name"] == found[0]["name"]]
+    return vol  # type: ignore[no-any-return]
+
+
+def check_tls(objs: list[Obj]) -> None:
+    """listen.tls reads the Secret a cert-manager Certificate keeps, for the Service's
+    names; the keys file is a mounted Secret. Nothing to check without listen.tls."""
+    cfg = config(objs)
+    tls = cfg.listen.tls
+    if tls is None:
+        assert not find(objs, "Certificate"), "a Certificate nobody mounts"
+        return
+    cert_vol, key_vol = mounted(objs, tls.cert), mounted(objs, tls.key)
+    assert cert_vol == key_vol and "secret" in cert_vol, "cert and key from one Secret"
+    secret = cert_vol["secret"]["secretName"]
+    (certificate,) = [o for o in find(objs, "Certificate")
+                      if o["spec"]["secretName"] == secret]
+    assert certificate["apiVersion"] == CERT_MANAGER
+    spec = certificate["spec"]
+    assert tls.cert.endswith("/tls.crt") and tls.key.endswith("/tls.key"), \
+        "cert-manager writes tls.crt and tls.key"
+    issuer = spec["issuerRef"]
+    assert find(objs, issuer.get("kind", "Issuer"), issuer["name"]) or \
+        issuer.get("kind") == "ClusterIssuer", f"issuer {issuer['name']} is not in the render"
+    ns = namespace(objs)
+    assert f"{PROXY}.{ns}.svc.cluster.local" in spec["dnsNames"], "the Service's name"
+    assert spec["privateKey"].get("rotationPolicy") == "Always"
+    if cfg.auth is not None and cfg.auth.keys_file is not None:
+        vol = mounted(objs, cfg.auth.keys_file)
+        assert "secret" in vol, "API keys (hashes) come from a Secret"
+        (sec,) = find(objs, "Secret", vol["secret"]["secretName"])
+        name = cfg.auth.keys_file.rsplit("/", 1)[1]
+        try:                                # ids and hashes, as the proxy reads them
+            KeysFile.model_validate(yaml.safe_load(base64.b64decode(sec["data"][name])))
+        except (KeyError, ValidationError) as exc:
+            raise AssertionError(f"keys file {name}: {exc}") from None
+
+
 CHECKS: list[Callable[[list[Obj]], None]] = [
     check_schemas, check_config, check_ports, check_admin_not_exposed, check_probes, check_drain,
     check_selectors, check_scaling, check_discovery, check_redis, check_security,
     check_network_policy, check_rollout, check_metrics_port, check_service_monitor,
+    check_tls,
 ]
 
 
@@ -540,3 +603,51 @@ def test_the_operator_overlay_adds_a_service_monitor() -> None:
         break_it(one(broken, "ServiceMonitor", PROXY))
         with pytest.raises(AssertionError):
             check_service_monitor(broken)
+def _tls_mount(objs: list[Obj]) -> Obj:
+    return next(m for m in container(objs, PROXY)["volumeMounts"] if m["name"] == "tls")
+
+
+def _certificate(objs: list[Obj]) -> Obj:
+    (certificate,) = find(objs, "Certificate")
+    return certificate
+
+
+def _keys_secret(objs: list[Obj], doc: dict[str, Any]) -> None:
+    (secret,) = [o for o in find(objs, "Secret") if o["metadata"]["name"].startswith(
+        "tfserving-lb-keys")]
+    secret["data"]["keys.yaml"] = base64.b64encode(yaml.safe_dump(doc).encode()).decode()
+
+
+TLS_MUTATIONS: dict[str, tuple[Callable[[list[Obj]], None], Callable[[list[Obj]], None]]] = {
+    "tls subPath": (check_tls, lambda o: _tls_mount(o).update(subPath="tls.crt")),
+    "cert elsewhere": (check_tls, lambda o: edit_config(
+        o, lambda d: d["listen"]["tls"].update(cert="/etc/other/tls.crt"))),
+    "service name": (check_tls, lambda o: _certificate(o)["spec"].update(dnsNames=["x.y"])),
+    "key kept": (check_tls, lambda o: _certificate(o)["spec"]["privateKey"].pop(
+        "rotationPolicy")),
+    "plaintext key": (check_tls, lambda o: _keys_secret(
+        o, {"keys": [{"id": "a", "sha256": "the-key-itself"}]})),
+    "probe over http": (check_probes, lambda o: container(o, PROXY)["readinessProbe"][
+        "httpGet"].update(scheme="HTTP")),
+    "probes and mtls": (check_probes, lambda o: edit_config(o, lambda d: d["listen"]["tls"].update(
+        client_ca="/etc/tfserving-lb-tls/ca.crt", require_client_cert=True))),
+    "probes need a key": (check_probes, lambda o: edit_config(
+        o, lambda d: d["auth"].update(open=["status"]))),
+    "h2c over tls": (check_ports, lambda o: one(o, "Service", PROXY)["spec"]["ports"][1].update(
+        appProtocol="kubernetes.io/h2c")),
+}
+
+
+@pytest.fixture(scope="module")
+def tls_overlay() -> list[Obj]:
+    return render(KUSTOMIZATIONS[3])
+
+
+@pytest.mark.parametrize("name", TLS_MUTATIONS)
+def test_tls_check_catches(tls_overlay: list[Obj], name: str) -> None:
+    check, mutate = TLS_MUTATIONS[name]
+    broken = copy.deepcopy(tls_overlay)
+    check(broken)
+    mutate(broken)
+    with pytest.raises(AssertionError):
+        check(broken)

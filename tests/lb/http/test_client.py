@@ -1,5 +1,7 @@
 """lb.http.client against real sockets: an aiohttp server for normal traffic and a
-raw asyncio server whose every byte the test scripts, on both asyncio and uvloop."""
+raw asyncio server whose every byte the test scripts, on both asyncio and uvloop,
+and on uvloop to nodes over TLS (certificates made by the tests): a node's https://
+pool behaves as its http:// one."""
 
 from __future__ import annotations
 
@@ -19,7 +21,19 @@ from aiohttp import web
 
 from lb.errors import BadRequest, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from lb.http.client import ClientLimits, NodeClient, Response
+from tests.certs import CA
+from tests.lb.http.conftest import TLS, Runner, runner
 from tests.procs import free_port
+
+
+@pytest.fixture
+def run(run_tls: Runner) -> Runner:
+    """Every test of this module on asyncio, uvloop and uvloop over TLS."""
+    return run_tls
+
+
+def _scheme() -> str:
+    return "https" if TLS[0] else "http"
 
 
 def ok(body: bytes = b"ok", extra: bytes = b"") -> bytes:
@@ -95,9 +109,11 @@ async def raw_server(script: Script) -> AsyncIterator[tuple[str, list[RawConn]]]
             await script(conn, len(conns) - 1)
 
     port = free_port()
-    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    tls = TLS[0]
+    server = await asyncio.start_server(handle, "127.0.0.1", port,
+                                        ssl=tls[0] if tls else None)
     try:
-        yield f"http://127.0.0.1:{port}", conns
+        yield f"{_scheme()}://127.0.0.1:{port}", conns
     finally:
         server.close()
         for c in conns:
@@ -149,6 +165,8 @@ async def big(request: web.Request) -> web.Response:
 
 @contextlib.asynccontextmanager
 async def aio_server(ssl_ctx: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+    if ssl_ctx is None and TLS[0] is not None:
+        ssl_ctx = TLS[0][0]
     app = web.Application()
     app.add_routes([web.get("/peer", peer), web.post("/echo", echo),
                     web.get("/chunked", chunked), web.get("/big", big)])
@@ -189,7 +207,9 @@ async def eventually(check: Callable[[], bool], what: str, within_s: float = 3.0
 
 
 def node(url: str, **limits: Any) -> NodeClient:
-    return NodeClient("n1", url, ClientLimits(**limits))
+    """A pool to `url`, trusting the tests' CA when the test runs over TLS."""
+    tls = TLS[0]
+    return NodeClient("n1", url, ClientLimits(**limits), ssl_context=tls[1] if tls else None)
 
 
 # -- keep-alive and the bound -------------------------------------------------------------
@@ -658,7 +678,52 @@ def test_https_with_verification(run: Any, tls_files: tuple[Path, Path]) -> None
             assert len(set(ports)) == 1 and client.stats()["created"] == 1
             await client.close()
             with pytest.raises(UpstreamConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-                await call(node(url), "/peer")  # the default context does not trust it
+                # the default context does not trust it
+                await call(NodeClient("n1", url, ClientLimits()), "/peer")
+    run(main())
+
+
+def test_https_node_checks_expiry_name_and_client_certificates(tmp_path: Path) -> None:
+    """What upstream.tls guarantees, on the pool itself (uvloop): an expired node
+    certificate, one for another name (unless server_name says that name), and a node
+    that wants a client certificate (mTLS) the pool does not present, all fail to
+    connect."""
+    run = runner("uvloop")
+    ca = CA(tmp_path)
+    expired = ca.issue("expired", "node", expired=True)
+    other_name = ca.issue("named", "node", hosts=("node.internal",))
+    proxy_pair = ca.issue("proxy", "tfserving-lb", client=True)
+
+    def server_ctx(pair: Any, client_ca: bool = False) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pair.cert, pair.key)
+        if client_ca:
+            ctx.load_verify_locations(ca.path)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def pool(url: str, pair: Any = None, server_name: str | None = None) -> NodeClient:
+        ctx = ssl.create_default_context(cafile=str(ca.path))
+        if pair is not None:
+            ctx.load_cert_chain(pair.cert, pair.key)
+        return NodeClient("n1", url, ClientLimits(), ssl_context=ctx, server_name=server_name)
+
+    async def main() -> None:
+        async with aio_server(server_ctx(expired)) as url:
+            with pytest.raises(UpstreamConnectError, match="certificate has expired"):
+                await call(pool(url), "/peer")
+        async with aio_server(server_ctx(other_name)) as url:
+            with pytest.raises(UpstreamConnectError, match="match"):
+                await call(pool(url), "/peer")
+            client = pool(url, server_name="node.internal")
+            assert (await call(client, "/peer")).status == 200
+            await client.close()
+        async with aio_server(server_ctx(other_name, client_ca=True)) as url:
+            with pytest.raises((UpstreamConnectError, UpstreamError)):
+                await call(pool(url, server_name="node.internal"), "/peer")
+            client = pool(url, proxy_pair, server_name="node.internal")
+            assert (await call(client, "/peer")).status == 200
+            await client.close()
     run(main())
 
 

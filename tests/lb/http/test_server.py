@@ -1,7 +1,9 @@
 """The lean HTTP/1.1 server over raw sockets: a real HttpServer on a free port per test,
 a small app (echo / slow / raising / big replies), no HTTP client library.
 
-Every test runs on uvloop (what the proxy ships) and on asyncio's own loop.
+Every test runs on uvloop (what the proxy ships) and on asyncio's own loop, and on
+uvloop over TLS (real handshakes with a certificate made by the tests): the same
+bytes above the transport, the same behaviour.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import json
 import logging
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -18,9 +21,20 @@ from typing import Any
 import pytest
 
 from lb.http.server import Exchange, HttpServer, Request, ServerLimits
+from tests.lb.http.conftest import TLS, Runner
 
 Run = Callable[[Coroutine[Any, Any, None]], None]
 WAIT = 5.0      # the deadline of every single read in these tests
+@pytest.fixture
+def run(run_tls: Runner) -> Runner:
+    """Every test of this module on asyncio, uvloop and uvloop over TLS."""
+    return run_tls
+
+
+async def listen(server: HttpServer) -> None:
+    """Start `server` on a free port, over TLS when the test runs over TLS."""
+    tls = TLS[0]
+    await server.start("127.0.0.1", 0, ssl=tls[0] if tls else None)
 
 
 class App:
@@ -63,7 +77,7 @@ def echo(req: Request) -> bytes:
 async def serving(app: App | None = None, **limits: Any) -> AsyncIterator[tuple[HttpServer, App]]:
     app = app or App()
     server = HttpServer(app, ServerLimits(**limits))
-    await server.start("127.0.0.1", 0)
+    await listen(server)
     try:
         yield server, app
     finally:
@@ -84,7 +98,11 @@ class Client:
 
     @classmethod
     async def connect(cls, server: HttpServer) -> Client:
-        return cls(*await asyncio.open_connection("127.0.0.1", server.port))
+        tls = TLS[0]
+        if tls is None:
+            return cls(*await asyncio.open_connection("127.0.0.1", server.port))
+        return cls(*await asyncio.open_connection("127.0.0.1", server.port, ssl=tls[1],
+                                                  server_hostname="localhost"))
 
     def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -106,7 +124,7 @@ class Client:
         """Whether the server closes the connection (EOF or reset) with nothing more."""
         try:
             rest = await asyncio.wait_for(self.reader.read(65536), within)
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLError):     # TLS: a reset mid-record
             return True
         return rest == b""
 
@@ -491,7 +509,7 @@ def test_shutdown_drains_then_aborts(run: Run) -> None:
     async def body() -> None:
         app = App()
         server = HttpServer(app, ServerLimits())
-        await server.start("127.0.0.1", 0)
+        await listen(server)
         port = server.port
         idle, busy, stuck = [await Client.connect(server) for _ in range(3)]
         idle.send(get("/"))
@@ -535,7 +553,7 @@ def test_requests_after_a_shutdown_reply_in_the_same_chunk_are_not_handled(run: 
     async def body() -> None:
         app = App()
         server = HttpServer(app, ServerLimits())
-        await server.start("127.0.0.1", 0)
+        await listen(server)
         c = await Client.connect(server)
         c.send(b"GET /a HTTP/1.1\r\nHost: t\r\n")      # a head arriving: not idle
         await until(lambda: bool(server.conns))
