@@ -101,6 +101,21 @@ CONFIG = Fields({
     "loaded_at": MAX, "version": SAME,
 })
 
+# lb.edge.gate `stats`: TLS and keys are the config's; each process counts its own
+# checks (and, without Redis, spends its own rate-limit budgets).
+SECURITY = Fields({
+    "tls": Fields({"enabled": SAME, "rotations": MAX, "failures": MAX, "last_error": SAME,
+                   "loaded_at": MAX, "not_after": MIN, "client_certs": SAME}),
+    "auth": Fields({
+        "enabled": SAME, "keys": SAME, "hashed": COUNTER, "open": SAME,
+        "unauthenticated": Each(COUNTER), "keys_file": SAME, "keys_file_error": SAME,
+        "by_key": Each(Fields({"allowed": COUNTER, "forbidden": COUNTER,
+                               "limited": COUNTER, "models": SAME, "limits": SAME}))}),
+    "rate_limit": Fields({"shared": SAME, "state": SAME, "round_trips": COUNTER,
+                          "checks": COUNTER, "local_decisions": COUNTER,
+                          "errors": COUNTER, "last_error": SAME}),
+})
+
 STATS = Fields({
     "nodes": ByName(NODE),
     "cache": CACHE,
@@ -121,6 +136,7 @@ STATS = Fields({
     "discovery": DISCOVERY,
     # lb.rollout: each process routes (and runs its rollouts) on its own.
     "routing": SAME,
+    "security": SECURITY,
     # Added by lb.admin.stats_doc for this issue: client requests, memory, the process.
     "requests": Fields({"total": COUNTER, "errors": COUNTER, "by_code": Each(COUNTER)}),
     "memory": Fields({"rss_bytes": SUM, "cache_bytes": SUM, "cache_budget_bytes": SUM,

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from lb.config import Config, load_config, parse_config
 from lb.errors import ConfigError
+from tests.certs import CA
 
 GOOD = """
 listen: {rest: "127.0.0.1:8501", grpc: "127.0.0.1:8500", admin: "127.0.0.1:9901"}
@@ -140,10 +141,31 @@ def _base() -> dict[str, Any]:
             "models": {"m": {"batching": {}}}}
 
 
+def _with_edge(tmp_path: Path) -> dict[str, Any]:
+    """`_base()` plus the edge's sections whose booleans need other fields to be a config:
+    a TLS pair and client CA made here, and one API key."""
+    ca = CA(tmp_path / "pki")
+    pair = ca.issue("proxy", "proxy")
+    return {**_base(),
+            "listen": {"tls": {"cert": str(pair.cert), "key": str(pair.key),
+                               "client_ca": str(ca.path)}},
+            "auth": {"keys": [{"id": "svc", "sha256": "0" * 64,
+                               "limits": {"requests_per_s": 5}}]}}
+
+
 def _set(doc: Any, path: tuple[str, ...], value: Any) -> None:
-    for key in path[:-1]:
-        doc = doc[int(key)] if isinstance(doc, list) else doc.setdefault(key, {})
-    doc[path[-1]] = value
+    """Set `path` (a "0" step: the list's first item, made if missing) to `value`."""
+    for key, after in zip(path[:-1], path[1:], strict=True):
+        empty: Any = [None] if after == "0" else {}
+        if isinstance(doc, list):
+            doc[0] = doc[0] if doc[0] is not None else empty
+            doc = doc[0]
+        else:
+            doc = doc.setdefault(key, empty)
+    if isinstance(doc, list):
+        doc[0] = value
+    else:
+        doc[path[-1]] = value
 
 
 def _yaml_of(doc: dict[str, Any], words: dict[tuple[str, ...], str]) -> str:
@@ -178,7 +200,7 @@ def test_the_walk_finds_the_settings_written_with_words() -> None:
 def test_check_config_takes_yaml_booleans_for_on_off_settings(tmp_path: Path, word: str) -> None:
     """check-config accepts every on/off setting, and every boolean one, written bare."""
     path = tmp_path / "lb.yaml"
-    path.write_text(_yaml_of(_base(), {p: word for p in [*ON_OFF, *BOOLS]}))
+    path.write_text(_yaml_of(_with_edge(tmp_path), {p: word for p in [*ON_OFF, *BOOLS]}))
     out = subprocess.run([sys.executable, "-m", "lb", "check-config", str(path)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -196,7 +218,7 @@ def test_check_config_takes_yaml_booleans_for_on_off_settings(tmp_path: Path, wo
 def test_a_yaml_boolean_where_a_word_is_expected_says_so(tmp_path: Path) -> None:
     """Settings whose words are not booleans: the message names YAML and how to quote."""
     path = tmp_path / "lb.yaml"
-    path.write_text(_yaml_of(_base(), dict.fromkeys(OTHER_WORDS, "on")))
+    path.write_text(_yaml_of(_with_edge(tmp_path), dict.fromkeys(OTHER_WORDS, "on")))
     out = subprocess.run([sys.executable, "-m", "lb", "check-config", str(path)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1

@@ -33,7 +33,10 @@ def _full_doc(backend: str) -> dict[str, Any]:
     """A real /stats document with every optional section filled in."""
     async def build() -> dict[str, Any]:
         proxy = _proxy(cache={"backend": backend},
-                       discovery={"dns": "tf.example", "nameserver": "127.0.0.1"})
+                       discovery={"dns": "tf.example", "nameserver": "127.0.0.1"},
+                       auth={"keys": [{"id": "svc", "sha256": "0" * 64,
+                                       "limits": {"requests_per_s": 5}}]},
+                       rate_limit={"shared": "redis", "redis_url": "redis://127.0.0.1:1/0"})
         proxy.discovery = DnsDiscovery(proxy.cfg.discovery, proxy.set_discovered)  # type: ignore[arg-type]
         batch = proxy.dispatcher.batches.stats["m"] = BatchStats()
         batch.batches, batch.rows, batch.members, batch.wait_s = 2, 10, 4, 0.01
