@@ -33,6 +33,7 @@ problem is a miss; hits + misses + bypasses = cacheable calls; admission
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -44,7 +45,7 @@ from cache.result_cache import ResultCache
 from lb.call import Call, Outcome, Transport, XCache
 from lb.config import Config
 from lb.dispatch import Dispatcher
-from lb.errors import NotCached, NotReady, Overloaded
+from lb.errors import DeadlineExceeded, NotCached, NotReady, Overloaded
 from lb.flights import Flights
 from lb.nodes import Node, NodePool
 
@@ -255,7 +256,7 @@ class Core:
         pool = self.pool
         state = pool.readiness(call.model, call.version)
         if state != "ready" and self._probes is not None:
-            await self._probes.learn(call.model)   # a model the checks did not know
+            await self._learn(call)                # a model the checks did not know
             state = pool.readiness(call.model, call.version)
         if state == "wait":
             if self._probes is not None:
@@ -263,6 +264,16 @@ class Core:
             await self._wait(call)
         if call.version is None:
             call.version = pool.latest_version(call.model, call.group)
+
+    async def _learn(self, call: Call) -> None:
+        """Probe the nodes for `call.model` (shared with concurrent calls), within the
+        call's deadline: a probe that outlasts it ends the call with 504."""
+        assert self._probes is not None
+        left = call.deadline.at - time.monotonic()
+        try:
+            await asyncio.wait_for(self._probes.learn(call.model), max(left, 0.0))
+        except TimeoutError:
+            raise DeadlineExceeded("Deadline exceeded") from None
 
     async def _wait(self, call: Call) -> None:
         start = time.monotonic()
@@ -273,6 +284,8 @@ class Core:
             state = self.pool.readiness(call.model, call.version)
         waited = time.monotonic() - start
         self.waits.count(waited, state == "wait")
+        if state == "wait" and time.monotonic() >= call.deadline.at:
+            raise DeadlineExceeded("Deadline exceeded")   # the client's time ran out first
         if state == "wait":
             log.warning("no node has %s AVAILABLE after %.1f s", call.model, waited)
             raise NotReady(f"Model {call.model} is not available yet on any node; "

@@ -139,7 +139,8 @@ class Node:
             self.ghosts = 0
 
     def end(self, flight: Flight, elapsed_s: float, ok: bool, now: float,
-            sample: bool = True, lower_bound: bool = False) -> None:
+            sample: bool = True, lower_bound: bool = False,
+            hold_s: float | None = None) -> None:
         """The request that `begin` counted has finished.
 
         `ok` is False for failures (no response, or a 5xx): they count as
@@ -151,11 +152,11 @@ class Node:
         Its flight entry stays as a ghost: the node is likely still working on it,
         so a stalled node whose requests were all rescued by hedges still counts as
         stalled. A ghost lapses once the node answers anything, or at twice the age
-        it had when cancelled.
+        it had when cancelled (after `hold_s` when given: a stalled attempt's).
         """
         units = flight.units
         if lower_bound:
-            flight.until = now + elapsed_s
+            flight.until = now + (elapsed_s if hold_s is None else hold_s)
             self.ghosts += 1
             self.ghost_slots += 1
         else:
@@ -215,8 +216,11 @@ class Node:
 
     def set_versions(self, available: dict[str, frozenset[int]],
                      loading: dict[str, frozenset[int]]) -> None:
-        """What a probe reported (called through `NodePool.set_versions`)."""
+        """What a probe reported (called through `NodePool.set_versions`): the node
+        answers, so the work of cancelled attempts no longer counts as stuck."""
         self.versions, self.loading, self.seen = available, loading, True
+        if self.ghosts:
+            self._lay_ghosts()
         self.latest = {m: max(v) for m, v in available.items() if v}
 
     def effective_weight(self, now: float, opolicy: OutlierPolicy) -> float:

@@ -72,6 +72,9 @@ SCAN: Final = 8             # tickets looked at from a lane's end for one that f
 SHED_AFTER: Final = 2.0     # a standing queue sheds waits past this many targets
 TARGET_TAUS: Final = 5.0    # the target is at least this many of the model's service times
 ADMIT: Final = 0.25         # ... and admits a ticket expected to wait this much of that
+# replies before a node's τ is trusted: to judge it slower than the best node, and to
+# teach its concurrency limit (fewer: a cold model's first replies, noise)
+TRUST_SAMPLES: Final = TAU_SAMPLES // 4
 
 
 class Ticket:
@@ -219,10 +222,10 @@ class Settings:
 
 
 def _refusal(ticket: Ticket, now: float) -> LbError:
+    if now >= ticket.deadline:          # the client's time ran out, whatever it waited for
+        return DeadlineExceeded("Deadline exceeded")
     if ticket.held:
         return NotReady(f"Model {ticket.model} is not available on any node; retry later")
-    if now >= ticket.deadline:
-        return DeadlineExceeded("Deadline exceeded")
     return Overloaded("the proxy is overloaded: retry later")
 
 
@@ -323,7 +326,7 @@ class Scheduler:
             if tau is None:
                 tau = node.taus[run.key] = Tau(self.settings.relax_s)
             tau.update(per_unit, now)
-            if tau.samples >= TAU_SAMPLES // 4:
+            if tau.samples >= TRUST_SAMPLES:
                 node.limit.observe(run.k, per_unit, tau, now)
         self._drain(node, now)
         if self.waiting:
@@ -332,9 +335,18 @@ class Scheduler:
     def cancelled(self, run: Run, now: float, elapsed: float) -> None:
         """`run`'s attempt was abandoned (a hedge lost, the client left): the node
         likely still works on it, so its slot stays taken as a ghost until the node
-        answers something or the ghost lapses (`Node.end`)."""
+        answers something or the ghost lapses (`Node.end`). An attempt that counted as
+        stalled (a rescue took its call) holds its ghost until the node answers
+        anything, a request or a health check, or for `relax_s` at most: the node
+        stays stalled meanwhile, and takes no new call to strand (at twice its age, the
+        ghost would free the slot mid-stall, and each new call would wait to be
+        rescued, and fill τ with stalled samples)."""
         node = run.node
-        node.end(run.flight, elapsed, ok=True, now=now, sample=False, lower_bound=True)
+        age = now - max(run.flight.start, node.answered_at)
+        stuck = run.units > 0 and age > (self.settings.stall_factor * run.units
+                                         * self._learned_tau(node, run.key, now))
+        node.end(run.flight, elapsed, ok=True, now=now, sample=False, lower_bound=True,
+                 hold_s=max(elapsed, self.settings.relax_s) if stuck else None)
         if run.probe:
             node.limit.probes -= 1
         tau = node.taus.get(run.key)
@@ -376,10 +388,10 @@ class Scheduler:
             _, seq, ticket = heapq.heappop(heap)
             if ticket.state == QUEUED and ticket.seq == seq:
                 self._unqueue(ticket)
-                if ticket.held:
-                    self.stats.timeouts += 1
-                elif now >= ticket.deadline:
+                if now >= ticket.deadline:
                     self.stats.deadline += 1
+                elif ticket.held:
+                    self.stats.timeouts += 1
                 else:                       # its wait budget ran out: shed
                     self.stats.shed += 1
                     self.queues[ticket.model].shed += 1
@@ -422,25 +434,32 @@ class Scheduler:
                                   group=ticket.group)
 
     def _tau(self, node: Node, key: TauKey, now: float) -> float:
-        """The node's τ for `key`; without samples the least τ any node has for it
-        (optimistic: the node gets samples), and 1.0 when none has; a τ that no sample
-        refreshed relaxes towards that least one (`policy.ewma_decay_s`). A node whose
-        oldest request has been in service for longer than `stall_factor` × τ × its
-        units is stalled now: it counts with what that request has shown."""
-        tau = node.taus.get(key)
-        ref = self._least_tau(key)
-        if tau is None or tau.value is None:
-            value = ref
-        else:
-            value = tau.value
-            if value > ref and tau.stamp < now:
-                trust = self.settings.relax_s * max(tau.samples, 1) / TAU_SAMPLES
-                value = ref + (value - ref) * math.exp(-(now - tau.stamp) / trust)
+        """The node's τ for `key` (`_learned_tau`), unless it is stalled now: its oldest
+        request (or a ghost) has been in service for longer than `stall_factor` × τ ×
+        its units; then it counts with what that request has shown."""
+        value = self._learned_tau(node, key, now)
         oldest = node.oldest(now)
         if oldest is not None and oldest.units > 0:
             age = now - max(oldest.start, node.answered_at)
             if age > self.settings.stall_factor * value * oldest.units:
                 return age / oldest.units
+        return value
+
+    def _learned_tau(self, node: Node, key: TauKey, now: float) -> float:
+        """The node's τ for `key` from its replies. Without samples, or with fewer than
+        `TRUST_SAMPLES` that put it above the least τ any node has for it, that least
+        one (optimistic: the node gets samples; a node's first replies are often slow, a
+        cold model), and 1.0 when none has; a τ that no sample refreshed relaxes
+        towards that least one (`policy.ewma_decay_s`)."""
+        tau = node.taus.get(key)
+        ref = self._least_tau(key)
+        if tau is None or tau.value is None or (tau.samples < TRUST_SAMPLES
+                                                and tau.value > ref):
+            return ref
+        value = tau.value
+        if value > ref and tau.stamp < now:
+            trust = self.settings.relax_s * max(tau.samples, 1) / TAU_SAMPLES
+            value = ref + (value - ref) * math.exp(-(now - tau.stamp) / trust)
         return value
 
     def _least_tau(self, key: TauKey) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -155,7 +156,7 @@ def _with_edge(tmp_path: Path) -> dict[str, Any]:
 
 def _set(doc: Any, path: tuple[str, ...], value: Any) -> None:
     """Set `path` (a "0" step: the list's first item, made if missing) to `value`."""
-    for key, after in zip(path[:-1], path[1:], strict=True):
+    for key, after in itertools.pairwise(path):
         empty: Any = [None] if after == "0" else {}
         if isinstance(doc, list):
             doc[0] = doc[0] if doc[0] is not None else empty

@@ -165,8 +165,7 @@ async def _concurrent(url: str, n: int, concurrency: int) -> list[tuple[int, str
 def test_staying_nodes_keep_state_and_added_node_gets_traffic(logs_dir: Path,
                                                              hp2_pool: Pool) -> None:
     p = ProxyProc(logs_dir, [node("a", hp2_pool.fast[0]), node("b", hp2_pool.fast[1])],
-                  name="proxy-keep", cache={"backend": "none"}, reload={"watch": False},
-                  policy={"slow_start_s": 1.0})
+                  name="proxy-keep", cache={"backend": "none"}, reload={"watch": False})
     try:
         assert all(_predict(p.url)[0] == 200 for _ in range(30))
         before = _nodes(p)
@@ -182,15 +181,15 @@ def test_staying_nodes_keep_state_and_added_node_gets_traffic(logs_dir: Path,
             for key in ("requests", "errors", "ewma_ms"):
                 assert after[name][key] == before[name][key], (name, key)
         assert after["b"]["weight"] == 2.0 and after["c"]["requests"] == 0
-        # Concurrent load: in flight spreads by weight (one at a time, all would go to b).
-        # The added node slow-starts (1 s here): little at first, its share after.
+        # The added node slow-starts (lb.concurrency, the default policy): one slot at
+        # first, more only while probes show it keeps up (`policy.slow_start_s` is the
+        # round_robin / least_conn ramp). Its first replies may be slow (a cold model):
+        # too few to judge it by, so it keeps getting calls, and takes its part.
+        assert (after["c"]["limit"], after["c"]["limit_state"]) == (1, "starting")
         ramping = asyncio.run(_concurrent(p.url, 120, 12))
-        time.sleep(1.0)
         served = asyncio.run(_concurrent(p.url, 120, 12))
         assert all(s == 200 for s, _ in ramping + served)
-        on_c = sum(1 for _, n in served if n == "c")
-        assert on_c >= 10
-        assert sum(1 for _, n in ramping if n == "c") < on_c
+        assert sum(1 for _, n in served if n == "c") >= 10
         assert _nodes(p)["a"]["requests"] > before["a"]["requests"]
     finally:
         p.stop()

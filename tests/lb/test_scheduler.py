@@ -12,7 +12,16 @@ from lb.concurrency import Limit
 from lb.config import parse_config
 from lb.errors import DeadlineExceeded, LbError, NotReady, Overloaded
 from lb.nodes import NodePool
-from lb.scheduler import CRITICAL, QUEUED, SHEDDABLE, Run, Scheduler, Settings, Ticket
+from lb.scheduler import (
+    CRITICAL,
+    QUEUED,
+    SHEDDABLE,
+    TRUST_SAMPLES,
+    Run,
+    Scheduler,
+    Settings,
+    Ticket,
+)
 
 M = "m"
 
@@ -227,6 +236,63 @@ def test_a_call_for_a_model_no_node_serves_yet_is_held_then_started_or_refused()
     rig.t += 1.1
     rig.sched.expire(rig.t)
     assert [(t, type(e)) for t, e in rig.refused] == [("late", NotReady)]
+
+
+def test_a_node_with_few_slow_replies_still_gets_calls_until_it_has_enough() -> None:
+    """A node whose first replies were slow (a cold model) is not judged slower than the
+    best on fewer than TRUST_SAMPLES replies: with slots free everywhere it takes calls
+    (else it would get no samples to show it is fast); with enough, it is judged."""
+    for slow_replies, used in ((2, {"a", "b", "c"}), (TRUST_SAMPLES, {"a", "b"})):
+        rig = Rig("abc", slots=4)
+        for name, tau, n in (("a", 0.05, 31), ("b", 0.05, 31), ("c", 0.09, slow_replies)):
+            rig.teach(name, tau, n)
+        for i in range(3):
+            rig.submit(f"q{i}")
+        assert {n for _, n in rig.started()} == used, slow_replies
+
+
+def test_a_stalled_attempt_cancelled_by_a_rescue_keeps_its_slot_until_the_node_answers(
+        ) -> None:
+    """A rescue took the call of an attempt that counted as stalled: its ghost holds the
+    slot past twice its age, so the stalled node takes no new call to strand, until the
+    node answers anything (here a health check); a hedge that lost on a node that was
+    not stalled frees its slot at twice its age, as before."""
+    rig = Rig("ab", slots=1)
+    for name in "ab":
+        rig.teach(name, 0.02)
+    rig.submit("x")
+    stuck = rig.runs[0]
+    rig.t += 0.1                                # 5 τ: stalled (stall_factor 3)
+    rig.sched.cancelled(stuck, rig.t, 0.1)
+    rig.t += 0.3                                # past twice its age
+    rig.submit("y")
+    rig.submit("z")
+    other = "b" if stuck.node.name == "a" else "a"
+    assert rig.started()[1:] == [("y", other)] and rig.sched.waiting == 1
+    rig.pool.set_versions(stuck.node, {M: frozenset({1})}, {})     # it answers again
+    rig.sched.wake(rig.t)
+    assert rig.started()[2:] == [("z", stuck.node.name)]
+    lost = rig.runs[-1]                         # a hedge lost on a node that keeps up
+    rig.t += 0.01
+    rig.sched.cancelled(lost, rig.t, 0.01)
+    rig.t += 0.011
+    assert lost.node.occupied(rig.t) == 0
+
+
+def test_a_held_call_whose_deadline_comes_first_gets_504_not_503() -> None:
+    """Held for a model no node serves yet: past its own deadline the client's time ran
+    out (DeadlineExceeded, 504); only past `queue_timeout_s` is it "not ready" (503)."""
+    rig = Rig("a", slots=1, queue_timeout_s=1.0)
+    rig.pool.set_versions(rig.pool.nodes["a"], {}, {M: frozenset({1})})      # loading
+    rig.submit("short", left_s=0.3)
+    rig.submit("long", left_s=5.0)
+    rig.t += 0.31
+    rig.sched.expire(rig.t)
+    assert [(t, type(e)) for t, e in rig.refused] == [("short", DeadlineExceeded)]
+    rig.t += 0.7
+    rig.sched.expire(rig.t)
+    assert [(t, type(e)) for t, e in rig.refused][1:] == [("long", NotReady)]
+    assert (rig.sched.stats.deadline, rig.sched.stats.timeouts) == (1, 1)
 
 
 def test_a_node_at_its_limit_takes_one_probe_while_calls_wait() -> None:
