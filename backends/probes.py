@@ -5,7 +5,7 @@ Used by the rollout tests (tests/lb/test_rollout_e2e.py) and the shadow benchmar
 (scripts/bench_shadow.py) to compare what the proxy reports with a direct
 computation on the same inputs. Imports numpy and scikit-learn (through
 `backends.digits`), never TensorFlow: PredictRequests are written with
-`lb.pbwire`, replies read by plain HTTP.
+`lb.grpc.pbwire`, replies read by plain HTTP.
 
 Guarantees: `inputs(n)` is deterministic: the held-out and training digits of
 `backends.digits` first (1,797 of them), then blends of two digits (inputs the
@@ -51,7 +51,7 @@ def rounded(rows: np.ndarray) -> np.ndarray:
 
 def grpc_request(model: str, row: np.ndarray) -> bytes:
     """A PredictRequest for one row: input `images`, DT_FLOAT [1, 784], tensor_content."""
-    from lb.pbwire import len_field, varint_field
+    from lb.grpc.pbwire import len_field, varint_field
 
     data = np.ascontiguousarray(row, dtype="<f4").tobytes()
     shape = len_field(2, varint_field(1, 1)) + len_field(2, varint_field(1, row.size))

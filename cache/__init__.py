@@ -4,7 +4,7 @@ Imported by the proxy (lb/); never imports lb/ or TensorFlow. Entry points:
 `request_key` / `row_keys` (cache.keys), `make_store` (cache.store),
 `ResultCache` (cache.result_cache) with its `AdaptiveController`
 (cache.adaptive: per-model bypass). Coalescing of misses lives in the proxy
-(lb.flights), beside the request flow it belongs to. The memory
+(lb.request.flights), beside the request flow it belongs to. The memory
 tier is W-TinyLFU (cache.tinylfu) or LRU (cache.memory), with a miss-ratio
 curve (cache.mrc). Errors: cache.errors (one tree, rooted at CacheError).
 """

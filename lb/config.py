@@ -144,7 +144,7 @@ class ModelConfig(_Strict):
     batching: BatchingConfig | None = None   # None: requests are sent one by one
     cache: CacheMode = "auto"                # auto: adaptive bypass; on/off: pinned
     # Under overload, sheddable requests are refused first, critical ones last
-    # (lb.scheduler); a request's X-Priority header may lower this, never raise it.
+    # (lb.request.scheduler); a request's X-Priority header may lower this, never raise it.
     priority: Literal["critical", "normal", "sheddable"] = "normal"
     # Routing by node group (lb.rollout; README "Rolling out a model"):
     split: list[Share] | None = None         # None: the group "default" (when routed)
@@ -155,7 +155,7 @@ class ModelConfig(_Strict):
 
 
 class ConcurrencyConfig(_Strict):
-    """Each node's concurrency limit (lb.concurrency): learned from its replies; a node
+    """Each node's concurrency limit (lb.pool.concurrency): learned from its replies; a node
     of the largest weight starts at `initial`, the others in proportion to weight."""
 
     initial: Annotated[float, Field(ge=1, le=4096)] = 6.0
@@ -171,7 +171,7 @@ class ConcurrencyConfig(_Strict):
 
 
 class QueueConfig(_Strict):
-    """The proxy's queue (lb.scheduler): requests wait here for a free slot on a node.
+    """The proxy's queue (lb.request.scheduler): requests wait here for a free slot on a node.
     CoDel: when the oldest request waiting in a model's queue stays older than
     `target_ms` for `interval_ms` and the queue does not drain, it is standing: a
     request is admitted only when expected to leave within half of 2 × target, and

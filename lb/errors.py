@@ -18,11 +18,11 @@
         ├── UpstreamConnectError   connect refused / reset (safe to retry)
         └── UpstreamTimeout        a per-try timeout (connect or read)
 
-The core raises these; each front maps them at one boundary: `lb.rest_front`
+The core raises these; each front maps them at one boundary: `lb.rest.front`
 to `{"error": "..."}` replies with `status` (and `Retry-After` when
-`retry_after` is set), `lb.grpc_front` to gRPC status codes. Library errors
+`retry_after` is set), `lb.grpc.front` to gRPC status codes. Library errors
 are translated into this tree at one boundary per node protocol:
-`lb.http.client` (OSError, httptools) and `lb.grpc_upstream` (AioRpcError).
+`lb.http.client` (OSError, httptools) and `lb.grpc.upstream` (AioRpcError).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The data path compiled with mypyc, used only while it matches the sources.
 
 Called by `lb/__init__.py` and `lb/http/__init__.py` (`activate`) as each package
-is imported; by `lb/server.py` (`kind`, `log_status`) and `lb/admin.py` (`kind`); by the
+is imported; by `lb/server.py` (`kind`, `log_status`) and `lb/admin/app.py` (`kind`); by the
 build backend `build_backend/tfslb_build.py` (`MODULES`, `digest`, `INSTALL_DIR`),
 which loads this file on its own at `pip install`; and by `tfserving-lb data-path`
 (`main`: which data path runs, and whether the install is current; scripts/setup.sh).
@@ -43,12 +43,13 @@ log = logging.getLogger("lb.native")
 # The modules a request passes through on the REST front's direct path: the one
 # list of what is compiled (the build backend reads it from here).
 MODULES = (
-    "lb/call.py", "lb/concurrency.py", "lb/core.py", "lb/dispatch.py", "lb/history.py",
-    "lb/nodes.py", "lb/scheduler.py",
-    "lb/observe.py", "lb/outlier.py", "lb/policy.py", "lb/rest_front.py",
-    "lb/rest_upstream.py", "lb/retry.py", "lb/routes.py",
-    "lb/http/client.py", "lb/http/client_conn.py", "lb/http/exchange.py", "lb/http/outbox.py",
-    "lb/http/pipeline.py", "lb/http/server_protocol.py",
+    "lb/request/call.py", "lb/pool/concurrency.py", "lb/request/core.py",
+    "lb/request/dispatch.py", "lb/admin/history.py", "lb/pool/nodes.py",
+    "lb/request/scheduler.py", "lb/request/observe.py", "lb/pool/outlier.py",
+    "lb/pool/policy.py", "lb/rest/front.py", "lb/rest/upstream.py", "lb/request/retry.py",
+    "lb/rest/routes.py", "lb/http/client.py", "lb/http/client_conn.py",
+    "lb/http/exchange.py", "lb/http/outbox.py", "lb/http/pipeline.py",
+    "lb/http/server_protocol.py",
 )
 ROOT = Path(__file__).resolve().parent.parent     # holds lb/: a checkout or site-packages
 PURE_ENV = "TFSERVING_LB_PURE"
@@ -132,8 +133,8 @@ def _use(build: Path | None, why: str) -> None:
 
 
 def active() -> bool:
-    """Whether the compiled modules are in use (`lb.dispatch` loaded from the build)."""
-    mod = sys.modules.get("lb.dispatch")
+    """Whether the compiled modules are in use (`lb.request.dispatch` loaded from the build)."""
+    mod = sys.modules.get("lb.request.dispatch")
     return bool(_active) and mod is not None and not str(mod.__file__).endswith(".py")
 
 
@@ -146,8 +147,8 @@ def why() -> str:
     """Why the data path runs as Python ("" when it is compiled or not yet imported)."""
     if active():
         return ""
-    if _active and "lb.dispatch" in sys.modules:
-        return f"the build in {_active[0]} did not load lb.dispatch"
+    if _active and "lb.request.dispatch" in sys.modules:
+        return f"the build in {_active[0]} did not load lb.request.dispatch"
     return _why[0] if _why else ""
 
 
@@ -167,7 +168,7 @@ def main() -> int:
     compiled build of these sources is installed, 2 when they were installed as
     Python (no C compiler then), 1 when no install matches them (scripts/setup.sh
     then reinstalls)."""
-    import lb.dispatch  # noqa: F401 - what `active` looks at
+    import lb.request.dispatch  # noqa: F401 - what `active` looks at
 
     build, current, _reason = locate()
     print(f"compiled: {_active[0]}" if active() else f"python: {why()}")

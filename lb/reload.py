@@ -1,8 +1,8 @@
 """Config reload: SIGHUP, a change of the file, or `POST /reload` → one `reload()`.
 
-Started by `lb.admin.serve_admin_side` (`Reloader.start` installs the SIGHUP
+Started by `lb.admin.app.serve_admin_side` (`Reloader.start` installs the SIGHUP
 handler and the file watcher when the proxy was started from a file); `POST
-/reload` on the admin app (`lb.admin`) awaits `reload()` directly; under
+/reload` on the admin app (`lb.admin.app`) awaits `reload()` directly; under
 `serve --workers N` the worker's control socket (`lb.fleet.control`) does, with
 the text the supervisor read.
 

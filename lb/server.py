@@ -31,29 +31,29 @@ from cache.adaptive import AdaptiveController, AdaptiveParams
 from cache.result_cache import ResultCache
 from cache.store import make_store
 from lb import native
+from lb.admin.history import History
+from lb.admin.metrics import ConfigStatus, Metrics
 from lb.config import Config, NodeConfig, config_version, load_config, split_hostport
-from lb.core import Core
-from lb.discovery import DnsDiscovery
-from lb.dispatch import Dispatcher
 from lb.edge.gate import Edge
 from lb.errors import ConfigError, LbError
-from lb.grpc_batch import GrpcBatchCodec
-from lb.grpc_front import GrpcFront
-from lb.grpc_upstream import GrpcTransport, GrpcUpstream
-from lb.health import HealthChecker
-from lb.history import History
+from lb.grpc.batch import GrpcBatchCodec
+from lb.grpc.front import GrpcFront
+from lb.grpc.upstream import GrpcTransport, GrpcUpstream
 from lb.http.server import HttpServer, ServerLimits
-from lb.metrics import ConfigStatus, Metrics
-from lb.nodes import NodePool
-from lb.observe import Recorder, configure_access_log
-from lb.outlier import outlier_policy
-from lb.rest_batch import RestBatchCodec
-from lb.rest_front import RestFront
-from lb.rest_keys import RestKeys
-from lb.rest_upstream import RestPayload, RestTransport, RestUpstream
+from lb.pool.discovery import DnsDiscovery
+from lb.pool.health import HealthChecker
+from lb.pool.nodes import NodePool
+from lb.pool.outlier import outlier_policy
+from lb.request.core import Core
+from lb.request.dispatch import Dispatcher
+from lb.request.observe import Recorder, configure_access_log
+from lb.rest.batch import RestBatchCodec
+from lb.rest.front import RestFront
+from lb.rest.keys import RestKeys
+from lb.rest.rowcache import RowCache
+from lb.rest.signatures import Signatures
+from lb.rest.upstream import RestPayload, RestTransport, RestUpstream
 from lb.rollout.service import Rollouts
-from lb.rowcache import RowCache
-from lb.signatures import Signatures
 
 log = logging.getLogger("lb.server")
 
@@ -277,7 +277,7 @@ class Proxy:
 
     async def _fetch_metadata(self, model: str, version: int) -> bytes | None:
         """Signature metadata of one model version, from any node serving it."""
-        from lb.call import Call, Deadline
+        from lb.request.call import Call, Deadline
 
         path = f"/v1/models/{model}/versions/{version}/metadata"
         call = Call(model, version, None, True, 0.0,
@@ -290,10 +290,10 @@ class Proxy:
 
 
 async def start(cfg: Config, config_path: str | None = None) -> Proxy:
-    """Build and start a proxy with its admin side (`lb.admin.serve_admin_side`: the
+    """Build and start a proxy with its admin side (`lb.admin.app.serve_admin_side`: the
     admin and metrics ports, history and reloader; under a supervisor, the worker's
     control socket instead) and discovery."""
-    from lb.admin import serve_admin_side
+    from lb.admin.app import serve_admin_side
 
     proxy = Proxy(cfg, config_path)
     await proxy.start()

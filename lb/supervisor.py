@@ -35,7 +35,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from lb.admin import make_admin_app, make_metrics_app, warn_if_exposed
+from lb.admin.app import make_admin_app, make_metrics_app, warn_if_exposed
 from lb.config import parse_text, split_hostport
 from lb.fleet.control import CONTROL_ENV, SUPERVISOR_ENV
 from lb.fleet.view import FleetView, Worker

@@ -1,6 +1,6 @@
 """The proxy's own Python cost per request, without sockets: µs per request.
 
-Drives the real REST front (`lb.rest_front.RestFront`), core, dispatcher,
+Drives the real REST front (`lb.rest.front.RestFront`), core, dispatcher,
 policy, cache and recorder of a `lb.server.Proxy` in one process, with the
 node side replaced by a transport whose futures are already answered and the
 client side by an exchange that only keeps the reply. What it measures is the
@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson
 
-from lb.call import Call
 from lb.config import parse_config
 from lb.http.client import Response
 from lb.http.exchange import Request
-from lb.nodes import Node
+from lb.pool.nodes import Node
+from lb.request.call import Call
 from lb.server import Proxy
 
 BODY = orjson.dumps({"instances": [[round(i / 784, 4) for i in range(784)]]})

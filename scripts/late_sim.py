@@ -1,4 +1,4 @@
-"""The proxy's own scheduler (`lb.scheduler`) against simulated nodes, event by event.
+"""The proxy's own scheduler (`lb.request.scheduler`) against simulated nodes, event by event.
 
 Called by `scripts/tail_bound.py` (the late-binding rows of its tables) and by
 its tests. It runs the real `Scheduler`, `NodePool` and learned `Limit` of the
@@ -21,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lb import dispatch
-from lb.concurrency import Limit
 from lb.config import parse_config
 from lb.errors import LbError
-from lb.nodes import NodePool
-from lb.scheduler import Run, Scheduler, Settings, Ticket
+from lb.pool.concurrency import Limit
+from lb.pool.nodes import NodePool
+from lb.request import dispatch
+from lb.request.scheduler import Run, Scheduler, Settings, Ticket
 
 SIGMA = 0.5
 

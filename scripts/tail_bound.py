@@ -23,10 +23,10 @@ overhead at all. The dispatchers:
   node and where the stalls fall — a lower bound for hedging policies too:
   a hedge only exists to discover what this oracle already knows;
 * `late binding (true L)` / `late binding (learned L)`: tfserving-lb's own
-  scheduler (`lb.scheduler`, run against the same nodes event by event by
+  scheduler (`lb.request.scheduler`, run against the same nodes event by event by
   `scripts/late_sim.py`): the proxy holds the queue and a node gets a request
   only into a free slot, with each node's limit pinned to its true slots, or
-  learned from its replies (`lb.concurrency`, from the default start), as the
+  learned from its replies (`lb.pool.concurrency`, from the default start), as the
   proxy runs it. So the bound and the design are checked together.
 
 Every ratio is to `least_conn` in the same run (weighted least_conn for the

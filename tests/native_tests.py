@@ -7,7 +7,7 @@ TFSERVING_LB_PURE=1 so that both forms of the data path stay correct, and by
 tests/lb/test_native.py, which checks that every compiled module has some.
 
 Derived from `lb.native.MODULES`: for each compiled module, the test files that
-import it, read from their import statements (`from lb.retry import ...`,
+import it, read from their import statements (`from lb.request.retry import ...`,
 `from lb.http import client`); and, for a module that tests reach only through a
 module that is not compiled or through a proxy process (which inherits the
 switch), the files `THROUGH` names. Moving a module (a new path in MODULES)
@@ -24,10 +24,10 @@ from lb import native
 ROOT = Path(__file__).resolve().parent.parent
 E2E = "tests/lb/test_rest_e2e.py"     # the REST front through a proxy process, every path
 THROUGH: dict[str, tuple[str, ...]] = {
-    "lb/core.py": (E2E,),
-    "lb/observe.py": ("tests/lb/test_metrics.py",),     # what /metrics reports
-    "lb/rest_front.py": (E2E, "tests/lb/test_metrics.py"),
-    "lb/rest_upstream.py": (E2E,),
+    "lb/request/core.py": (E2E,),
+    "lb/request/observe.py": ("tests/lb/test_metrics.py",),     # what /metrics reports
+    "lb/rest/front.py": (E2E, "tests/lb/test_metrics.py"),
+    "lb/rest/upstream.py": (E2E,),
     "lb/http/client_conn.py": ("tests/lb/http/test_client.py",),  # through lb.http.client
     "lb/http/exchange.py": ("tests/lb/http/test_client.py",),
     "lb/http/pipeline.py": ("tests/lb/http/test_server.py",),     # through lb.http.server

@@ -42,7 +42,7 @@ from lb.edge.ratelimit import budget_for, retry_after
 from lb.edge.tls import ServerTls, subject_of
 from lb.errors import BadRequest, Forbidden, LbError, NotFound, RateLimited, Unauthenticated
 from lb.reload import file_stamp
-from lb.routes import parse_body, parse_path
+from lb.rest.routes import parse_body, parse_path
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric

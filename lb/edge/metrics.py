@@ -1,4 +1,4 @@
-"""The edge's families for /metrics (`lb.metrics` asks `Edge.metrics` at scrape time).
+"""The edge's families for /metrics (`lb.admin.metrics` asks `Edge.metrics` at scrape time).
 
 Read from the live objects when scraped; nothing is counted here. Labels carry key
 ids, never keys or their hashes.

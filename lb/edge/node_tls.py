@@ -1,8 +1,8 @@
 """TLS from the proxy to the nodes: the REST pools' SSLContext, gRPC channel credentials.
 
-Called by `lb.rest_upstream.RestUpstream` (one context for every `https://` node:
+Called by `lb.rest.upstream.RestUpstream` (one context for every `https://` node:
 pools, health checks, metadata and discovered nodes all go through it) and by
-`lb.grpc_upstream.GrpcUpstream` (secure channels when `upstream.tls.grpc`), each
+`lb.grpc.upstream.GrpcUpstream` (secure channels when `upstream.tls.grpc`), each
 once when it is built from `upstream.tls`. Guarantees: certificates are verified
 against `ca` (or the system's store) and the node's name — its address's host, or
 `server_name` for every node when set (nodes addressed by IP, as discovery finds

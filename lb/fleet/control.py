@@ -1,7 +1,7 @@
 """A worker's side of `serve --workers N`: its state for the supervisor, over a Unix socket.
 
 Called by `lb.server.serve_main` (`supervised`, `worker_config`) and
-`lb.admin.serve_admin_side` (`make_control_app`, `die_with_supervisor`) in a
+`lb.admin.app.serve_admin_side` (`make_control_app`, `die_with_supervisor`) in a
 process that `lb.supervisor` started; the supervisor's `lb.fleet.view.FleetView`
 is the only client. Such a worker binds no admin or metrics port: the
 supervisor serves them for all workers.
@@ -13,7 +13,7 @@ even if the file changed or broke since.
 
 Routes (JSON):
 
-* `GET /snapshot`: {"stats": this process's /stats document (`lb.admin.stats_doc`),
+* `GET /snapshot`: {"stats": this process's /stats document (`lb.admin.app.stats_doc`),
   "families": its Prometheus families (`lb.fleet.prom.families_of`)}, read
   together so that both carry the same counts;
 * `POST /tick`: the same, and the open second of its history (`History.drain`),
@@ -81,7 +81,7 @@ def _json(doc: Any) -> web.Response:
 
 
 def _snapshot(proxy: Proxy) -> dict[str, Any]:
-    from lb.admin import stats_doc
+    from lb.admin.app import stats_doc
 
     return {"stats": stats_doc(proxy), "families": proxy.metrics.families()}
 

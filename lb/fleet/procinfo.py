@@ -1,6 +1,6 @@
 """A process's own figures for `/stats`: resident memory, CPU seconds, open descriptors.
 
-Called by `lb.admin.stats_doc` (each proxy process, about once a second and at
+Called by `lb.admin.app.stats_doc` (each proxy process, about once a second and at
 every read of /stats) and by `lb.fleet.view` for the supervisor itself. The
 figures are the ones prometheus_client's `ProcessCollector` exposes on /metrics
 (`process_resident_memory_bytes`, `process_cpu_seconds_total`,

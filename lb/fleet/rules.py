@@ -47,7 +47,7 @@ NODE = Fields({
     "errors": COUNTER, "ewma_ms": MEAN_POSITIVE, "load": SUM,
     "share": Share("window_requests"), "window_requests": SUM, "state": SAME,
     "effective_weight": MEAN, "ejections": COUNTER,
-    # lb.scheduler: each process learns its own limit on the node; together they are
+    # lb.request.scheduler: each process learns its own limit on the node; together they are
     # the proxy's slots on it. The group is the config's (lb.rollout).
     "limit": SUM, "limit_state": SAME, "group": SAME,
 })
@@ -125,7 +125,7 @@ STATS = Fields({
     "hedge": Fields({"enabled": SAME, "rescue": SAME, "sent": COUNTER, "won": COUNTER,
                      "rescues": COUNTER, "no_better": COUNTER, "budget_rejections": COUNTER,
                      "budget_available": SUM, "max_ratio": SAME}),
-    # lb.scheduler: the proxy's queue in each process; what waits adds up.
+    # lb.request.scheduler: the proxy's queue in each process; what waits adds up.
     "queue": Fields({"started": COUNTER, "queued": COUNTER, "refused": COUNTER,
                      "shed": COUNTER, "timeouts": COUNTER, "deadline": COUNTER,
                      "probes": COUNTER, "waiting": Each(SUM), "standing": SAME}),
@@ -137,7 +137,7 @@ STATS = Fields({
     # lb.rollout: each process routes (and runs its rollouts) on its own.
     "routing": SAME,
     "security": SECURITY,
-    # Added by lb.admin.stats_doc for this issue: client requests, memory, the process.
+    # Added by lb.admin.app.stats_doc for this issue: client requests, memory, the process.
     "requests": Fields({"total": COUNTER, "errors": COUNTER, "by_code": Each(COUNTER)}),
     "memory": Fields({"rss_bytes": SUM, "cache_bytes": SUM, "cache_budget_bytes": SUM,
                       "cache_entries": SUM}),

@@ -1,7 +1,7 @@
 """The supervisor's view of its workers: `/stats`, `/metrics`, `/history` and reloads for all.
 
 Called by `lb.supervisor` (membership: `add`, `remove`; the loops `tick_loop`
-and `watch_loop`; `reload` on SIGHUP) and by `lb.admin`'s handlers, for which it
+and `watch_loop`; `reload` on SIGHUP) and by `lb.admin.app`'s handlers, for which it
 is the `AdminView` of `serve --workers N`. It talks to each worker over the
 worker's control socket (`lb.fleet.control`), so the request path pays nothing
 for it: a worker only counts, as one process does, and is asked at read time.
@@ -38,14 +38,14 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
 
+from lb.admin.history import History, Second, merge_seconds, second_of
+from lb.admin.metrics import ConfigStatus, config_metrics
 from lb.config import Config, config_version, parse_text
 from lb.errors import ConfigError
 from lb.fleet.merge import add_counters, counters, merge
 from lb.fleet.procinfo import figures
 from lb.fleet.prom import Family, MetricMerger, families_of, fleet_metrics, render
 from lb.fleet.rules import STATS, own_figures
-from lb.history import History, Second, merge_seconds, second_of
-from lb.metrics import ConfigStatus, config_metrics
 from lb.reload import LOCK_TIMEOUT_S, READ_TIMEOUT_S, file_stamp
 
 log = logging.getLogger("lb.fleet")

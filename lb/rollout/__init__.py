@@ -17,6 +17,6 @@ Folders by concern, one module each; every module but `service` and `admin` is p
     admin      `/shadow/M`, `/rollout/M` and pause / resume / abort on the admin port
     metrics    the Prometheus families, read at scrape time
 
-The request path gives a call its group (`lb.call.Call.group`, None: any node);
-`lb.nodes.NodePool.pick` only considers nodes of that group.
+The request path gives a call its group (`lb.request.call.Call.group`, None: any node);
+`lb.pool.nodes.NodePool.pick` only considers nodes of that group.
 """

@@ -1,4 +1,4 @@
-"""The rollout endpoints of the admin port (`lb.admin.make_admin_app` adds them).
+"""The rollout endpoints of the admin port (`lb.admin.app.make_admin_app` adds them).
 
     GET  /shadow/{model}                    the shadow's figures and the bounded sample
                                             of disagreeing inputs (hashes, row indices)
@@ -8,7 +8,7 @@
 Called by operators and tools. Answers are JSON; errors are `{"error": ...}`:
 404 for a model without a shadow or rollout, 409 for an action that does not
 apply in the rollout's state (pausing a completed one), 400 for an unknown
-action, 401 without the token (`authorized` is `lb.admin`'s check, handed in).
+action, 401 without the token (`authorized` is `lb.admin.app`'s check, handed in).
 """
 
 from __future__ import annotations

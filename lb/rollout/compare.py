@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 
 from lb.errors import BadRequest
-from lb.pbwire import I32, I64, VARINT, iter_fields, last_of, message, messages, packed_payload
+from lb.grpc.pbwire import I32, I64, VARINT, iter_fields, last_of, message, messages, packed_payload
 
 if TYPE_CHECKING:
     import numpy as np

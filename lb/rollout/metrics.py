@@ -1,6 +1,6 @@
 """The Prometheus families of groups, shadows and rollouts, read at scrape time.
 
-Called by `lb.metrics.StateCollector.collect` (`families(proxy.rollouts)`), so a
+Called by `lb.admin.metrics.StateCollector.collect` (`families(proxy.rollouts)`), so a
 scrape reads the live objects of `lb.rollout.service` and the request path
 counts nothing more for them. Labels: model and group, both bounded by the
 config (only routed models are listed).

@@ -35,10 +35,10 @@ import time
 from collections.abc import Awaitable, Iterator
 from typing import Any
 
-from lb.call import Call, Outcome, Transport, XCache
 from lb.config import Config, ModelConfig
 from lb.errors import LbError
-from lb.nodes import NodePool
+from lb.pool.nodes import NodePool
+from lb.request.call import Call, Outcome, Transport, XCache
 from lb.rollout import shadow as shadows
 from lb.rollout.progress import Progress, Reading, Refused
 from lb.rollout.settings import DEFAULT_GROUP, routed

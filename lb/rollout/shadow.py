@@ -32,8 +32,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from lb.call import Call, Deadline, Transport
-from lb.nodes import NodePool
+from lb.pool.nodes import NodePool
+from lb.request.call import Call, Deadline, Transport
 from lb.rollout import compare
 from lb.rollout.settings import ShadowConfig
 from lb.rollout.split import Golden

@@ -9,10 +9,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lb.call import Call, Deadline, Verdict
 from lb.errors import UpstreamTimeout
-from lb.nodes import Node
-from lb.rest_upstream import rest_verdict
+from lb.pool.nodes import Node
+from lb.request.call import Call, Deadline, Verdict
+from lb.rest.upstream import rest_verdict
 
 
 class Answer:

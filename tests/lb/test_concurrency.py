@@ -1,4 +1,4 @@
-"""lb.concurrency.Limit: a node's concurrency limit learned from its replies. Pure: the
+"""lb.pool.concurrency.Limit: a node's concurrency limit learned from its replies. Pure: the
 replies are drawn here from a model of a node with c slots (lognormal service, FIFO)."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 import random
 
-from lb.concurrency import Limit
-from lb.policy import Tau
+from lb.pool.concurrency import Limit
+from lb.pool.policy import Tau
 
 SIGMA = 0.5
 

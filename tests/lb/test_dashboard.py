@@ -14,7 +14,7 @@ import aiohttp
 import grpc
 import pytest
 
-from lb.dashboard import PAGE
+from lb.admin.dashboard import PAGE
 from tests.browser import Chromium, Page
 from tests.lb.conftest import Pool
 from tests.load import OpenLoad

@@ -21,7 +21,7 @@ from prometheus_client.core import Metric
 from pydantic import ValidationError
 
 from lb.config import DiscoveryConfig, NodeConfig, parse_config
-from lb.discovery import TTL_FLOOR_S, DnsDiscovery
+from lb.pool.discovery import TTL_FLOOR_S, DnsDiscovery
 from tests.dnsserver import DnsServer, dns_server
 
 NAME = "workers.test"
@@ -104,7 +104,7 @@ async def test_first_resolution_is_immediate_and_sorted(dns: DnsServer) -> None:
 
 async def test_changes_are_applied_and_logged(dns: DnsServer,
                                               caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="lb.discovery")
+    caplog.set_level(logging.INFO, logger="lb.pool.discovery")
     dns.set_records(NAME, ["127.0.0.2", "127.0.0.3"])
     applied = Recorder()
     disc = DnsDiscovery(make_cfg(dns), applied)
@@ -117,7 +117,7 @@ async def test_changes_are_applied_and_logged(dns: DnsServer,
     assert applied.names(1) == ["127.0.0.3", "127.0.0.4", "127.0.0.5"]
     assert applied.names(2) == ["127.0.0.5"]
     assert disc.status.changes == 3
-    messages = [r.getMessage() for r in caplog.records if r.name == "lb.discovery"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "lb.pool.discovery"]
     assert any("+127.0.0.4 +127.0.0.5 -127.0.0.2 (3 nodes)" in m for m in messages), messages
     assert any("-127.0.0.3 -127.0.0.4 (1 nodes)" in m for m in messages), messages
 
@@ -144,7 +144,7 @@ FAULTS = [("servfail", None, "SERVFAIL"), ("refused", None, "REFUSED"),
 async def test_failure_keeps_the_last_set_until_recovery(
         dns: DnsServer, caplog: pytest.LogCaptureFixture, fault: Any, qtype: str | None,
         reason: str) -> None:
-    caplog.set_level(logging.DEBUG, logger="lb.discovery")
+    caplog.set_level(logging.DEBUG, logger="lb.pool.discovery")
     dns.set_records(NAME, ["127.0.0.2", "127.0.0.3"])
     applied = Recorder()
     disc = DnsDiscovery(make_cfg(dns, interval_s=0.1, timeout_s=0.3), applied)

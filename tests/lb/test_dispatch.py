@@ -1,4 +1,4 @@
-"""lb.dispatch in-process: the real dispatcher, scheduler and pool, a scripted transport
+"""lb.request.dispatch in-process: the real dispatcher, scheduler and pool, a scripted transport
 (tests/lb/fakes.py). Retries, refusals, the answer a call that ran out of attempts gets,
 stall detection, hedges and rescues, and the slots they hold."""
 
@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from lb.config import parse_config
-from lb.dispatch import CLOCK_SLACK_S, Dispatcher
 from lb.errors import DeadlineExceeded, Unavailable
-from lb.nodes import NodePool
+from lb.pool.nodes import NodePool
+from lb.request.dispatch import CLOCK_SLACK_S, Dispatcher
 from tests.lb.fakes import ScriptedNodes, call
 
 

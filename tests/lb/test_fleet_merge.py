@@ -12,14 +12,14 @@ import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
-from lb.admin import LocalView, stats_doc
-from lb.batching import BatchStats
+from lb.admin.app import LocalView, stats_doc
+from lb.admin.history import RESERVOIR, Second, merge_seconds
 from lb.config import parse_config
-from lb.discovery import DnsDiscovery
 from lb.fleet.merge import COUNTER, ByName, Each, Fields, add_counters, counters, merge
 from lb.fleet.prom import MetricMerger, families_of, render
 from lb.fleet.rules import STATS, own_figures
-from lb.history import RESERVOIR, Second, merge_seconds
+from lb.pool.discovery import DnsDiscovery
+from lb.request.batching import BatchStats
 from lb.server import Proxy
 
 NODES = [{"name": "a", "rest": "http://127.0.0.1:1"}, {"name": "b", "rest": "http://127.0.0.1:2"}]

@@ -1,4 +1,4 @@
-"""lb.flights.Flights: one backend call per key in flight, no Task per flight."""
+"""lb.request.flights.Flights: one backend call per key in flight, no Task per flight."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from lb.call import Deadline
 from lb.errors import DeadlineExceeded
-from lb.flights import Flights
+from lb.request.call import Deadline
+from lb.request.flights import Flights
 
 
 def _far() -> Deadline:

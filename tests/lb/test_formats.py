@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from lb.formats import adapt
+from lb.rest.formats import adapt
 
 
 def test_same_shape_is_returned_untouched() -> None:

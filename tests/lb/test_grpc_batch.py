@@ -1,4 +1,4 @@
-"""lb.grpc_batch (and the pbwire writers it uses) against the real tensorflow_serving.apis.
+"""lb.grpc.batch (and the pbwire writers it uses) against the real tensorflow_serving.apis.
 
 Unit cases build requests and replies with the real generated classes and
 `tf.make_tensor_proto`, run the codec on their bytes and read its output back
@@ -24,12 +24,12 @@ from hypothesis import strategies as st
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from lb import pbwire
-from lb.call import Call, Deadline
 from lb.errors import BadRequest
-from lb.grpc_batch import PREDICT, GrpcBatchCodec
-from lb.grpc_messages import read_request
-from lb.grpc_upstream import OK, GrpcPayload, GrpcReply
+from lb.grpc import pbwire
+from lb.grpc.batch import PREDICT, GrpcBatchCodec
+from lb.grpc.messages import read_request
+from lb.grpc.upstream import OK, GrpcPayload, GrpcReply
+from lb.request.call import Call, Deadline
 from tests.procs import Proc, ProxyProc, start_workers
 
 HP2 = "half_plus_two"
@@ -57,7 +57,7 @@ def request(inputs: dict[str, tensor_pb2.TensorProto], *, model: str = HP2,
 
 def call_of(req: predict_pb2.PredictRequest | bytes, *, resolved: int | None = VERSION,
             path: str = PREDICT, cost: float = 2.0, timeout: float = 10.0) -> Call:
-    """A Call as lb.grpc_front builds it, with its version resolved to `resolved`
+    """A Call as lb.grpc.front builds it, with its version resolved to `resolved`
     (a label stays unresolved, as the core leaves it)."""
     raw = req if isinstance(req, bytes) else req.SerializeToString()
     parsed = read_request("Predict", raw)

@@ -1,12 +1,12 @@
-"""lb.grpc_upstream: which node answers count against the node (pure verdicts)."""
+"""lb.grpc.upstream: which node answers count against the node (pure verdicts)."""
 
 from __future__ import annotations
 
 import grpc
 
-from lb.call import BUSY, CLIENT_ERROR, GOOD, NODE_ERROR, UNAVAILABLE
 from lb.config import GrpcConfig
-from lb.grpc_upstream import GrpcReply, GrpcTransport, GrpcUpstream
+from lb.grpc.upstream import GrpcReply, GrpcTransport, GrpcUpstream
+from lb.request.call import BUSY, CLIENT_ERROR, GOOD, NODE_ERROR, UNAVAILABLE
 
 Code = grpc.StatusCode
 

@@ -1,11 +1,11 @@
-"""lb.hedge: per node and model p95 delays and the hedge budget. Pure: plain numbers."""
+"""lb.request.hedge: per node and model p95 delays and the hedge budget. Pure: plain numbers."""
 
 from __future__ import annotations
 
 import pytest
 
 from lb.config import HedgeConfig
-from lb.hedge import MIN_SAMPLES, RESCUE_RESERVE, HedgePolicy, Quantile
+from lb.request.hedge import MIN_SAMPLES, RESCUE_RESERVE, HedgePolicy, Quantile
 
 
 def test_quantile_is_the_p95_of_recent_samples() -> None:

@@ -6,7 +6,7 @@ every PERIOD_S. Two proxies on them in turn, one hedging (p95 hedges and rescues
 without either (the control), each
 warmed up and then given the same open-loop load. Proves, with figures that can fail:
 * every request is answered 200, hedged or not;
-* hedges are sent and won, and at most as many as the budget allows: lb.hedge's
+* hedges are sent and won, and at most as many as the budget allows: lb.request.hedge's
   budget is a RetryBudget with no free minimum, so hedges sent ≤ max_ratio × the
   client calls the proxy has seen (warm-up included), whatever the timing;
 * the hedge rescues the requests caught in a stall: the control's worst latency is
@@ -156,7 +156,8 @@ def test_hedges_rescue_stalls_within_budget_and_leak_nothing(
     assert hedge["sent"] > 0 and 0 < hedge["won"] <= hedge["sent"]
     # The budget grants a hedge while max_ratio × live deposits - live spends ≥ 1, and a
     # spend expires no earlier than the deposits it was granted on: over any timing,
-    # sent ≤ max_ratio × every client call the proxy dispatched (lb.hedge, lb.retry).
+    # sent ≤ max_ratio × every client call the proxy dispatched (lb.request.hedge,
+    # lb.request.retry).
     assert hedge["sent"] <= int(MAX_RATIO * calls + 1e-9), (hedge, calls)
     # The control really met a stall; the hedged run met one too (a rescue went out
     # during the load) and did not wait it out.

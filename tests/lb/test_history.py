@@ -1,4 +1,4 @@
-"""lb.history: the per-second ring behind /history, driven with explicit times."""
+"""lb.admin.history: the per-second ring behind /history, driven with explicit times."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from lb.history import MAX_EVENTS, RESERVOIR, WINDOW, History, node_state
+from lb.admin.history import MAX_EVENTS, RESERVOIR, WINDOW, History, node_state
 
 T0 = 1_700_000_000.0
 

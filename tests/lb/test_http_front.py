@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from lb.routes import RowSizes
+from lb.rest.routes import RowSizes
 from tests.lb.conftest import SLOW_MS, Pool
 from tests.procs import ProxyProc, http, node, scrape, wait_until
 
@@ -170,7 +170,7 @@ def test_limits_and_malformed_requests_get_the_error_shape(
 @pytest.mark.parametrize("bad", [b"{not json", b'{"instances": 3}', b"[1, 2]"])
 def test_bodies_sent_unparsed_are_still_checked(proxy: ProxyProc, bad: bytes) -> None:
     """With no cache work, the proxy counts a body's rows from its size once it has
-    parsed a few (lb.routes.RowSizes): a malformed body then reaches the node, whose
+    parsed a few (lb.rest.routes.RowSizes): a malformed body then reaches the node, whose
     400 must come back in the same {"error"} shape, and the next body still works."""
     url = f"{proxy.url}{PREDICT.decode()}"
     good = b'{"instances": [1.0, 2.0, 5.0]}'

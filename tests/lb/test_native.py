@@ -21,8 +21,8 @@ from lb import native
 from tests import native_tests
 
 ROOT = Path(__file__).resolve().parents[2]
-PROBE = ("import lb.server, lb.native, lb.dispatch, lb.http.server_protocol as sp; "
-         "print(lb.native.kind(), lb.dispatch.__file__, sp.__file__)")
+PROBE = ("import lb.server, lb.native, lb.request.dispatch, lb.http.server_protocol as sp; "
+         "print(lb.native.kind(), lb.request.dispatch.__file__, sp.__file__)")
 
 
 def probe(cwd: Path = ROOT, env: dict[str, str] | None = None) -> list[str]:
@@ -94,7 +94,7 @@ def test_an_edited_module_runs_as_python_with_a_warning(tmp_path: Path) -> None:
     kind, dispatch, _server = probe(cwd=tmp_path)
     assert (kind, dispatch) == ("python", str(edited))
     said = subprocess.run(
-        [sys.executable, "-c", "import logging, lb.dispatch, lb.native; "
+        [sys.executable, "-c", "import logging, lb.request.dispatch, lb.native; "
          "logging.basicConfig(); lb.native.log_status()"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
     assert "WARNING:lb.native:data path runs as Python" in said.stderr
@@ -113,8 +113,8 @@ def test_a_broken_build_runs_as_python_and_says_why(tmp_path: Path) -> None:
     (build / f"0123456789abcdef0123__mypyc{suffix}").write_bytes(b"not a shared library")
     (build / "lb" / f"dispatch{suffix}").write_bytes(b"not one either")
     (build / native.COMPLETE).write_text("")
-    check = ("import lb.dispatch, lb.native; print(lb.native.kind()); "
-             "print(lb.dispatch.__file__); print(lb.native.why())")
+    check = ("import lb.request.dispatch, lb.native; print(lb.native.kind()); "
+             "print(lb.request.dispatch.__file__); print(lb.native.why())")
     full = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
     done = subprocess.run([sys.executable, "-c", check], cwd=src,
                           env={**full, "PYTHONPATH": str(site)},
@@ -135,9 +135,9 @@ def test_the_objects_built_per_request_are_built_by_compiled_code() -> None:
     """A dataclass's generated __init__ runs as Python even in a compiled module (a
     frame per request): these classes write theirs out, and the build compiles it."""
     require_compiled()
-    classes = ("lb.call.Call", "lb.call.Deadline", "lb.rest_upstream.RestPayload",
-               "lb.http.client_conn.Response", "lb.core.Plan", "lb.routes.Body")
-    check = ("import importlib, sys, lb.dispatch, lb.native; print(lb.native.kind()); "
+    classes = ("lb.request.call.Call", "lb.request.call.Deadline", "lb.rest.upstream.RestPayload",
+               "lb.http.client_conn.Response", "lb.request.core.Plan", "lb.rest.routes.Body")
+    check = ("import importlib, sys, lb.request.dispatch, lb.native; print(lb.native.kind()); "
              "[print(hasattr(getattr(importlib.import_module(m), c).__init__, '__code__')) "
              "for m, c in (a.rsplit('.', 1) for a in sys.argv[1:])]")
     full = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}

@@ -1,4 +1,4 @@
-"""lb.nodes.Node: in-flight entries, ghosts of cancelled attempts, and what the policy
+"""lb.pool.nodes.Node: in-flight entries, ghosts of cancelled attempts, and what the policy
 sees of a node that stops answering. Pure: plain numbers for the clock."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from lb.config import parse_config
-from lb.nodes import NodePool
-from lb.outlier import OutlierPolicy
+from lb.pool.nodes import NodePool
+from lb.pool.outlier import OutlierPolicy
 
 
 def _pool() -> NodePool:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lb.outlier import OutlierPolicy, OutlierState
-from lb.retry import RetryBudget
+from lb.pool.outlier import OutlierPolicy, OutlierState
+from lb.request.retry import RetryBudget
 
 P = OutlierPolicy(consecutive_errors=3, base_ejection_s=2.0, max_ejection_s=16.0,
                   slow_start_s=10.0, min_ramp=0.1)

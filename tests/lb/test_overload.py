@@ -1,7 +1,7 @@
 """Overload end to end: three simulated nodes (scripts/simnode.py: 2 slots each,
 20/20/60 ms) behind the real proxy, open-loop load at 1.8x their capacity.
 
-What the proxy must do (lb/scheduler.py): answer what it can, refuse the rest early
+What the proxy must do (lb/request/scheduler.py): answer what it can, refuse the rest early
 and clearly — every refusal a 503 with Retry-After in TF Serving's {"error"} shape,
 fast — and drop no connection; the answered requests stay fast, because the queue
 in front of the nodes is kept short (CoDel), instead of growing for as long as the

@@ -1,4 +1,4 @@
-"""lb.pbwire and lb.grpc_messages against messages built by the real tensorflow_serving.apis.
+"""lb.grpc.pbwire and lb.grpc.messages against messages built by the real tensorflow_serving.apis.
 
 The test process may import TensorFlow; the proxy never does (see
 test_grpc_conformance.py::test_health_check_and_no_tensorflow_in_the_proxy).
@@ -21,9 +21,9 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from lb import pbwire
 from lb.errors import BadRequest
-from lb.grpc_messages import health_reply, health_service, predict_key, read_request
+from lb.grpc import pbwire
+from lb.grpc.messages import health_reply, health_service, predict_key, read_request
 from tests.lb.grpcload import predict_bytes
 
 

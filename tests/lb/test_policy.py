@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from lb.policy import (
+from lb.pool.policy import (
     TAU_SAMPLES,
     Candidate,
     LoadWindow,
@@ -175,7 +175,7 @@ def test_empty_candidates_raise() -> None:
 
 def test_stale_slow_estimate_relaxes_towards_the_least_tau() -> None:
     """A node that looked slow once (a warm-up request) must not starve forever."""
-    from lb.policy import effective_tau
+    from lb.pool.policy import effective_tau
 
     fresh = Candidate(1.0, 0.0, 0, 0.080, tau_age=0.0)
     stale = Candidate(1.0, 0.0, 0, 0.080, tau_age=10.0)
@@ -194,7 +194,7 @@ def test_stale_slow_estimate_relaxes_towards_the_least_tau() -> None:
 def test_least_load_picks_the_least_score_of_every_kind_of_candidate() -> None:
     """least_load inlines effective_tau for speed: its choice must be the argmin of
     `score` over candidates of every kind (no τ, stale τ, stalled, slow start)."""
-    from lb.policy import least_tau, score
+    from lb.pool.policy import least_tau, score
 
     rng = random.Random(11)
     for _ in range(3000):

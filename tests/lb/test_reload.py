@@ -181,7 +181,7 @@ def test_staying_nodes_keep_state_and_added_node_gets_traffic(logs_dir: Path,
             for key in ("requests", "errors", "ewma_ms"):
                 assert after[name][key] == before[name][key], (name, key)
         assert after["b"]["weight"] == 2.0 and after["c"]["requests"] == 0
-        # The added node slow-starts (lb.concurrency, the default policy): one slot at
+        # The added node slow-starts (lb.pool.concurrency, the default policy): one slot at
         # first, more only while probes show it keeps up (`policy.slow_start_s` is the
         # round_robin / least_conn ramp). Its first replies may be slow (a cold model):
         # too few to judge it by, so it keeps getting calls, and takes its part.

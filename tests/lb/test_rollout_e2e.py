@@ -183,7 +183,7 @@ def test_split_shares_hold_over_rest_and_grpc(logs_dir: Path, groups: Groups) ->
         print(f"{label}: canary share per window of 1000: min {min(shares):.1f} "
               f"max {max(shares):.1f} (split 30)")
         assert all(abs(s - 30.0) <= 2.0 for s in shares), shares
-    # Within the group, the scheduler's choice (lb/scheduler.py): at this load one
+    # Within the group, the scheduler's choice (lb/request/scheduler.py): at this load one
     # stable node may take nearly all (the faster has free slots), so only the
     # group's integrity is asserted: every call went to a node of its group.
     nodes = Counter(n for _, n, _ in rest)

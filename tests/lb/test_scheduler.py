@@ -1,4 +1,4 @@
-"""lb.scheduler: the proxy's queue, in-process with a fake clock. The pool is the real
+"""lb.request.scheduler: the proxy's queue, in-process with a fake clock. The pool is the real
 one; nodes are only the slots the scheduler hands out (no transport): a test starts,
 finishes and cancels runs itself, as the dispatcher would."""
 
@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from lb.concurrency import Limit
 from lb.config import parse_config
 from lb.errors import DeadlineExceeded, LbError, NotReady, Overloaded
-from lb.nodes import NodePool
-from lb.scheduler import (
+from lb.pool.concurrency import Limit
+from lb.pool.nodes import NodePool
+from lb.request.scheduler import (
     CRITICAL,
     QUEUED,
     SHEDDABLE,

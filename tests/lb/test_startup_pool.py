@@ -1,6 +1,6 @@
 """Start-up in-process: a request goes only to nodes that have its model AVAILABLE,
-whatever the probes and the nodes' refusals say in between (lb/nodes.py, lb/health.py,
-lb/dispatch.py). Deterministic: the health checks talk to a scripted upstream, and the
+whatever the probes and the nodes' refusals say in between (lb/pool/nodes.py, lb/pool/health.py,
+lb/request/dispatch.py). Deterministic: the health checks talk to a scripted upstream, and the
 dispatcher to a scripted transport; no sockets, no processes.
 
 The failure these pin down (issue 28): with three workers starting at once under CPU
@@ -19,12 +19,12 @@ from typing import Any
 import orjson
 import pytest
 
-from lb.call import Call, Deadline
 from lb.config import parse_config
-from lb.dispatch import Dispatcher
 from lb.errors import LbError, NotReady, UpstreamTimeout
-from lb.health import HealthChecker
-from lb.nodes import Node, NodePool
+from lb.pool.health import HealthChecker
+from lb.pool.nodes import Node, NodePool
+from lb.request.call import Call, Deadline
+from lb.request.dispatch import Dispatcher
 
 M = "hp2"
 
@@ -153,7 +153,7 @@ class ScriptedNodes:
         return fut
 
     def verdict(self, answer: _Answer, cut: bool) -> Any:
-        from lb.rest_upstream import rest_verdict
+        from lb.rest.upstream import rest_verdict
         return rest_verdict(answer.status)
 
     def body(self, answer: _Answer) -> bytes:

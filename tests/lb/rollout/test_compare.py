@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
-from lb import pbwire
+from lb.grpc import pbwire
 from lb.rollout.compare import compare, grpc_outputs, rest_outputs
 
 

@@ -11,12 +11,12 @@ from typing import Any
 import orjson
 import pytest
 
-from lb.call import Call, Deadline, Outcome, Verdict, XCache
 from lb.config import Config, parse_config
 from lb.errors import Unavailable, UpstreamConnectError
 from lb.http.client_conn import Response
-from lb.nodes import Node, NodePool
-from lb.rest_upstream import RestPayload, rest_verdict
+from lb.pool.nodes import Node, NodePool
+from lb.request.call import Call, Deadline, Outcome, Verdict, XCache
+from lb.rest.upstream import RestPayload, rest_verdict
 from lb.rollout.progress import Phase, Refused
 from lb.rollout.service import Rollouts
 

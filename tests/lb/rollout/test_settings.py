@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from lb.config import DiscoveryConfig, parse_config
-from lb.discovery import nodes_for
 from lb.errors import ConfigError
+from lb.pool.discovery import nodes_for
 from lb.rollout.settings import key_version, routed
 
 NODES = [{"name": "a", "rest": "http://h:1", "group": "stable"},
