@@ -10,6 +10,7 @@ itself never imports `backends/`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,9 +48,18 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _data_path(_args: argparse.Namespace) -> int:
+    """`tfserving-lb data-path`: print which data path runs and why. Exit 0 when a
+    compiled build of these sources is installed, 2 when they were installed as
+    Python (no C compiler then), 1 when no install matches them (scripts/setup.sh
+    then reinstalls)."""
+    import lb.request.dispatch  # noqa: F401 - what `native.active` looks at
     from lb import native
 
-    return native.main()
+    build, current, _reason = native.locate()
+    print(f"compiled: {native.where()}" if native.active() else f"python: {native.why()}")
+    if build is not None and (native.active() or os.environ.get(native.PURE_ENV) == "1"):
+        return 0
+    return 2 if current and build is None else 1
 
 
 def _passthrough(module: str, argv: list[str]) -> int:

@@ -4,7 +4,7 @@ Called by `lb/__init__.py` and `lb/http/__init__.py` (`activate`) as each packag
 is imported; by `lb/server.py` (`kind`, `log_status`) and `lb/admin/app.py` (`kind`); by the
 build backend `build_backend/tfslb_build.py` (`MODULES`, `digest`, `INSTALL_DIR`),
 which loads this file on its own at `pip install`; and by `tfserving-lb data-path`
-(`main`: which data path runs, and whether the install is current; scripts/setup.sh).
+(`lb.cli`: which data path runs, and whether the install is current; scripts/setup.sh).
 
 The Python files stay the one source of truth: the compiled modules are those
 same files, translated to C by mypyc (as mypy and black ship themselves). `pip
@@ -50,6 +50,7 @@ MODULES = (
     "lb/rest/routes.py", "lb/http/client.py", "lb/http/client_conn.py",
     "lb/http/exchange.py", "lb/http/outbox.py", "lb/http/pipeline.py",
     "lb/http/server_protocol.py",
+    "lb/status.py",
 )
 ROOT = Path(__file__).resolve().parent.parent     # holds lb/: a checkout or site-packages
 PURE_ENV = "TFSERVING_LB_PURE"
@@ -138,6 +139,11 @@ def active() -> bool:
     return bool(_active) and mod is not None and not str(mod.__file__).endswith(".py")
 
 
+def where() -> str:
+    """The directory of the build in use ("" when none is)."""
+    return _active[0] if _active else ""
+
+
 def kind() -> str:
     """"compiled" or "python": for the start-up log and /stats."""
     return "compiled" if active() else "python"
@@ -161,18 +167,3 @@ def log_status() -> None:
         log.info("data path runs as Python (%s=1)", PURE_ENV)
     else:
         log.warning("data path runs as Python, about 2x slower: %s", why())
-
-
-def main() -> int:
-    """`tfserving-lb data-path` (lb/cli.py): print which data path runs and why. Exit 0 when a
-    compiled build of these sources is installed, 2 when they were installed as
-    Python (no C compiler then), 1 when no install matches them (scripts/setup.sh
-    then reinstalls)."""
-    import lb.request.dispatch  # noqa: F401 - what `active` looks at
-
-    build, current, _reason = locate()
-    print(f"compiled: {_active[0]}" if active() else f"python: {why()}")
-    if build is not None and (active() or os.environ.get(PURE_ENV) == "1"):
-        return 0
-    return 2 if current and build is None else 1
-

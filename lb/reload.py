@@ -38,13 +38,11 @@ import logging
 import os
 import signal
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from lb.admin.source import ConfigStatus
 from lb.config import Config, config_version, load_config, parse_text
 from lb.errors import ConfigError
-
-if TYPE_CHECKING:
-    from lb.server import Proxy
 
 log = logging.getLogger("lb.reload")
 
@@ -82,10 +80,21 @@ def describe_changes(old: Config, new: Config) -> str:
     return " ".join(parts) or "no node changes"
 
 
+class Reconfigurable(Protocol):
+    """The proxy as the reloader sees it (`lb.server.Proxy`)."""
+
+    @property
+    def cfg(self) -> Config: ...
+    @property
+    def status(self) -> ConfigStatus: ...
+
+    def reconfigure(self, new: Config) -> Config: ...
+
+
 class Reloader:
     """Owns reloading one proxy's config; see the module docstring."""
 
-    def __init__(self, proxy: Proxy, path: str | None, follow: bool = True) -> None:
+    def __init__(self, proxy: Reconfigurable, path: str | None, follow: bool = True) -> None:
         self.path = path
         self.follow = follow
         self.status = proxy.status

@@ -31,11 +31,14 @@ from cache.adaptive import AdaptiveController, AdaptiveParams
 from cache.result_cache import ResultCache
 from cache.store import make_store
 from lb import native
+from lb.admin.app import LocalView, make_admin_app, make_metrics_app, stats_doc, warn_if_exposed
 from lb.admin.history import History
-from lb.admin.metrics import ConfigStatus, Metrics
+from lb.admin.metrics import Metrics
+from lb.admin.source import ConfigStatus
 from lb.config import Config, NodeConfig, config_version, load_config, split_hostport
 from lb.edge.gate import Edge
 from lb.errors import ConfigError, LbError
+from lb.fleet import control
 from lb.grpc.batch import GrpcBatchCodec
 from lb.grpc.front import GrpcFront
 from lb.grpc.upstream import GrpcTransport, GrpcUpstream
@@ -44,6 +47,7 @@ from lb.pool.discovery import DnsDiscovery
 from lb.pool.health import HealthChecker
 from lb.pool.nodes import NodePool
 from lb.pool.outlier import outlier_policy
+from lb.reload import Reloader
 from lb.request.core import Core
 from lb.request.dispatch import Dispatcher
 from lb.request.observe import Recorder, configure_access_log
@@ -290,16 +294,35 @@ class Proxy:
 
 
 async def start(cfg: Config, config_path: str | None = None) -> Proxy:
-    """Build and start a proxy with its admin side (`lb.admin.app.serve_admin_side`: the
-    admin and metrics ports, history and reloader; under a supervisor, the worker's
-    control socket instead) and discovery."""
-    from lb.admin.app import serve_admin_side
-
+    """Build and start a proxy with its admin side (`serve_admin_side`: the admin and
+    metrics ports, history and reloader; under a supervisor, the worker's control
+    socket instead) and discovery."""
     proxy = Proxy(cfg, config_path)
     await proxy.start()
     proxy.add_task(proxy.rollouts.run(), "rollouts")
     await serve_admin_side(proxy, config_path)
     return proxy
+
+
+async def serve_admin_side(proxy: Proxy, config_path: str | None) -> None:
+    """A proxy process's admin side: history, reloader, admin and metrics ports; or,
+    for a worker of `serve --workers N`, its control socket for the supervisor."""
+    socket_path = control.supervised()
+    if socket_path is not None:
+        reloader = Reloader(proxy, config_path, follow=False)
+        reloader.start()
+        control.die_with_supervisor()
+        await proxy.serve_admin(control.make_control_app(proxy, reloader), unix=socket_path)
+        return
+    proxy.add_task(proxy.history.run(lambda: stats_doc(proxy)), "history")
+    reloader = Reloader(proxy, config_path)
+    for task in reloader.start():
+        proxy.add_task(task, task.get_name())
+    view = LocalView(proxy, reloader)
+    warn_if_exposed(proxy.cfg.listen.admin, proxy.cfg.admin.token)
+    await proxy.serve_admin(make_admin_app(view))
+    if proxy.cfg.listen.metrics:
+        await proxy.serve_admin(make_metrics_app(view), proxy.cfg.listen.metrics)
 
 
 async def _serve(cfg: Config, config_path: str | None = None) -> None:
@@ -329,8 +352,6 @@ def setup_logging() -> None:
 
 
 def serve_main(config_path: str) -> int:
-    from lb.fleet import control
-
     setup_logging()
     try:        # a worker of `--workers N` reads the text its supervisor validated
         cfg = control.worker_config(config_path) if control.supervised() else \

@@ -36,18 +36,16 @@ from lb import native
 from lb.admin.dashboard import handle_dashboard, history_handler
 from lb.admin.history import History
 from lb.admin.metrics import CONTENT_TYPE
+from lb.admin.source import ProxySource, ReloadHook
 from lb.config import split_hostport
-from lb.fleet import control
 from lb.fleet.merge import merge
 from lb.fleet.procinfo import cache_memory, figures
 from lb.fleet.prom import MetricMerger, fleet_metrics, render
 from lb.fleet.rules import STATS, own_figures
-from lb.reload import Reloader
 from lb.rollout.admin import add_routes as add_rollout_routes
 
 if TYPE_CHECKING:                 # the supervisor imports this module, never the proxy
     from lb.request.observe import Recorder
-    from lb.server import Proxy
 
 log = logging.getLogger("lb.admin.app")
 
@@ -63,7 +61,7 @@ def _client_requests(recorder: Recorder) -> dict[str, Any]:
             "by_code": by_code}
 
 
-def _nodes(proxy: Proxy) -> list[dict[str, Any]]:
+def _nodes(proxy: ProxySource) -> list[dict[str, Any]]:
     """pool.stats() plus each node's completions in the load window (for `share`)."""
     now, nodes = proxy.pool.now(), {n.name: n for n in proxy.pool}
     entries = proxy.pool.stats()
@@ -73,7 +71,7 @@ def _nodes(proxy: Proxy) -> list[dict[str, Any]]:
     return entries
 
 
-def stats_doc(proxy: Proxy) -> dict[str, Any]:
+def stats_doc(proxy: ProxySource) -> dict[str, Any]:
     """The /stats document of this one process (the admin port merges the processes')."""
     cache: dict[str, Any]
     if proxy.cache is not None:
@@ -120,7 +118,7 @@ class AdminView(Protocol):
 class LocalView:
     """One proxy process answering for itself (`serve` without `--workers`)."""
 
-    def __init__(self, proxy: Proxy, reloader: Reloader | None) -> None:
+    def __init__(self, proxy: ProxySource, reloader: ReloadHook | None) -> None:
         self.proxy = proxy
         self.reloader = reloader
         self.history = proxy.history
@@ -221,24 +219,3 @@ def make_metrics_app(view: AdminView) -> web.Application:
     app[ADMIN_VIEW] = view
     app.router.add_get("/metrics", handle_metrics)
     return app
-
-
-async def serve_admin_side(proxy: Proxy, config_path: str | None) -> None:
-    """A proxy process's admin side: history, reloader, admin and metrics ports; or,
-    for a worker of `serve --workers N`, its control socket for the supervisor."""
-    socket_path = control.supervised()
-    if socket_path is not None:
-        reloader = Reloader(proxy, config_path, follow=False)
-        reloader.start()
-        control.die_with_supervisor()
-        await proxy.serve_admin(control.make_control_app(proxy, reloader), unix=socket_path)
-        return
-    proxy.add_task(proxy.history.run(lambda: stats_doc(proxy)), "history")
-    reloader = Reloader(proxy, config_path)
-    for task in reloader.start():
-        proxy.add_task(task, task.get_name())
-    view = LocalView(proxy, reloader)
-    warn_if_exposed(proxy.cfg.listen.admin, proxy.cfg.admin.token)
-    await proxy.serve_admin(make_admin_app(view))
-    if proxy.cfg.listen.metrics:
-        await proxy.serve_admin(make_metrics_app(view), proxy.cfg.listen.metrics)

@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector, generate_latest
 from prometheus_client.core import (
@@ -41,6 +40,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from lb.admin.source import ConfigStatus, ProxySource
 from lb.fleet.procinfo import cache_memory
 from lb.fleet.prom import Family, families_of
 from lb.pool.nodes import Node
@@ -49,29 +49,8 @@ from lb.request.batching import ROW_BUCKETS
 from lb.request.observe import LATENCY_BUCKETS, Recorder
 from lb.rollout.metrics import families as rollout_families
 
-if TYPE_CHECKING:
-    from lb.server import Proxy
-
 PREFIX = "tfslb_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-@dataclass(slots=True)
-class ConfigStatus:
-    """Config loads as /stats ("config") and /metrics report them; `lb.reload` writes it."""
-
-    path: str | None = None
-    reloads: int = 0                 # successful reloads since start
-    failures: int = 0                # rejected reloads (the old config kept serving)
-    last_error: str | None = None    # message of the latest rejected reload
-    last_result: str = "started"     # started | ok | failed
-    loaded_at: float = field(default_factory=time.time)   # wall time of the config in use
-    version: str | None = None       # lb.config.config_version of the config in use
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "reloads": self.reloads, "failures": self.failures,
-                "last_error": self.last_error, "last_result": self.last_result,
-                "loaded_at": self.loaded_at, "version": self.version}
 
 
 def _node_gauges(nodes: list[Node], now: float, opolicy: OutlierPolicy) -> Iterator[Metric]:
@@ -192,7 +171,7 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return family
 
 
-def _flow_metrics(proxy: Proxy) -> Iterator[Metric]:
+def _flow_metrics(proxy: ProxySource) -> Iterator[Metric]:
     d = proxy.dispatcher
     yield _counter("retries", "Requests retried on another node", d.budget.retries)
     yield _counter("retry_budget_rejections",
@@ -229,7 +208,7 @@ def _flow_metrics(proxy: Proxy) -> Iterator[Metric]:
     yield _gauge("inflight", "Client requests in progress", proxy.core.inflight)
 
 
-def _batch_metrics(proxy: Proxy) -> Iterator[Metric]:
+def _batch_metrics(proxy: ProxySource) -> Iterator[Metric]:
     def fam(name: str, doc: str) -> CounterMetricFamily:
         return CounterMetricFamily(PREFIX + name, doc, labels=["model"])
 
@@ -250,7 +229,7 @@ def _batch_metrics(proxy: Proxy) -> Iterator[Metric]:
     yield from (batches, waited, resends, rows)
 
 
-def _adaptive_metrics(proxy: Proxy) -> Iterator[Metric]:
+def _adaptive_metrics(proxy: ProxySource) -> Iterator[Metric]:
     bypassing = GaugeMetricFamily(PREFIX + "cache_adaptive_bypassing",
                                   "1 while the adaptive cache bypasses the model",
                                   labels=["model"])
@@ -267,7 +246,7 @@ def _adaptive_metrics(proxy: Proxy) -> Iterator[Metric]:
 class StateCollector(Collector):
     """Reads the proxy's live state at scrape time (called by `generate_latest`)."""
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: ProxySource) -> None:
         self._proxy = proxy
 
     def collect(self) -> Iterator[Metric]:
@@ -290,7 +269,7 @@ class StateCollector(Collector):
 class Metrics:
     """One proxy's registry, read at scrape time."""
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: ProxySource) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StateCollector(proxy))
         ProcessCollector(registry=self.registry)

@@ -39,10 +39,9 @@ import orjson
 from aiohttp import web
 
 from lb.config import Config, parse_text
-from lb.reload import Reloader
 
 if TYPE_CHECKING:
-    from lb.server import Proxy
+    from lb.admin.source import ProxySource, ReloadHook
 
 log = logging.getLogger("lb.server")
 
@@ -50,8 +49,8 @@ CONTROL_ENV = "TFSERVING_LB_CONTROL"
 SUPERVISOR_ENV = "TFSERVING_LB_SUPERVISOR"
 _PR_SET_PDEATHSIG = 1
 
-PROXY: web.AppKey[Proxy] = web.AppKey("control_proxy")
-RELOADER = web.AppKey("control_reloader", Reloader)
+PROXY: web.AppKey[ProxySource] = web.AppKey("control_proxy")
+RELOADER: web.AppKey[ReloadHook] = web.AppKey("control_reloader")
 
 
 def supervised() -> str | None:
@@ -80,7 +79,7 @@ def _json(doc: Any) -> web.Response:
     return web.Response(body=orjson.dumps(doc), content_type="application/json")
 
 
-def _snapshot(proxy: Proxy) -> dict[str, Any]:
+def _snapshot(proxy: ProxySource) -> dict[str, Any]:
     from lb.admin.app import stats_doc
 
     return {"stats": stats_doc(proxy), "families": proxy.metrics.families()}
@@ -111,7 +110,7 @@ async def _reload(request: web.Request) -> web.Response:
     return _json(doc)
 
 
-def make_control_app(proxy: Proxy, reloader: Reloader) -> web.Application:
+def make_control_app(proxy: ProxySource, reloader: ReloadHook) -> web.Application:
     """The worker's control application (served on the socket `supervised()` names)."""
     app = web.Application(client_max_size=16 * 2**20)
     app[PROXY] = proxy

@@ -39,7 +39,8 @@ import aiohttp
 from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
 
 from lb.admin.history import History, Second, merge_seconds, second_of
-from lb.admin.metrics import ConfigStatus, config_metrics
+from lb.admin.metrics import config_metrics
+from lb.admin.source import ConfigStatus
 from lb.config import Config, config_version, parse_text
 from lb.errors import ConfigError
 from lb.fleet.merge import add_counters, counters, merge

@@ -56,10 +56,11 @@ from lb.grpc.upstream import OK, GrpcPayload, GrpcReply, GrpcTransport, channel_
 from lb.pool.nodes import NodePool
 from lb.request.call import Call, Deadline, Outcome
 from lb.request.core import Core, Plan
+from lb.request.directives import parse_cache_control, parse_priority
 from lb.request.observe import Recorder
-from lb.rest.routes import parse_cache_control, parse_priority
 from lb.rollout.service import Rollouts
 from lb.rollout.settings import key_version
+from lb.status import grpc_code, http_status
 
 log = logging.getLogger("lb.grpc")
 
@@ -70,23 +71,7 @@ PREDICTION_METHODS = ("Predict", "Classify", "Regress", "MultiInference", "GetMo
 SERVICE_UNKNOWN = 3
 WATCH_POLL_S = 1.0
 
-_CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    502: grpc.StatusCode.UNAVAILABLE, 503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
-# For tfslb_requests_total, whose `code` label is an HTTP status: TF Serving's mapping.
-_HTTP = {
-    grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400, grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.CANCELLED: 499, grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
+_CODES = {code.value[0]: code for code in grpc.StatusCode}     # lb.status's numbers
 
 Unary = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 # Inference methods, as lb.rollout counts them (Predict calls may be shadowed).
@@ -96,7 +81,7 @@ _VERBS = {"Predict": "predict", "Classify": "classify", "Regress": "regress",
 
 def status_code(exc: LbError) -> grpc.StatusCode:
     """The gRPC code of a proxy error (its HTTP status read the way TF Serving maps them)."""
-    return _CODES.get(exc.status, grpc.StatusCode.INTERNAL)
+    return _CODES[grpc_code(exc.status)]
 
 
 def _metadata(context: grpc.aio.ServicerContext, name: str) -> str | None:
@@ -200,7 +185,8 @@ class GrpcFront:
         finally:
             if admitted:
                 self.core.release()
-            self.recorder.record(model, node, _HTTP.get(code, 500), time.perf_counter() - start)
+            self.recorder.record(model, node, http_status(code.value[0]),
+                                 time.perf_counter() - start)
 
     async def _outcome(self, path: str, method: str, req: Request, raw: bytes,
                        context: grpc.aio.ServicerContext) -> Outcome[GrpcReply]:

@@ -35,17 +35,12 @@ from lb.edge.node_tls import grpc_credentials, grpc_options
 from lb.errors import UpstreamRefused
 from lb.grpc.messages import Request
 from lb.pool.nodes import Node
-from lb.request.call import BUSY, CLIENT_ERROR, GOOD, NODE_ERROR, UNAVAILABLE, Call, Verdict
+from lb.request.call import Call
+from lb.status import Verdict, grpc_verdict
 
 log = logging.getLogger("lb.grpc")
 
 OK = grpc.StatusCode.OK
-# Codes that count as the node's failure in its stats (like an HTTP 5xx);
-# DEADLINE_EXCEEDED depends on whose deadline it was (`GrpcTransport.verdict`).
-NODE_FAILURES = frozenset({
-    grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNIMPLEMENTED,
-    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS,
-})
 
 
 def channel_options(cfg: GrpcConfig) -> list[tuple[str, int]]:
@@ -171,18 +166,7 @@ class GrpcTransport:
         return fut
 
     def verdict(self, answer: GrpcReply, cut_by_try_timeout: bool) -> Verdict:
-        code = answer.code
-        if code == OK:
-            return GOOD
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:      # a full batch queue
-            return BUSY
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            # The attempt's deadline was ours: a per-try timeout is the node's slowness
-            # (retried elsewhere); otherwise it was the client's own deadline, which
-            # the node cannot be blamed for (no error, no ejection). The channel may
-            # report it a moment before the front cancels the call at that deadline.
-            return UNAVAILABLE if cut_by_try_timeout else CLIENT_ERROR
-        return NODE_ERROR if code in NODE_FAILURES else CLIENT_ERROR
+        return grpc_verdict(answer.code.value[0], cut_by_try_timeout)
 
     def body(self, answer: GrpcReply) -> bytes:
         return answer.body

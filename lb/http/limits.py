@@ -8,7 +8,6 @@ every error the server generates itself has TF Serving's shape `{"error": "..."}
 from __future__ import annotations
 
 import http
-import json
 from dataclasses import dataclass
 
 
@@ -56,11 +55,6 @@ def reply_head(status: int) -> bytes:
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 CONNECTION_CLOSE = b"Connection: close\r\n"
 CONNECTION_KEEP_ALIVE = b"Connection: keep-alive\r\n"   # HTTP/1.0 clients need to hear it
-
-
-def error_body(message: str) -> bytes:
-    """TF Serving's error shape."""
-    return json.dumps({"error": message}).encode()
 
 
 # What the server says for each breach it detects itself.

@@ -33,9 +33,9 @@ from lb.http.limits import (
     CONTINUE,
     HEADS,
     MESSAGES,
-    error_body,
     reply_head,
 )
+from lb.status import error_body
 
 if TYPE_CHECKING:
     from lb.http.outbox import Outbox

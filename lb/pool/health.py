@@ -23,13 +23,13 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import orjson
 
 from lb.config import HealthConfig
 from lb.errors import LbError
 from lb.pool.nodes import Node, NodePool
-from lb.rest.upstream import RestUpstream
 
 log = logging.getLogger("lb.pool.health")
 
@@ -41,6 +41,19 @@ _NO_MODEL_PROBE = "/v1/models/__tfslb_probe__"
 
 _COMING = ("START", "LOADING")
 RECHECK_GAP_S = 0.05        # refusals within this long of a recheck share it
+
+
+class Reply(Protocol):
+    status: int
+    body: bytes
+
+
+class StatusSource(Protocol):
+    """How the checker reaches a node's TF Serving status paths: a GET that answers or
+    raises `LbError`. The composition root wires the REST upstream
+    (`lb.rest.upstream.RestUpstream`): the pool knows no protocol."""
+
+    async def get(self, node: Node, path: str, timeout_s: float) -> Reply: ...
 
 
 @dataclass(slots=True)
@@ -63,7 +76,7 @@ def available_versions(raw: bytes) -> frozenset[int]:
 
 
 class HealthChecker:
-    def __init__(self, cfg: HealthConfig, pool: NodePool, upstream: RestUpstream,
+    def __init__(self, cfg: HealthConfig, pool: NodePool, upstream: StatusSource,
                  models: list[str]) -> None:
         self.cfg = cfg
         self.pool = pool

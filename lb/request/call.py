@@ -27,7 +27,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from lb.errors import DeadlineExceeded
 from lb.native import mypyc_attr
 from lb.pool.nodes import Node
-from lb.rest.routes import Directives
+from lb.request.directives import Directives
+from lb.status import Verdict
 
 A = TypeVar("A")
 
@@ -68,28 +69,6 @@ class Deadline:
         if left <= 0:
             raise DeadlineExceeded("Deadline exceeded")
         return left
-
-    def capped(self, seconds: float) -> Deadline:
-        """This deadline or `seconds` from now, whichever comes first."""
-        return Deadline(min(self.at, time.monotonic() + seconds))
-
-
-@dataclass(slots=True, frozen=True)
-class Verdict:
-    """How one attempt went, as the dispatcher and the node's counters see it."""
-
-    node_ok: bool       # the node did its job (else: an error for outlier detection)
-    retry: bool         # worth another node (busy, or cut by the per-try timeout)
-    good: bool          # a good answer: a τ sample, storable in the cache
-    refused: bool = False   # the node does not serve the model now (loading, restarting)
-
-
-GOOD = Verdict(node_ok=True, retry=False, good=True)
-CLIENT_ERROR = Verdict(node_ok=True, retry=False, good=False)     # 4xx: the request's fault
-BUSY = Verdict(node_ok=True, retry=True, good=False)              # 429, a full batch queue
-UNAVAILABLE = Verdict(node_ok=False, retry=True, good=False)      # a per-try timeout
-REFUSED = Verdict(node_ok=False, retry=True, good=False, refused=True)    # 503
-NODE_ERROR = Verdict(node_ok=False, retry=False, good=False)      # other 5xx
 
 
 @dataclass(slots=True, init=False)

@@ -56,10 +56,10 @@ from lb.errors import (
 from lb.pool.nodes import Node, NodePool
 from lb.request import batching
 from lb.request.call import Call, Transport
+from lb.request.directives import PRIORITIES
 from lb.request.hedge import HedgePolicy
 from lb.request.retry import RetryBudget
 from lb.request.scheduler import Run, Scheduler, Settings, Ticket
-from lb.rest.routes import PRIORITIES
 
 log = logging.getLogger("lb.request.dispatch")
 # Node clients time attempts on the loop's clock, which uvloop keeps in whole

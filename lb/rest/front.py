@@ -39,38 +39,27 @@ import time
 from collections.abc import Awaitable, Coroutine
 from typing import Any, Protocol
 
-import orjson
-
 from lb.errors import BadRequest, LbError, NotCached, NotFound
 from lb.http.client import Response
 from lb.http.server import Exchange
 from lb.pool.nodes import NodePool
 from lb.request.call import Call, Deadline, Outcome, XCache
 from lb.request.core import Core
+from lb.request.directives import parse_cache_control, parse_priority
 from lb.request.dispatch import Job
 from lb.request.observe import CLIENT_CLOSED, Recorder, model_of
 from lb.rest.formats import adapt
 from lb.rest.keys import RestKeys
-from lb.rest.routes import (
-    Route,
-    RowSizes,
-    parse_body,
-    parse_cache_control,
-    parse_path,
-    parse_priority,
-)
+from lb.rest.routes import Route, RowSizes, parse_body, parse_path
 from lb.rest.upstream import RestPayload, RestTransport
 from lb.rollout.service import Rollouts, Ticket
+from lb.status import error_body
 
 log = logging.getLogger("lb.error")
 
 JSON = b"application/json"
 MAX_ROUTES = 4096
 _OK = b'{"status": "ok"}'
-
-
-def error_body(message: str) -> bytes:
-    return orjson.dumps({"error": message})
 
 
 class Gate(Protocol):

@@ -1,4 +1,4 @@
-"""Parsing of TF Serving REST paths, request bodies and cache directives. Pure.
+"""Parsing of TF Serving REST paths and request bodies. Pure.
 
 Called by `lb.rest.front` for every request. `parse_path` accepts exactly the paths
 TF Serving serves (`/v1/models/{m}[/versions/{n}|/labels/{l}][/metadata|:verb]`);
@@ -169,32 +169,3 @@ class RowSizes:
         known[0] += (per_row - known[0]) * (0.5 if known[1] < self.WARM else 0.1)
         known[1] += 1
         known[2] = 0.0
-
-
-@dataclass(slots=True, frozen=True)
-class Directives:
-    """Request Cache-Control directives that the result cache honours."""
-
-    lookup: bool = True     # False for no-cache / no-store
-    store: bool = True      # False for no-store
-    only_if_cached: bool = False
-
-
-def parse_cache_control(value: str | None) -> Directives:
-    if not value:
-        return Directives()
-    tokens = {t.strip().split("=", 1)[0].lower() for t in value.split(",")}
-    no_store = "no-store" in tokens
-    return Directives(lookup=not (no_store or "no-cache" in tokens), store=not no_store,
-                      only_if_cached="only-if-cached" in tokens)
-
-
-PRIORITIES: Final = {"critical": 0, "normal": 1, "sheddable": 2}
-
-
-def parse_priority(value: str) -> int:
-    """A request's `X-Priority` (REST header, gRPC metadata `x-priority`) as a lane of
-    `lb.request.scheduler`: critical 0, normal 1, sheddable 2; anything else 0. The dispatcher
-    takes the lower priority of this and the model's (`models.M.priority`), so a
-    client may shed its own requests first, never jump the queue."""
-    return PRIORITIES.get(value.strip().lower(), 0)

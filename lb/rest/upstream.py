@@ -29,25 +29,15 @@ from lb.config import UpstreamConfig
 from lb.edge import node_tls
 from lb.http.client import ClientLimits, NodeClient, Response
 from lb.pool.nodes import Node
-from lb.request.call import BUSY, CLIENT_ERROR, GOOD, NODE_ERROR, REFUSED, Call, Verdict
+from lb.request.call import Call
 from lb.rest.formats import adapt
 from lb.rest.routes import Body
+from lb.status import Verdict, rest_verdict
 
 log = logging.getLogger("lb.upstream")
 
 JSON = "application/json"
 RETIRE_S = 60.0
-# TF Serving answers 429 when its batch queue is full: another node may not be. A 503
-# (a model still loading, a server starting or stopping) is a refusal: the node leaves
-# the model's set until a probe says AVAILABLE (`NodePool.refused`).
-_VERDICTS = {200: GOOD, 429: BUSY, 503: REFUSED}
-
-
-def rest_verdict(status: int) -> Verdict:
-    verdict = _VERDICTS.get(status)
-    if verdict is not None:
-        return verdict
-    return NODE_ERROR if status >= 500 else CLIENT_ERROR
 
 
 @dataclass(slots=True, init=False)     # built per request, treat as immutable
@@ -161,8 +151,7 @@ class RestTransport:
         return self.upstream.send(node, p.method, p.path, p.body, timeout_s, on_done)
 
     def verdict(self, answer: Response, cut_by_try_timeout: bool) -> Verdict:
-        verdict = _VERDICTS.get(answer.status)          # 200: no second call
-        return verdict if verdict is not None else rest_verdict(answer.status)
+        return rest_verdict(answer.status)
 
     def body(self, answer: Response) -> bytes:
         return answer.body

@@ -38,6 +38,7 @@ from lb.rollout import compare
 from lb.rollout.settings import ShadowConfig
 from lb.rollout.split import Golden
 from lb.rollout.windows import Pair, ShadowStats
+from lb.status import http_status
 
 if TYPE_CHECKING:
     from lb.rollout.service import Routed
@@ -50,15 +51,10 @@ CLIENT_CLOSED = 499
 
 Load = Callable[[], tuple[int, int, int]]     # (requests in flight, max_inflight, shed)
 
-# gRPC status code number -> the HTTP status TF Serving maps it to (for counting).
-_GRPC_HTTP = {0: 200, 1: 499, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 400,
-              11: 400, 14: 503, 16: 401}
-
-
 def grpc_status(code: Any) -> int:
     """The HTTP status of a `grpc.StatusCode` (500 for the node-failure codes)."""
     value = getattr(code, "value", (2,))
-    return _GRPC_HTTP.get(value[0] if isinstance(value, tuple) else 2, 500)
+    return http_status(value[0] if isinstance(value, tuple) else 2)
 
 
 def reply(protocol: str, answer: Any) -> tuple[int, bytes | None]:

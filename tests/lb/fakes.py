@@ -11,8 +11,8 @@ from typing import Any
 
 from lb.errors import UpstreamTimeout
 from lb.pool.nodes import Node
-from lb.request.call import Call, Deadline, Verdict
-from lb.rest.upstream import rest_verdict
+from lb.request.call import Call, Deadline
+from lb.status import Verdict, rest_verdict
 
 
 class Answer:

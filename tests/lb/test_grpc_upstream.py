@@ -6,7 +6,7 @@ import grpc
 
 from lb.config import GrpcConfig
 from lb.grpc.upstream import GrpcReply, GrpcTransport, GrpcUpstream
-from lb.request.call import BUSY, CLIENT_ERROR, GOOD, NODE_ERROR, UNAVAILABLE
+from lb.status import BUSY, CLIENT_ERROR, GOOD, NODE_ERROR, UNREACHED
 
 Code = grpc.StatusCode
 
@@ -17,7 +17,7 @@ def _verdict(code: grpc.StatusCode, cut: bool = False) -> object:
 
 def test_deadline_exceeded_blames_the_node_only_under_a_per_try_timeout() -> None:
     # Cut by the proxy's per-try timeout: the node was slow, try another one.
-    assert _verdict(Code.DEADLINE_EXCEEDED, cut=True) == UNAVAILABLE
+    assert _verdict(Code.DEADLINE_EXCEEDED, cut=True) == UNREACHED
     # The client's own deadline (forwarded to the node): no error, no ejection.
     assert _verdict(Code.DEADLINE_EXCEEDED, cut=False) == CLIENT_ERROR
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lb.errors import BadRequest, NotFound
-from lb.rest.routes import RowSizes, parse_body, parse_cache_control, parse_path
+from lb.request.directives import parse_cache_control
+from lb.rest.routes import RowSizes, parse_body, parse_path
 
 
 @pytest.mark.parametrize(("path", "model", "version", "label", "verb", "meta"), [

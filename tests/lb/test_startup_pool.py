@@ -153,7 +153,7 @@ class ScriptedNodes:
         return fut
 
     def verdict(self, answer: _Answer, cut: bool) -> Any:
-        from lb.rest.upstream import rest_verdict
+        from lb.status import rest_verdict
         return rest_verdict(answer.status)
 
     def body(self, answer: _Answer) -> bytes:

@@ -15,10 +15,11 @@ from lb.config import Config, parse_config
 from lb.errors import Unavailable, UpstreamConnectError
 from lb.http.client_conn import Response
 from lb.pool.nodes import Node, NodePool
-from lb.request.call import Call, Deadline, Outcome, Verdict, XCache
-from lb.rest.upstream import RestPayload, rest_verdict
+from lb.request.call import Call, Deadline, Outcome, XCache
+from lb.rest.upstream import RestPayload
 from lb.rollout.progress import Phase, Refused
 from lb.rollout.service import Rollouts
+from lb.status import Verdict, rest_verdict
 
 NODES = [{"name": "s1", "rest": "http://h:1", "group": "stable"},
          {"name": "s2", "rest": "http://h:2", "group": "stable"},
