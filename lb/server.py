@@ -127,6 +127,7 @@ class Proxy:
         self._http: HttpServer | None = None
         self._admin: list[web.AppRunner] = []     # admin, metrics or control sites
         self._tasks: list[asyncio.Task[Any]] = []
+        self._closers: list[Callable[[], Awaitable[None]]] = []     # after the tasks
         self.discovery: DnsDiscovery | None = None
         self._discovery_task: asyncio.Task[None]
 
@@ -248,6 +249,10 @@ class Proxy:
         host, port = split_hostport(address or self.cfg.listen.admin)
         await web.TCPSite(runner, host, port, backlog=128, reuse_port=True).start()
 
+    def on_stop(self, close: Callable[[], Awaitable[None]]) -> None:
+        """`close` runs in `stop`, once the tasks are cancelled (e.g. `Reloader.close`)."""
+        self._closers.append(close)
+
     def add_task(self, coro: Awaitable[Any], name: str) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
         self._tasks[-1].set_name(name)
@@ -269,6 +274,9 @@ class Proxy:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for close in self._closers:
+            with contextlib.suppress(Exception):
+                await close()
         await self.health.close()
         await self.dispatcher.close()
         if self.core.rows is not None:
@@ -284,8 +292,9 @@ class Proxy:
         from lb.request.call import Call, Deadline
 
         path = f"/v1/models/{model}/versions/{version}/metadata"
-        call = Call(model, version, None, True, 0.0,
-                    Deadline.after(self.cfg.health.timeout_s * 2), RestPayload("GET", path))
+        call = Call(model=model, version=version, pinned=True, units=0.0,
+                    deadline=Deadline.after(self.cfg.health.timeout_s * 2),
+                    payload=RestPayload("GET", path))
         try:
             out = await self.core.passthrough(call, self.rest_transport)
         except LbError:
@@ -311,6 +320,7 @@ async def serve_admin_side(proxy: Proxy, config_path: str | None) -> None:
     if socket_path is not None:
         reloader = Reloader(proxy, config_path, follow=False)
         reloader.start()
+        proxy.on_stop(reloader.close)
         control.die_with_supervisor()
         await proxy.serve_admin(control.make_control_app(proxy, reloader), unix=socket_path)
         return
@@ -318,6 +328,7 @@ async def serve_admin_side(proxy: Proxy, config_path: str | None) -> None:
     reloader = Reloader(proxy, config_path)
     for task in reloader.start():
         proxy.add_task(task, task.get_name())
+    proxy.on_stop(reloader.close)
     view = LocalView(proxy, reloader)
     warn_if_exposed(proxy.cfg.listen.admin, proxy.cfg.admin.token)
     await proxy.serve_admin(make_admin_app(view))

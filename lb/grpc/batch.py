@@ -304,8 +304,8 @@ class GrpcBatchCodec:
         payload = GrpcPayload(p.path, raw, Request(spec, rows, inputs, req.output_filter))
         cost = first.units / max(first.rows, 1)
         deadline = Deadline(min(c.deadline.at for c in calls))
-        return Call(first.model, first.version, None, True, rows * cost, deadline, payload,
-                    rows=rows, group=first.group)
+        return Call(model=first.model, version=first.version, pinned=True, units=rows * cost,
+                    deadline=deadline, payload=payload, rows=rows, group=first.group)
 
     def split(self, answer: GrpcReply, calls: list[Call]) -> list[GrpcReply] | None:
         if answer.code != OK:

@@ -194,9 +194,10 @@ class GrpcFront:
         cap = self._cfg().grpc.timeout_s
         deadline = Deadline.after(cap if remaining is None else min(remaining, cap))
         spec = req.spec
-        call = Call(spec.name, spec.version, spec.label, spec.version is not None,
-                    req.rows * self._cfg().model(spec.name).cost, deadline,
-                    GrpcPayload(path, raw, req), rows=req.rows)
+        call = Call(model=spec.name, version=spec.version, label=spec.label,
+                    pinned=spec.version is not None,
+                    units=req.rows * self._cfg().model(spec.name).cost, deadline=deadline,
+                    payload=GrpcPayload(path, raw, req), rows=req.rows)
         if (priority := _metadata(context, "x-priority")) is not None:
             call.priority = parse_priority(priority)
         if self.rollouts is None:

@@ -248,6 +248,17 @@ class Tau:
 WINDOW_STEPS = 100      # buckets per LoadWindow
 
 
+class Bucket:
+    """One time step of a `LoadWindow`: when it began, its Σ w·t and its count."""
+
+    __slots__ = ("count", "start", "work")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.work = 0.0
+        self.count = 0
+
+
 @dataclass(slots=True)
 class LoadWindow:
     """Σ w_j · t_j and the request count over the last `window_s` seconds.
@@ -259,30 +270,30 @@ class LoadWindow:
     bucket, window_s / WINDOW_STEPS, early)."""
 
     window_s: float
-    _buckets: deque[list[float]] = field(default_factory=deque)   # [start, work, count]
+    _buckets: deque[Bucket] = field(default_factory=deque)
     _sum: float = 0.0
     _count: int = 0
 
     def add(self, now: float, units: float, seconds: float) -> None:
         work = units * seconds
         buckets = self._buckets
-        if not buckets or now - buckets[-1][0] >= self.window_s / WINDOW_STEPS:
-            buckets.append([now, 0.0, 0.0])
-            if buckets[0][0] < now - self.window_s:
+        if not buckets or now - buckets[-1].start >= self.window_s / WINDOW_STEPS:
+            buckets.append(Bucket(now))
+            if buckets[0].start < now - self.window_s:
                 self._expire(now)
         bucket = buckets[-1]
-        bucket[1] += work
-        bucket[2] += 1
+        bucket.work += work
+        bucket.count += 1
         self._sum += work
         self._count += 1
 
     def _expire(self, now: float) -> None:
         horizon = now - self.window_s
         buckets = self._buckets
-        while buckets and buckets[0][0] < horizon:
-            _, work, count = buckets.popleft()
-            self._sum -= work
-            self._count -= int(count)
+        while buckets and buckets[0].start < horizon:
+            gone = buckets.popleft()
+            self._sum -= gone.work
+            self._count -= gone.count
         if not buckets:
             self._sum = 0.0   # no float drift accumulates across idle periods
 

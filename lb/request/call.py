@@ -87,8 +87,6 @@ class Call:
     deadline: Deadline
     payload: Any                # what the front's Transport sends; opaque to the core
     directives: Directives = DEFAULT_DIRECTIVES
-    key: str | None = None      # the cache key, when the request is cacheable
-    idempotent: bool = True     # may be hedged
     rows: int = 1
     decision: Any = None        # the adaptive cache's Decision, once made (lb.request.core)
     priority: int = 0           # the client's X-Priority, lanes as lb.request.scheduler's
@@ -96,11 +94,10 @@ class Call:
                                 # the model's counts
     group: str | None = None    # the node group that answers (lb.rollout); None: any node
 
-    def __init__(self, model: str, version: int | None, label: str | None, pinned: bool,
-                 units: float, deadline: Deadline, payload: Any,
-                 directives: Directives = DEFAULT_DIRECTIVES, key: str | None = None,
-                 idempotent: bool = True, rows: int = 1, decision: Any = None,
-                 priority: int = 0, group: str | None = None) -> None:
+    def __init__(self, *, model: str, version: int | None, pinned: bool, units: float,
+                 deadline: Deadline, payload: Any, label: str | None = None,
+                 directives: Directives = DEFAULT_DIRECTIVES, rows: int = 1,
+                 decision: Any = None, priority: int = 0, group: str | None = None) -> None:
         self.model = model
         self.version = version
         self.label = label
@@ -109,8 +106,6 @@ class Call:
         self.deadline = deadline
         self.payload = payload
         self.directives = directives
-        self.key = key
-        self.idempotent = idempotent
         self.rows = rows
         self.decision = decision
         self.priority = priority

@@ -448,7 +448,7 @@ class Dispatcher:
                     continue
                 job = run.tickets[0].payload
                 if (isinstance(job, Job) and not job.done and len(job.runs) == 1
-                        and job.call.idempotent and self.cfg.model(job.call.model).hedge
+                        and self.cfg.model(job.call.model).hedge
                         and not job.hedge(rescue=True)):
                     break               # no slot or no budget: none for the next either
         if busy:
@@ -457,7 +457,7 @@ class Dispatcher:
     def arm_hedge(self, job: Job, run: Run, now: float) -> None:
         """A p95 hedge for `job`'s first attempt, when hedging is on and the node has a p95."""
         call = job.call
-        if job.timer is not None or not call.idempotent or not self.cfg.model(call.model).hedge:
+        if job.timer is not None or not self.cfg.model(call.model).hedge:
             return
         delay = self.hedging.delay(run.node.name, call.model)
         if delay is not None and self.loop is not None:

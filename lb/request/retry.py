@@ -22,43 +22,54 @@ from dataclasses import dataclass, field
 STEPS = 100
 
 
+class Step:
+    """One time step of a `RetryBudget`: when it began, its deposits and its spends."""
+
+    __slots__ = ("deposits", "spent", "start")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.deposits = 0.0
+        self.spent = 0.0
+
+
 @dataclass(slots=True)
 class RetryBudget:
     ratio: float = 0.2          # retries allowed per request
     min_per_s: float = 5.0      # retries always allowed per second
     ttl_s: float = 10.0         # how long a request's deposit counts
-    _buckets: deque[list[float]] = field(default_factory=deque)   # [start, deposits, spent]
+    _buckets: deque[Step] = field(default_factory=deque)
     _deposits: float = 0.0
     _spent: float = 0.0
     retries: int = 0
     rejected: int = 0
 
-    def _bucket(self, now: float) -> list[float]:
+    def _bucket(self, now: float) -> Step:
         """The bucket `now` falls in, after dropping the ones past the window."""
         buckets = self._buckets
         step = self.ttl_s / STEPS
         horizon = now - self.ttl_s
-        while buckets and buckets[0][0] < horizon:
-            _, deposits, spent = buckets.popleft()
-            self._deposits -= deposits
-            self._spent -= spent
+        while buckets and buckets[0].start < horizon:
+            gone = buckets.popleft()
+            self._deposits -= gone.deposits
+            self._spent -= gone.spent
         if not buckets:
             self._deposits = self._spent = 0.0       # no float drift across idle periods
-        if buckets and now - buckets[-1][0] < step:
+        if buckets and now - buckets[-1].start < step:
             return buckets[-1]
-        bucket = [now, 0.0, 0.0]
+        bucket = Step(now)
         buckets.append(bucket)
         return bucket
 
     def deposit(self, now: float) -> None:
         """A client request arrived (counted once, whatever its attempts)."""
         buckets = self._buckets
-        if (buckets and now - buckets[-1][0] < self.ttl_s / STEPS
-                and buckets[0][0] >= now - self.ttl_s):
+        if (buckets and now - buckets[-1].start < self.ttl_s / STEPS
+                and buckets[0].start >= now - self.ttl_s):
             bucket = buckets[-1]            # the common case: `_bucket` has nothing to do
         else:
             bucket = self._bucket(now)
-        bucket[1] += 1
+        bucket.deposits += 1
         self._deposits += 1
 
     def allowance(self, now: float) -> float:
@@ -73,7 +84,7 @@ class RetryBudget:
         """Take one retry from the budget, leaving at least `keep` in it; False (and
         counted) when it cannot."""
         if self.available(now) >= 1.0 + keep:
-            self._bucket(now)[2] += 1
+            self._bucket(now).spent += 1
             self._spent += 1
             self.retries += 1
             return True

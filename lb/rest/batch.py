@@ -114,8 +114,8 @@ class RestBatchCodec:
                               Body(doc, rows, p.parsed.signature_name), "predict")
         cost = first.units / max(first.rows, 1)
         deadline = Deadline(min(c.deadline.at for c in calls))
-        return Call(first.model, first.version, None, True, rows * cost, deadline, payload,
-                    rows=rows, group=first.group)
+        return Call(model=first.model, version=first.version, pinned=True, units=rows * cost,
+                    deadline=deadline, payload=payload, rows=rows, group=first.group)
 
     def split(self, answer: Response, calls: list[Call]) -> list[Response] | None:
         try:

@@ -146,8 +146,9 @@ class RestFront:
         if req.method == "GET":
             if route.verb is not None:
                 raise BadRequest(f"{route.verb} requires POST")
-            call = Call(route.model, route.version, route.label, route.version is not None,
-                        0.0, deadline, RestPayload("GET", forward_path))
+            call = Call(model=route.model, version=route.version, label=route.label,
+                        pinned=route.version is not None, units=0.0, deadline=deadline,
+                        payload=RestPayload("GET", forward_path))
             if self.rollouts is not None:
                 self.rollouts.route_rest(call, req)     # the group of a routed model
             return call, XCache.BYPASS                  # status and metadata: never cached
@@ -156,8 +157,9 @@ class RestFront:
         if route.verb is None:
             raise BadRequest("POST needs a :predict, :classify or :regress path")
         payload = RestPayload("POST", forward_path, req.body, None, route.verb)
-        call = Call(route.model, route.version, route.label, route.version is not None,
-                    0.0, deadline, payload)
+        call = Call(model=route.model, version=route.version, label=route.label,
+                    pinned=route.version is not None, units=0.0, deadline=deadline,
+                    payload=payload)
         if (cc := req.header(b"cache-control")) is not None:
             call.directives = parse_cache_control(cc.decode("latin-1"))
         if (pr := req.header(b"x-priority")) is not None:

@@ -115,6 +115,18 @@ def parse_body(raw: bytes, verb: str) -> Body:
                 columnar=verb == "predict" and "inputs" in doc)
 
 
+class RowSize:
+    """What `RowSizes` knows of one (model, verb)."""
+
+    __slots__ = ("every", "parsed", "per_row", "since")
+
+    def __init__(self, per_row: float, every: int) -> None:
+        self.per_row = per_row      # bytes per row (EWMA)
+        self.parsed = 1             # bodies parsed
+        self.since = 0              # bodies since the last parse
+        self.every = every          # the interval between parses
+
+
 class RowSizes:
     """Rows of a POST body from its size: bytes per row, learned per model and verb.
 
@@ -142,18 +154,16 @@ class RowSizes:
     __slots__ = ("_known",)
 
     def __init__(self) -> None:
-        # (model, verb) -> [bytes per row (EWMA), bodies parsed, bodies since the last,
-        #                   the interval between parses]
-        self._known: dict[tuple[str, str], list[float]] = {}
+        self._known: dict[tuple[str, str], RowSize] = {}
 
     def rows(self, model: str, verb: str, size: int) -> int | None:
         known = self._known.get((model, verb))
-        if known is None or known[1] < self.WARM:
+        if known is None or known.parsed < self.WARM:
             return None
-        known[2] += 1
-        if known[2] >= known[3]:
+        known.since += 1
+        if known.since >= known.every:
             return None
-        return max(round((size - self.ENVELOPE) / known[0]), 1)
+        return max(round((size - self.ENVELOPE) / known.per_row), 1)
 
     def learn(self, model: str, verb: str, size: int, rows: int) -> None:
         key = (model, verb)
@@ -161,11 +171,11 @@ class RowSizes:
         known = self._known.get(key)
         if known is None:
             if len(self._known) < self.MAX_ENTRIES:
-                self._known[key] = [per_row, 1.0, 0.0, self.EVERY]
+                self._known[key] = RowSize(per_row, self.EVERY)
             return
-        if known[1] >= self.WARM:       # did the estimate get this body right?
-            agreed = max(round((size - self.ENVELOPE) / known[0]), 1) == rows
-            known[3] = min(known[3] * 2, self.MAX_EVERY) if agreed else self.EVERY
-        known[0] += (per_row - known[0]) * (0.5 if known[1] < self.WARM else 0.1)
-        known[1] += 1
-        known[2] = 0.0
+        if known.parsed >= self.WARM:       # did the estimate get this body right?
+            agreed = max(round((size - self.ENVELOPE) / known.per_row), 1) == rows
+            known.every = min(known.every * 2, self.MAX_EVERY) if agreed else self.EVERY
+        known.per_row += (per_row - known.per_row) * (0.5 if known.parsed < self.WARM else 0.1)
+        known.parsed += 1
+        known.since = 0

@@ -39,6 +39,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("lb.rest.rowcache")
 
 
+class Answered:
+    """Which node answered a row fetch (set by `_fetch` once it has), for the caller."""
+
+    __slots__ = ("node",)
+
+    def __init__(self) -> None:
+        self.node: str | None = None
+
+
 class RowsFailed(Exception):
     """The node did not answer the missing rows with a usable 200; carries its reply."""
 
@@ -112,14 +121,14 @@ class RowCache:
         share = call.directives.lookup      # no-cache requests neither join nor lead
         owned = {k: i for k, i in missing.items() if not (share and k in self._flights)}
         waiting = {k: self._flights[k] for k in missing if k not in owned}
-        node_box: list[str] = []
+        answered = Answered()
         if owned:
             loop = asyncio.get_running_loop()
             futures = {k: loop.create_future() for k in owned}
             if share:
                 self._flights.update(futures)
             task = asyncio.create_task(
-                self._fetch(call, transport, owned, futures, node_box),
+                self._fetch(call, transport, owned, futures, answered),
                 name=f"rows:{call.model}:{len(owned)}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -130,7 +139,7 @@ class RowCache:
         except TimeoutError:
             raise DeadlineExceeded("Deadline exceeded") from None
         found = dict(zip(waiting, done, strict=True))
-        return found, (node_box[0] if node_box else None), not owned
+        return found, answered.node, not owned
 
     def _subcall(self, call: Call, owned: dict[str, int]) -> Call:
         p: RestPayload = call.payload
@@ -146,10 +155,10 @@ class RowCache:
         return replace(call, payload=payload, rows=rows, units=rows * cost)
 
     async def _fetch(self, call: Call, transport: Transport[Any], owned: dict[str, int],
-                     futures: dict[str, asyncio.Future[bytes]], node_box: list[str]) -> None:
+                     futures: dict[str, asyncio.Future[bytes]], answered: Answered) -> None:
         try:
             reply, node = await self.core.forward(self._subcall(call, owned), transport)
-            node_box.append(node.name)
+            answered.node = node.name
             if reply.status != 200:
                 raise RowsFailed(reply, node.name)
             rows = split_predictions(reply, len(owned), node.name)

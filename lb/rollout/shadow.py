@@ -210,8 +210,8 @@ def send(ticket: Ticket, shadow: Shadow, call: Call, transport: Transport[Any],
         shadow.stats.skip(reason or "no_node")
         return
     timeout = shadow.cfg.timeout_s
-    copy = Call(call.model, None, call.label, call.pinned, call.units,
-                Deadline(now + timeout), call.payload, idempotent=call.idempotent,
+    copy = Call(model=call.model, version=None, label=call.label, pinned=call.pinned,
+                units=call.units, deadline=Deadline(now + timeout), payload=call.payload,
                 rows=call.rows, group=shadow.cfg.group)
     ticket.shadowing, ticket.shadow_node = True, node.name
     ticket.shadow_start = time.perf_counter()

@@ -89,4 +89,5 @@ class ScriptedNodes:
 
 def call(model: str = "m", version: int | None = 1, left_s: float = 5.0,
          units: float = 1.0) -> Call:
-    return Call(model, version, None, False, units, Deadline(time.monotonic() + left_s), None)
+    return Call(model=model, version=version, pinned=False, units=units,
+                deadline=Deadline(time.monotonic() + left_s), payload=None)

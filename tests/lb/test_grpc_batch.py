@@ -64,8 +64,9 @@ def call_of(req: predict_pb2.PredictRequest | bytes, *, resolved: int | None = V
     spec = parsed.spec
     version = spec.version if spec.version is not None else (
         None if spec.label else resolved)
-    return Call(spec.name, version, spec.label, spec.version is not None,
-                parsed.rows * cost, Deadline.after(timeout), GrpcPayload(path, raw, parsed),
+    return Call(model=spec.name, version=version, label=spec.label,
+                pinned=spec.version is not None, units=parsed.rows * cost,
+                deadline=Deadline.after(timeout), payload=GrpcPayload(path, raw, parsed),
                 rows=parsed.rows)
 
 

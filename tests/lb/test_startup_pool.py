@@ -164,7 +164,8 @@ class ScriptedNodes:
 
 
 def _call(left_s: float = 5.0) -> Call:
-    return Call(M, 123, None, False, 1.0, Deadline(time.monotonic() + left_s), None)
+    return Call(model=M, version=123, pinned=False, units=1.0,
+                deadline=Deadline(time.monotonic() + left_s), payload=None)
 
 
 def _pool_with(available: str, loading: str, **cfg: Any) -> tuple[Dispatcher, NodePool]:

@@ -73,8 +73,10 @@ def setup(cfg: Config) -> tuple[Rollouts, NodePool, Recorder, Load]:
 
 
 def call(model: str = "m", body: bytes = b'{"instances": [[1.0]]}') -> Call:
-    return Call(model, None, None, False, 1.0, Deadline.after(10.0),
-                RestPayload("POST", f"/v1/models/{model}:predict", body, None, "predict"))
+    return Call(model=model, version=None, pinned=False, units=1.0,
+                deadline=Deadline.after(10.0),
+                payload=RestPayload("POST", f"/v1/models/{model}:predict", body, None,
+                                    "predict"))
 
 
 def route(r: Rollouts, c: Call, **headers: str) -> Call:
