@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -37,6 +38,8 @@ from lb.rollout.settings import (
     StickyBy,
     check_models,
 )
+
+log = logging.getLogger("lb.config")
 
 Positive = Annotated[float, Field(gt=0)]
 
@@ -185,13 +188,28 @@ class QueueConfig(_Strict):
 
 class PolicyConfig(_Strict):
     name: Literal["least_load", "round_robin", "least_conn"] = "least_load"
-    ewma_decay_s: Positive = 10.0
+    # a stale τ above the pool's least relaxes towards it with this time constant
+    tau_relax_s: Positive = 10.0
     window_s: Positive = 10.0
     slow_start_s: Annotated[float, Field(ge=0)] = 5.0   # ramp of a readmitted/added node
     stall_factor: Annotated[float, Field(gt=1)] = 3.0   # oldest in flight > k·τ·units: slow now
     tie_band: Annotated[float, Field(ge=0, le=1)] = 0.2  # scores within 20 % of the least tie
     concurrency: ConcurrencyConfig = ConcurrencyConfig()
     queue: QueueConfig = QueueConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ewma_decay_s(cls, data: Any) -> Any:
+        """`ewma_decay_s`, the old name of `tau_relax_s` (τ is a median, not an EWMA):
+        accepted with a warning; both at once is an error."""
+        if isinstance(data, dict) and "ewma_decay_s" in data:
+            if "tau_relax_s" in data:
+                raise ValueError("policy.ewma_decay_s is the old name of "
+                                 "policy.tau_relax_s: give only tau_relax_s")
+            log.warning("policy.ewma_decay_s is deprecated: call it policy.tau_relax_s")
+            data = {k: v for k, v in data.items() if k != "ewma_decay_s"} | {
+                "tau_relax_s": data["ewma_decay_s"]}
+        return data
 
 
 class AdaptiveConfig(_Strict):

@@ -1,4 +1,5 @@
-"""The proxy's exception tree, and the one place that maps it to TF Serving errors.
+"""The proxy's exception tree: each class's `status` is the REST answer (`lb.status`
+holds the other boundaries' tables).
 
     LbError
     ├── ConfigError            bad config file (names the file and field)

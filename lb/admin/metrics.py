@@ -8,7 +8,8 @@ from the live objects, so it costs nothing per request beyond what
 
 * `tfslb_requests_total{model,node,code}` and
   `tfslb_request_duration_seconds{model,node}` from the Recorder's counts;
-* per-node in-flight, τ (EWMA), load (the seed's formula over the window),
+* per-node in-flight, τ (the median seconds per unit; `node_ewma_seconds`, an old
+  name kept for dashboards), load (the seed's formula over the window),
   configured and effective weight, health, requests, errors and ejections;
 * retries and retry-budget rejections, hedges (sent, won, budget), requests
   that waited for a model to become available, load shed at the in-flight cap;

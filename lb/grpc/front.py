@@ -1,7 +1,7 @@
 """The gRPC front: TF Serving's gRPC services on `listen.grpc`, balanced per call.
 
-Started and stopped by `lb.server` (`GrpcFront.start` inside `start()`,
-`GrpcFront.stop` first in `Running.stop()`). A thin adapter: it reads what
+Started and stopped by `lb.server` (`GrpcFront.start` in `Proxy.start`,
+`GrpcFront.stop` first in `Proxy.stop`). A thin adapter: it reads what
 routing needs from the wire (`lb.grpc.messages`), builds a `Call` and hands
 it to the same core as the REST front (`lb.request.core`). Serves, with generic
 handlers whose requests and replies stay bytes:

@@ -1,6 +1,7 @@
 """Keep-alive HTTP/1.1 connection pools from the proxy to the nodes.
 
-Called by the request core (one `NodeClient` per node) and by the health checks.
+Called by `lb.rest.upstream.RestUpstream`, which keeps one `NodeClient` per node for
+the attempts the dispatcher sends, the health probes and metadata reads.
 Guarantees: the future `send` returns completes with a `Response` for any HTTP
 status, or with `UpstreamConnectError` (nothing answered: safe to try another
 node), `UpstreamTimeout` (connect or deadline passed) or `UpstreamError`

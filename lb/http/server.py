@@ -1,7 +1,8 @@
 """The client-facing HTTP/1.1 server of the REST front (httptools/llhttp on uvloop).
 
-Called by the REST front, which wraps its request core (an `App`) in an `HttpServer`:
-`await HttpServer(app, limits).start(host, port)`, later `await server.shutdown(grace_s)`.
+Built by the composition root (`lb.server.Proxy.start`) around the REST front (an
+`App`): `await HttpServer(app, limits).start(host, port)`, later `await
+server.shutdown(grace_s)`.
 It knows nothing of TF Serving or of proxying; per-connection behaviour (ordering,
 pipelining, limits, timeouts, aborts) is guaranteed by `lb.http.server_protocol`.
 With an `ssl.SSLContext` it serves TLS (`lb.edge.tls` makes the REST front's): the

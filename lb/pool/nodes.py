@@ -111,7 +111,7 @@ class Node:
     @classmethod
     def from_config(cls, cfg: NodeConfig, pcfg: PolicyConfig) -> Node:
         return cls(name=cfg.name, rest=cfg.rest, grpc=cfg.grpc, weight=cfg.weight,
-                   tau=policy.Tau(pcfg.ewma_decay_s), window=policy.LoadWindow(pcfg.window_s),
+                   tau=policy.Tau(pcfg.tau_relax_s), window=policy.LoadWindow(pcfg.window_s),
                    group=cfg.group)
 
     def begin(self, units: float, now: float) -> Flight:
@@ -197,7 +197,7 @@ class Node:
         time constants change; counters, in-flight work, τ, the window and health stay."""
         self.weight, self.rest, self.grpc = cfg.weight, cfg.rest, cfg.grpc
         self.group = cfg.group
-        self.tau.decay_s = pcfg.ewma_decay_s
+        self.tau.decay_s = pcfg.tau_relax_s
         self.window.window_s = pcfg.window_s
 
     def readmit(self, now: float) -> None:
@@ -390,7 +390,7 @@ class NodePool:
             now = self._clock()
             pcfg = self._pcfg
             cands = [n.candidate(now, self.outlier) for n in pool]
-            return pool[policy.least_load(cands, units, self._rng, pcfg.ewma_decay_s,
+            return pool[policy.least_load(cands, units, self._rng, pcfg.tau_relax_s,
                                           pcfg.stall_factor, pcfg.tie_band)]
         return pool[self._choose(pool, units, self._clock())]
 
@@ -423,7 +423,7 @@ class NodePool:
         cands = [n.candidate(now, self.outlier) for n in pool]
         if self.policy_name == "least_conn":
             return policy.least_conn(cands, units, self._rng)
-        return policy.least_load(cands, units, self._rng, self._pcfg.ewma_decay_s,
+        return policy.least_load(cands, units, self._rng, self._pcfg.tau_relax_s,
                                  self._pcfg.stall_factor, self._pcfg.tie_band)
 
     def scores(self, units: float, *nodes: Node) -> list[float]:
@@ -432,7 +432,7 @@ class NodePool:
         now = self._clock()
         ref = policy.least_tau([n.candidate(now, self.outlier) for n in self.nodes.values()])
         pcfg = self._pcfg
-        return [policy.score(n.candidate(now, self.outlier), units, ref, pcfg.ewma_decay_s,
+        return [policy.score(n.candidate(now, self.outlier), units, ref, pcfg.tau_relax_s,
                              pcfg.stall_factor) for n in nodes]
 
     # -- versions: what the health checks report, and waiting for AVAILABLE -----

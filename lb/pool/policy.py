@@ -17,7 +17,7 @@ The formula (docs/ARCHITECTURE.md, "The policy"):
   scored with the least τ of the nodes that have them (optimistic: slow start
   limits what a wrong guess costs, and it gets the node its first samples),
   and a τ above that least one which no sample has refreshed for a while
-  relaxes towards it. The time constant is `ewma_decay_s` for a τ of a full
+  relaxes towards it. The time constant is `tau_relax_s` for a τ of a full
   ring of samples and proportionally shorter for one of fewer: a node that
   looked slow on its first, warm-up replies is tried again within seconds,
   not shut out with no traffic and so no sample to correct it.

@@ -76,7 +76,7 @@ def settings(cfg: Config) -> Settings:
     return Settings(target_s=pcfg.queue.target_ms / 1000.0,
                     interval_s=pcfg.queue.interval_ms / 1000.0, lifo=pcfg.queue.lifo,
                     queue_timeout_s=cfg.limits.queue_timeout_s, tie_band=pcfg.tie_band,
-                    relax_s=pcfg.ewma_decay_s, stall_factor=pcfg.stall_factor,
+                    relax_s=pcfg.tau_relax_s, stall_factor=pcfg.stall_factor,
                     early=pcfg.name != "least_load")
 
 

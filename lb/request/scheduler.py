@@ -450,7 +450,7 @@ class Scheduler:
         `TRUST_SAMPLES` that put it above the least τ any node has for it, that least
         one (optimistic: the node gets samples; a node's first replies are often slow, a
         cold model), and 1.0 when none has; a τ that no sample refreshed relaxes
-        towards that least one (`policy.ewma_decay_s`)."""
+        towards that least one (`policy.tau_relax_s`)."""
         tau = node.taus.get(key)
         ref = self._least_tau(key)
         if tau is None or tau.value is None or (tau.samples < TRUST_SAMPLES

@@ -4,9 +4,9 @@ Called by `lb.http.server.HttpServer` for every complete client request
 (`handle`). It parses the route and body once, builds a `Call` and hands it to
 `lb.request.core.Core`; the answer goes back through `Exchange.respond`. This is the
 one place where the proxy's `LbError`s become TF Serving's `{"error": "..."}`
-replies with their status codes (`error_reply`); replies from nodes, including
-their errors (404 unknown model, 400 bad input), pass through with their
-status and body. Besides TF Serving's paths it answers `GET /healthz`
+replies with their status codes (`_fail`, with `lb.status.error_body`); replies
+from nodes, including their errors (404 unknown model, 400 bad input), pass
+through with their status and body. Besides TF Serving's paths it answers `GET /healthz`
 (liveness) and `GET /readyz` (200 while a node is healthy and the proxy is not
 draining) for orchestrators.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ nodes:
   - {name: tf-b, rest: "http://10.0.0.6:8501", grpc: "10.0.0.6:8500", weight: 1}
 models:
   mnist: {cost: 1.0, row_cache: true}
-policy: {name: least_load, ewma_decay_s: 10, window_s: 10}
+policy: {name: least_load, tau_relax_s: 10, window_s: 10}
 cache: {backend: memory, redis_url: "redis://127.0.0.1:6379/0", ttl_s: 3600, memory_mb: 64}
 """
 
@@ -229,3 +230,14 @@ def test_a_yaml_boolean_where_a_word_is_expected_says_so(tmp_path: Path) -> None
         line = next(ln for ln in lines if f": {'.'.join(setting)}: " in ln)
         assert "YAML read the unquoted word as the boolean true" in line, line
         assert 'quote the word, e.g. "on"' in line, line
+
+
+def test_ewma_decay_s_is_the_old_name_of_tau_relax_s(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="lb.config"):
+        cfg = parse_config({"nodes": [{"name": "a", "rest": "http://127.0.0.1:1"}],
+                            "policy": {"ewma_decay_s": 3}})
+    assert cfg.policy.tau_relax_s == 3
+    assert "ewma_decay_s is deprecated" in caplog.text
+    with pytest.raises(ConfigError, match="policy"):
+        parse_config({"nodes": [{"name": "a", "rest": "http://127.0.0.1:1"}],
+                      "policy": {"ewma_decay_s": 3, "tau_relax_s": 4}})

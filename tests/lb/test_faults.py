@@ -59,7 +59,7 @@ def fault_proxy(logs_dir: Path, urls: list[str], name: str) -> ProxyProc:
                      health={"interval_s": 0.5, "timeout_s": 0.5, "unhealthy_after": 1},
                      outlier={"consecutive_errors": 3, "base_ejection_s": 2.0},
                      upstream={"try_timeout_s": 1.0, "connect_timeout_s": 0.5},
-                     policy={"ewma_decay_s": 2.0, "slow_start_s": 3.0})
+                     policy={"tau_relax_s": 2.0, "slow_start_s": 3.0})
 
 
 def node_state(p: ProxyProc, name: str) -> dict[str, Any]:
