@@ -227,15 +227,11 @@ class Edge:
             principal.allowed += 1
             return True
         rows = self._rows(ex, route[2]) if kind == CALL and limits.rows_per_s else 0
-        budget = principal.budget
-        if budget is not None and self.shared is None:      # _charge, inline: the common
-            wait = budget.take(time.monotonic(), rows)       # case of a local budget
-        else:
-            charged = self._charge(principal, model, rows)
-            if not isinstance(charged, float):
-                charged.add_done_callback(functools.partial(self._decided, ex, principal))
-                return False
-            wait = charged
+        charged = self._charge(principal, model, rows)
+        if not isinstance(charged, float):
+            charged.add_done_callback(functools.partial(self._decided, ex, principal))
+            return False
+        wait = charged
         if wait > 0.0:
             self._refuse(ex, self._limited(principal, wait))
             return False

@@ -57,26 +57,16 @@ class Budget:
 
     def take(self, now: float, rows: int) -> float:
         """Charge one request of `rows` rows and return 0.0, or return the seconds to
-        wait (and charge nothing). Bucket.wait and take, written out: every request of
-        a key with limits runs this."""
+        wait (and charge nothing): both buckets pass, or neither is charged."""
         req, by_rows = self.requests, self.rows
-        wait = 0.0
-        req_at = rows_at = 0.0
-        if req is not None:             # cost 1: one interval (depth >= interval)
-            req_at = (req.tat if req.tat > now else now) + req.interval
-            wait = req_at - now - req.depth
-        if by_rows is not None:
-            rows_at = ((by_rows.tat if by_rows.tat > now else now)
-                       + min(rows * by_rows.interval, by_rows.depth))
-            excess = rows_at - now - by_rows.depth
-            if excess > wait:
-                wait = excess
+        wait = max(req.wait(now, 1) if req is not None else 0.0,
+                   by_rows.wait(now, rows) if by_rows is not None else 0.0)
         if wait > 0.0:
             return wait
         if req is not None:
-            req.tat = req_at
+            req.take(now, 1)
         if by_rows is not None:
-            by_rows.tat = rows_at
+            by_rows.take(now, rows)
         return 0.0
 
 

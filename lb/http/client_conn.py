@@ -293,13 +293,7 @@ class Conn(asyncio.Protocol):
         status = self.status
         if status < 200 or self.result is not None:
             return                     # 1xx interim response: the real one follows
-        chunks = self.chunks                # _take_body(), inline: once per response
-        if chunks is None:
-            body = self.body
-        else:
-            body = b"".join(chunks)
-            self.chunks = None
-        self.result = Response(status, body, self.ctype, self.headers)
+        self.result = self._response(status)
         self.keep_alive = self.parser.should_keep_alive()
 
     def _response(self, status: int) -> Response:

@@ -200,10 +200,7 @@ class Pipeline(asyncio.Protocol):
         """Called by `_dispatch` and `send_reply` when nothing is active or queued: the
         common case (idle, reading, not paused) only starts the keep-alive clock."""
         if self._phase == IDLE and not (self._paused or self._input_done):
-            # _keepalive_clock(), inline: once per reply
-            self._deadline = deadline = self._loop.time() + self._lim.keepalive_s
-            if deadline < self._timer_at:
-                self._rearm(deadline)
+            self._keepalive_clock()
         else:
             self._idle()
 

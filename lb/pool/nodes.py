@@ -386,12 +386,6 @@ class NodePool:
                              usable=usable, spare=spare, group=group)
         if not pool:
             return None
-        if len(pool) > 1 and self.policy_name == "least_load":     # _choose, inline
-            now = self._clock()
-            pcfg = self._pcfg
-            cands = [n.candidate(now, self.outlier) for n in pool]
-            return pool[policy.least_load(cands, units, self._rng, pcfg.tau_relax_s,
-                                          pcfg.stall_factor, pcfg.tie_band)]
         return pool[self._choose(pool, units, self._clock())]
 
     def knows(self, model: str, version: int | None,

@@ -35,7 +35,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 _REL_TIE = 1e-9
-_exp = math.exp         # a global, not an attribute lookup, in least_load's loop
 TAU_SAMPLES = 31        # replies τ is the median of (Tau)
 
 
@@ -122,29 +121,12 @@ def least_load(cands: Sequence[Candidate], units: float, rng: random.Random,
     to the same node whenever τ differs a little (herding)."""
     if not cands:
         raise ValueError("no candidates")
-    # Plain loops, no helper calls for the common case: this runs for every request.
-    ref = math.inf
-    for c in cands:
-        tau = c.tau
-        if tau is not None and tau < ref:
-            ref = tau
-    if ref == math.inf:
-        ref = 1.0                           # = least_tau(cands)
+    ref = least_tau(cands)
     scores = []
     best = math.inf
     for c in cands:
-        # effective_tau(c, ref, decay_s, stall_factor), inline: a call per node per pick
-        tau = c.tau
-        if tau is None:
-            tau = ref
-        elif tau > ref and c.tau_age > 0:
-            n = c.tau_n                     # min(max(tau_n, 1), TAU_SAMPLES), without calls
-            n = TAU_SAMPLES if n >= TAU_SAMPLES else n if n >= 1 else 1
-            tau = ref + (tau - ref) * _exp(-c.tau_age * TAU_SAMPLES / (decay_s * n))
-        held = c.oldest_units
-        if held > 0 and c.oldest_age > stall_factor * tau * held:
-            tau = c.oldest_age / held
-        score = (c.inflight_units + units) * tau / c.weight
+        score = (c.inflight_units + units) * effective_tau(c, ref, decay_s, stall_factor) \
+            / c.weight
         scores.append(score)
         if score < best:
             best = score

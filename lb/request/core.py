@@ -134,12 +134,8 @@ class Core:
         straight to the dispatcher — its version resolved without a wait, no cache work
         (cache none, Cache-Control no-store, or the model bypassed), no batching.
         None: run `serve`. It makes the same decisions `serve` would, once."""
-        if call.label is None:                  # `_resolved`, inline (every request)
-            if call.version is not None:        # named: `serve` checks that it is ready
-                return None
-            call.version = self.pool.latest_version(call.model, call.group)
-            if call.version is None:
-                return None
+        if call.label is None and not self._resolved(call):
+            return None                         # named (`serve` checks it), or not ready
         if call.model in self._batching:
             return None
         return self._plain(call, cacheable)

@@ -92,9 +92,7 @@ class RestUpstream:
         if loop is None:        # get_running_loop() costs a getpid() syscall on 3.11
             loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + min(timeout_s, self._read_timeout_s)
-        known = self._clients.get(node.name)            # `client`, inline: every attempt
-        client = known[1] if known is not None and known[0] == node.rest else self.client(node)
-        return client.send(method, path, body, deadline, b"", on_done)
+        return self.client(node).send(method, path, body, deadline, b"", on_done)
 
     async def get(self, node: Node, path: str, timeout_s: float) -> Response:
         """One GET (health probes, metadata); raises UpstreamError."""

@@ -192,8 +192,8 @@ def test_stale_slow_estimate_relaxes_towards_the_least_tau() -> None:
 
 
 def test_least_load_picks_the_least_score_of_every_kind_of_candidate() -> None:
-    """least_load inlines effective_tau for speed: its choice must be the argmin of
-    `score` over candidates of every kind (no τ, stale τ, stalled, slow start)."""
+    """least_load's choice is the argmin of `score` over candidates of every kind (no
+    τ, stale τ, stalled, slow start)."""
     from lb.pool.policy import least_tau, score
 
     rng = random.Random(11)
