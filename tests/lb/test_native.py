@@ -89,7 +89,7 @@ def test_an_edited_module_runs_as_python_with_a_warning(tmp_path: Path) -> None:
                         ignore=shutil.ignore_patterns("__pycache__"))
     kind, dispatch, _server = probe(cwd=tmp_path)      # the copy comes first on sys.path
     assert kind == "compiled" and dispatch.endswith(".so")
-    edited = tmp_path / "lb" / "dispatch.py"
+    edited = tmp_path / "lb" / "request" / "dispatch.py"
     edited.write_text(edited.read_text() + "\n# edited\n")
     kind, dispatch, _server = probe(cwd=tmp_path)
     assert (kind, dispatch) == ("python", str(edited))
@@ -108,10 +108,10 @@ def test_a_broken_build_runs_as_python_and_says_why(tmp_path: Path) -> None:
         shutil.copytree(ROOT / package, src / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
     build = site / native.INSTALL_DIR / native.digest(src)
-    (build / "lb").mkdir(parents=True)
+    (build / "lb" / "request").mkdir(parents=True)
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     (build / f"0123456789abcdef0123__mypyc{suffix}").write_bytes(b"not a shared library")
-    (build / "lb" / f"dispatch{suffix}").write_bytes(b"not one either")
+    (build / "lb" / "request" / f"dispatch{suffix}").write_bytes(b"not one either")
     (build / native.COMPLETE).write_text("")
     check = ("import lb.request.dispatch, lb.native; print(lb.native.kind()); "
              "print(lb.request.dispatch.__file__); print(lb.native.why())")
@@ -120,14 +120,14 @@ def test_a_broken_build_runs_as_python_and_says_why(tmp_path: Path) -> None:
                           env={**full, "PYTHONPATH": str(site)},
                           capture_output=True, text=True, timeout=60, check=True)
     kind, dispatch, why = done.stdout.splitlines()
-    assert (kind, dispatch) == ("python", str(src / "lb" / "dispatch.py"))
+    assert (kind, dispatch) == ("python", str(src / "lb" / "request" / "dispatch.py"))
     assert why.startswith("the compiled build could not be used: ImportError"), why
 
 
 def test_the_pure_switch_runs_every_module_as_python() -> None:
     kind, dispatch, server = probe(env={native.PURE_ENV: "1"})
     assert kind == "python"
-    assert dispatch == str(ROOT / "lb" / "dispatch.py")
+    assert dispatch == str(ROOT / "lb" / "request" / "dispatch.py")
     assert server == str(ROOT / "lb" / "http" / "server_protocol.py")
 
 
