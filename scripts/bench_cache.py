@@ -1,6 +1,7 @@
 """Cache benchmark: stores × traffic, and the adaptive cache's workloads.
 
-    .venv/bin/python scripts/bench_cache.py [--quick] [--workloads stores,distinct,zipf,scan,mrc,curve]
+    .venv/bin/python scripts/bench_cache.py [--quick] [--workloads stores,distinct,zipf,scan,mrc,
+                                            curve]
 
 Every workload runs against three real MNIST workers (no artificial delay) and
 drives `tfserving-lb serve` only through its config; one run on one shared
