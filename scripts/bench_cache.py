@@ -18,9 +18,9 @@ drives `tfserving-lb serve` only through its config; one run on one shared
   budget holds (`scan`: every third request a never-repeated key); `admission:
   lru` vs `tinylfu` at the same byte budget, fed the same seeded sequence in
   alternating chunks; hit rates from /stats deltas and from X-Cache counts.
-* mrc: the SHARDS estimate (/stats cache.mrc, LRU's curve) of the 1× runs vs
-  the hit rate measured at 0.5×, 2× (4× in a full run) with LRU (and TinyLFU).
-  zipf, scan and mrc live in scripts/bench_cache_traces.py.
+* mrc: each 1× run's miss-ratio curve (/stats cache.mrc: miniatures of that
+  run's own policy) vs the hit rate measured at 0.5×, 2× (4× in a full run)
+  with LRU and TinyLFU. zipf, scan and mrc live in scripts/bench_cache_traces.py.
 * curve: in process, no workers: the miss-ratio curve (miniature simulations of
   the policy that runs, `--admission`) against the store run at 0.5×, 1×, 2×, 4×
   over the same stream (Zipf, Zipf + one-off scan, a loop) at each `--curve-mb`,

@@ -1,7 +1,7 @@
 """The pieces scripts/bench_cache.py's adaptive workloads rely on: request bodies
 are distinct tensors per id and the same bytes for the same id, key sequences are
 seeded, skewed and their scan keys never repeat, the span arithmetic recovers the
-SHARDS estimate over a part of a run, paired ratios, options, and the CPU clock;
+curve's estimate over a part of a run, paired ratios, options, and the CPU clock;
 the in-process `curve` workload reports every point of every stream (its CPU
 timing runs two short child Pythons)."""
 
