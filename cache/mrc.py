@@ -96,6 +96,7 @@ class MissRatioCurve:
         self._ttl = 1e18                        # the store's latest TTL, for self-fills
         self._samples = 0
         self._horizon = 16 * max_keys
+        self._room = max_keys           # fills left before the entries are counted again
 
     @property
     def rate(self) -> float:
@@ -113,14 +114,13 @@ class MissRatioCurve:
             self._decay()
         weight = self._weight
         missed = self._missed
-        grew = False
         for i, mini in enumerate(self._minis):
             if mini.get_now(key) is None:
                 missed[i] += weight
                 if size:
                     mini.set_now(key, cast(bytes, _Length(size - len(key))), self._ttl)
-                    grew = True
-        if grew:
+                    self._room -= 1
+        if self._room < 0:
             self._bound()
 
     def filled(self, key: str, size: int, ttl_s: float) -> None:
@@ -128,12 +128,11 @@ class MissRatioCurve:
         a miss): every miniature that does not hold the key fills it too."""
         self._ttl = ttl_s
         value = cast(bytes, _Length(size - len(key)))
-        grew = False
         for mini in self._minis:
             if key not in mini:
                 mini.set_now(key, value, ttl_s)
-                grew = True
-        if grew:
+                self._room -= 1
+        if self._room < 0:
             self._bound()
 
     def simulated(self) -> dict[str, float]:
@@ -169,13 +168,17 @@ class MissRatioCurve:
         return max(1, int(factor * self._budget * rate))
 
     def _bound(self) -> None:
-        """Fixed size: lower T until the miniatures hold at most `max_keys` entries."""
-        while len(self) > self._max_keys and self.threshold > 1:
+        """Fixed size: lower T until the miniatures hold at most `max_keys` entries
+        (counted here only, when the fills since the last count could exceed it)."""
+        held = len(self)
+        while held > self._max_keys and self.threshold > 1:
             self.threshold = max(1, int(self.threshold * _LOWER))
             self._weight = 2**32 / self.threshold
             keep = _Under(self.threshold)
             for factor, mini in zip(SIZES.values(), self._minis, strict=True):
                 mini.rescale(self._scaled(factor, self.rate), keep)
+            held = len(self)
+        self._room = self._max_keys - held
 
     def _decay(self) -> None:
         self._missed = [v / 2 for v in self._missed]
