@@ -14,14 +14,18 @@ R = T / 2**32 (SHARDS' spatial sampling), so every reference to a sampled key
 is seen. Each point of the curve (0.5×, 1×, 2×, 4× the budget) is a miniature
 of the store that runs, the same class with the same policy (W-TinyLFU's
 window, sketch and segments, or LRU), its byte budget scaled by R (and its
-sketch's floor width with it, so the sketch ages after as many sampled
-references as the full store's after all of them), fed only the sampled
-references: a get per reference, a fill where the miniature missed (with the
-entry's size if the store holds it, else at the store's own fill, `filled`),
-and every set the store receives. Entries keep their true sizes; a miniature
-holds lengths, not values. A miss weighs 1/R; the hit rate divides by the true
-reference count (`refs`), not the sampled one (SHARDS_adj: hot keys that
-happen to be in or out of the sample are corrected for).
+sketch's floor width with it, to a power of two, so the sketch ages after
+about as many sampled references as the full store's after all of them), fed
+only the sampled references: a get per reference, a fill where the miniature
+missed (with the entry's size if the store holds it, else at the store's own
+fill, `filled`), and the store's own fills of keys a miniature does not hold.
+Entries keep their true sizes; a miniature holds lengths, not values. A miss weighs 1/R; the
+miniatures' hit rates (`simulated`) divide by the true reference count
+(`refs`), not the sampled one (SHARDS_adj: hot keys that happen to be in or
+out of the sample are corrected for). The published curve (`curve`) is
+anchored on the store's measured hit rate over the same lookups (`hits`): the
+measured miss ratio times each miniature's miss ratio over the 1× one's, so
+the luck of the sample, shared by the four miniatures, cancels.
 
 Fixed size: past `max_keys` entries over all miniatures, T drops by a quarter,
 the miniatures drop the keys no longer sampled and shrink to the new rate
@@ -29,12 +33,17 @@ the miniatures drop the keys no longer sampled and shrink to the new rate
 every `16 · max_keys` samples, so the curve follows a changing workload.
 
 Cost per sampled reference: one get per miniature, a set per miniature that
-missed; at most 4 lookups and 4 fills, each the store's own O(1) amortised work.
-TTLs are the store's (the last one set); expiry is checked as the store does.
+missed; at most 4 lookups and 4 fills, each the store's own O(1) amortised
+work; the entries are counted only when the fills since the last count could
+pass `max_keys`. TTLs are the store's (the last one set); expiry is checked as
+the store does.
 
-Accuracy: a miniature of a few dozen entries rounds the window and the sketch
-coarsely; at R = 0.1 and ~200-byte entries a budget of 0.05 MB is ~26 entries
-at 1× and still lands within a few points (scripts/bench_cache.py `curve`).
+Accuracy (scripts/bench_cache.py `curve`, tests/cache/test_mrc.py): within 2
+points of the store run at 0.5×–4× on Zipf(0.9), with or without one-off scans,
+down to miniatures of a few dozen entries (0.05 MB at R = 0.1). A loop a little
+longer than the cache is the weak case: its hit rate falls off a cliff with
+the loop's length, and a sampled loop of a few dozen keys is a coarse copy of
+it (`simulated` at 1× far from the measured rate says so).
 """
 
 from __future__ import annotations
