@@ -2,7 +2,10 @@
 
 Called where a MemoryStore is (make_store with admission "tinylfu", and as
 TieredStore's front); same interface and guarantees as cache.memory.MemoryStore
-(byte budget, TTL, max_entry_bytes, counters), plus `rejected`.
+(byte budget, TTL, max_entry_bytes, counters), plus `rejected`. Its
+miss-ratio curve (cache.mrc) runs miniature TinyLfuStores (`_miniature`:
+budget and sketch floor scaled by the sampling rate), so the curve is
+W-TinyLFU's own.
 
 Policy (Einziger, Friedman & Manes, "TinyLFU: A Highly Efficient Cache
 Admission Policy", ACM ToS 2017; as in Caffeine): every get counts the key in
