@@ -9,8 +9,9 @@ Guarantees: the sum of len(key) + len(value) over stored entries never
 exceeds `max_bytes` (least recently used entries are evicted first); an entry
 larger than `max_entry_bytes` (or the whole budget) is refused; an expired
 entry is never returned (expiry on time.monotonic(), checked on read). With
-`mrc_keys` > 0 every get also feeds a miss-ratio curve (cache.mrc), shown in
-`stats()["mrc"]`.
+`mrc_keys` > 0 every get and set of a sampled key also feeds a miss-ratio curve
+(cache.mrc): miniatures of this very store (`_miniature`, resized by `rescale`),
+shown in `stats()["mrc"]` and `stats()["mrc_sampling"]`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class MemoryStore:
 
     name = "memory"
     admission = "lru"
+    policy = "lru"           # what the miss-ratio curve says it models
 
     def __init__(self, max_bytes: int, max_entry_bytes: int,
                  clock: Callable[[], float] = time.monotonic, *,
@@ -61,7 +63,13 @@ class MemoryStore:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._bytes = 0
         self._counters = _MemoryCounters()
-        self._mrc = MissRatioCurve(max_bytes, mrc_keys, mrc_rate) if mrc_keys > 0 else None
+        self._mrc = (MissRatioCurve(max_bytes, self._miniature, mrc_keys, mrc_rate,
+                                    self.policy) if mrc_keys > 0 else None)
+
+    def _miniature(self, max_bytes: int, rate: float) -> MemoryStore:
+        """One point of the miss-ratio curve (cache.mrc): this store's policy at
+        `max_bytes`, standing for a store 1/`rate` times larger; no curve of its own."""
+        return type(self)(max_bytes, self._max_entry_bytes, self._clock)
 
     async def get(self, key: str) -> bytes | None:
         return self.get_now(key)
@@ -93,7 +101,7 @@ class MemoryStore:
             mrc.refs += 1
             h = hash(key)
             if h & M32 < mrc.threshold:
-                mrc.reference(h, 0 if entry is None else entry.size)
+                mrc.reference(key, 0 if entry is None else entry.size)
         if entry is None:
             return None
         if entry.expires_at <= self._clock():
@@ -101,6 +109,8 @@ class MemoryStore:
             self._counters.expirations += 1
             return None
         self._entries.move_to_end(key)
+        if mrc is not None:
+            mrc.hits += 1
         return entry.value
 
     def set_now(self, key: str, value: bytes, ttl_s: float) -> None:
@@ -116,18 +126,32 @@ class MemoryStore:
             self._bytes -= old.size
         self._entries[key] = _Entry(value, self._clock() + ttl_s, size)
         self._bytes += size
-        self._resized(key, size)
+        self._resized(key, size, ttl_s)
+        self._fit()
+
+    def rescale(self, max_bytes: int, keep: Callable[[str], bool]) -> None:
+        """A miniature's shrink (cache.mrc, when its sampling rate drops): drop the
+        entries whose key `keep` refuses, take `max_bytes` as the budget, and evict
+        as the policy does until within it. O(entries)."""
+        for key in [k for k in self._entries if not keep(k)]:
+            self._drop(key, self._entries[key])
+        self._max_bytes = max(1, max_bytes)
+        self._budget_changed()
+        self._fit()
+
+    def _budget_changed(self) -> None:
+        """Hook for subclasses sizing parts of the store by the budget."""
+
+    def _fit(self) -> None:
         while self._bytes > self._max_bytes:
             lru_key, lru = next(iter(self._entries.items()))
             self._drop(lru_key, lru)
             self._counters.evictions += 1
 
-    def _resized(self, key: str, size: int) -> None:
+    def _resized(self, key: str, size: int, ttl_s: float) -> None:
         mrc = self._mrc
-        if mrc is not None:
-            h = hash(key)
-            if h & M32 < mrc.threshold:
-                mrc.resize(h, size)
+        if mrc is not None and hash(key) & M32 < mrc.threshold:
+            mrc.filled(key, size, ttl_s)
 
     def _drop(self, key: str, entry: _Entry) -> None:
         del self._entries[key]
@@ -135,6 +159,10 @@ class MemoryStore:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        """Whether an entry (maybe expired) is held; counts nothing (cache.mrc)."""
+        return key in self._entries
 
     def stats(self) -> dict[str, Any]:
         c = self._counters
@@ -147,5 +175,6 @@ class MemoryStore:
         mrc = self._mrc
         if mrc is not None:
             out["mrc"] = mrc.curve()
-            out["mrc_sampling"] = {"rate": mrc.rate, "keys": len(mrc), "lookups": mrc.refs}
+            out["mrc_simulated"] = mrc.simulated()
+            out["mrc_sampling"] = mrc.sampling()
         return out

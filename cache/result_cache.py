@@ -193,7 +193,9 @@ class ResultCache:
 
     def stats(self) -> dict[str, Any]:
         """{"backend", "hits", "misses", "hit_rate", …, "by_model": {…}, "store": {…},
-        "mrc": {…} (memory tiers only)}; by_model[m] adds the adaptive state
+        "mrc", "mrc_simulated", "mrc_sampling" (memory tiers with a curve: the
+        estimate, the miniatures' own rates, and which policy at which sampling
+        rate, cache.mrc)}; by_model[m] adds the adaptive state
         ("state", "since", "pinned", "window_hit_rate", "window_estimated", …)."""
         store_stats = self._store.stats()
         out: dict[str, Any] = {"backend": self.backend, **self._total.as_dict()}
@@ -203,9 +205,10 @@ class ResultCache:
             by_model.setdefault(m, _Counts().as_dict()).update(state)
         out["by_model"] = by_model
         out["store"] = store_stats
-        mrc = store_stats.get("mrc") or store_stats.get("memory", {}).get("mrc")
-        if mrc:
-            out["mrc"] = mrc
+        tier = store_stats if "mrc" in store_stats else store_stats.get("memory", {})
+        if tier.get("mrc"):
+            for key in ("mrc", "mrc_simulated", "mrc_sampling"):
+                out[key] = tier[key]
         return out
 
     def model_states(self) -> dict[str, dict[str, Any]]:

@@ -2,7 +2,10 @@
 
 Called where a MemoryStore is (make_store with admission "tinylfu", and as
 TieredStore's front); same interface and guarantees as cache.memory.MemoryStore
-(byte budget, TTL, max_entry_bytes, counters), plus `rejected`.
+(byte budget, TTL, max_entry_bytes, counters), plus `rejected`. Its
+miss-ratio curve (cache.mrc) runs miniature TinyLfuStores (`_miniature`:
+budget and sketch floor scaled by the sampling rate), so the curve is
+W-TinyLFU's own.
 
 Policy (Einziger, Friedman & Manes, "TinyLFU: A Highly Efficient Cache
 Admission Policy", ACM ToS 2017; as in Caffeine): every get counts the key in
@@ -41,19 +44,21 @@ WINDOW, PROBATION, PROTECTED = 0, 1, 2
 WINDOW_FRACTION = 0.01
 PROTECTED_FRACTION = 0.8
 SKETCH_PER_ENTRY = 4
+SKETCH_FLOOR = 256
 
 
 class TinyLfuStore(MemoryStore):
     """W-TinyLFU over a byte budget; see module docstring. `_entries` is the index."""
 
     admission = "tinylfu"
+    policy = "w-tinylfu"
 
     def __init__(self, max_bytes: int, max_entry_bytes: int,
                  clock: Callable[[], float] = time.monotonic, *,
-                 mrc_keys: int = 0, mrc_rate: float = 0.1) -> None:
+                 mrc_keys: int = 0, mrc_rate: float = 0.1,
+                 sketch_floor: int = SKETCH_FLOOR) -> None:
         super().__init__(max_bytes, max_entry_bytes, clock, mrc_keys=mrc_keys, mrc_rate=mrc_rate)
-        self._window_max = max(int(max_bytes * WINDOW_FRACTION), 1)
-        self._protected_max = int((max_bytes - self._window_max) * PROTECTED_FRACTION)
+        self._budget_changed()
         self._window: OrderedDict[str, _Entry] = OrderedDict()
         self._probation: OrderedDict[str, _Entry] = OrderedDict()
         self._protected: OrderedDict[str, _Entry] = OrderedDict()
@@ -61,7 +66,15 @@ class TinyLfuStore(MemoryStore):
         self._window_bytes = self._probation_bytes = self._protected_bytes = 0
         # 4 counters per row per entry, as Caffeine's (16 four-bit counters per
         # entry); sized for ~2 KB entries at first, grown with the entry count.
-        self._sketch = FrequencySketch(max(256, SKETCH_PER_ENTRY * (max_bytes // 2048)))
+        # A miniature (cache.mrc) scales the floor by its sampling rate.
+        self._sketch = FrequencySketch(max(sketch_floor,
+                                           SKETCH_PER_ENTRY * (max_bytes // 2048)))
+
+    def _miniature(self, max_bytes: int, rate: float) -> TinyLfuStore:
+        """A miss-ratio curve's point (cache.mrc): W-TinyLFU at `max_bytes`, its
+        window, segments and sketch all scaled with the budget, no curve of its own."""
+        return TinyLfuStore(max_bytes, self._max_entry_bytes, self._clock,
+                            sketch_floor=max(1, round(SKETCH_FLOOR * rate)))
 
     def get_now(self, key: str) -> bytes | None:
         """Synchronous get: counts the key's frequency, refreshes its recency,
@@ -77,7 +90,7 @@ class TinyLfuStore(MemoryStore):
         if mrc is not None:
             mrc.refs += 1
             if h & M32 < mrc.threshold:
-                mrc.reference(h, 0 if entry is None else entry.size)
+                mrc.reference(key, 0 if entry is None else entry.size)
         if entry is None:
             return None
         if entry.expires_at <= self._clock():
@@ -91,6 +104,8 @@ class TinyLfuStore(MemoryStore):
             self._promote(key, entry)
         else:
             self._window.move_to_end(key)
+        if mrc is not None:
+            mrc.hits += 1
         return entry.value
 
     def set_now(self, key: str, value: bytes, ttl_s: float) -> None:
@@ -116,7 +131,7 @@ class TinyLfuStore(MemoryStore):
             self._bytes += size
             if SKETCH_PER_ENTRY * len(self._entries) > self._sketch.width:
                 self._sketch.grow(SKETCH_PER_ENTRY * len(self._entries))
-        self._resized(key, size)
+        self._resized(key, size, ttl_s)
         if self._window_bytes > self._window_max or self._bytes > self._max_bytes:
             self._evict()
 
@@ -133,6 +148,15 @@ class TinyLfuStore(MemoryStore):
         return out
 
     # -- internals ----------------------------------------------------------------
+
+    def _budget_changed(self) -> None:
+        self._window_max = max(int(self._max_bytes * WINDOW_FRACTION), 1)
+        self._protected_max = int((self._max_bytes - self._window_max) * PROTECTED_FRACTION)
+
+    def _fit(self) -> None:
+        """After `rescale`: the segments to their new shares, then the budget."""
+        self._demote()
+        self._evict()
 
     def _evict(self) -> None:
         window = self._window
@@ -181,9 +205,13 @@ class TinyLfuStore(MemoryStore):
         del self._probation[key]
         self._probation_bytes -= entry.size
         entry.region = PROTECTED
-        protected = self._protected
-        protected[key] = entry
+        self._protected[key] = entry
         self._protected_bytes += entry.size
+        self._demote()
+
+    def _demote(self) -> None:
+        """Protected's overflow (least recent first) back to probation."""
+        protected = self._protected
         while self._protected_bytes > self._protected_max and len(protected) > 1:
             k, demoted = protected.popitem(last=False)
             self._protected_bytes -= demoted.size

@@ -235,8 +235,9 @@ class CacheConfig(_Strict):
     redis_timeout_ms: Positive = 50.0
     redis_cluster: bool = False       # redis_url names one node of a Redis Cluster
     admission: Literal["tinylfu", "lru"] = "tinylfu"   # the memory tier's admission/eviction
-    # The memory tier's miss-ratio curve (cache.mrc, SHARDS): keys tracked at most
-    # (0: no curve) and the initial sampling rate (lowered as more keys are seen).
+    # The memory tier's miss-ratio curve (cache.mrc, miniature simulations of the
+    # policy that runs): entries its miniatures hold at most (0: no curve) and the
+    # initial sampling rate (lowered when they would hold more).
     mrc_keys: Annotated[int, Field(ge=0, le=1_000_000)] = 8192
     mrc_rate: Annotated[float, Field(gt=0, le=1)] = 0.1
     adaptive: AdaptiveConfig = AdaptiveConfig()

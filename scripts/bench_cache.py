@@ -1,6 +1,7 @@
 """Cache benchmark: stores × traffic, and the adaptive cache's workloads.
 
-    .venv/bin/python scripts/bench_cache.py [--quick] [--workloads stores,distinct,zipf,scan,mrc]
+    .venv/bin/python scripts/bench_cache.py [--quick] [--workloads stores,distinct,zipf,scan,mrc,
+                                            curve]
 
 Every workload runs against three real MNIST workers (no artificial delay) and
 drives `tfserving-lb serve` only through its config; one run on one shared
@@ -17,9 +18,14 @@ drives `tfserving-lb serve` only through its config; one run on one shared
   budget holds (`scan`: every third request a never-repeated key); `admission:
   lru` vs `tinylfu` at the same byte budget, fed the same seeded sequence in
   alternating chunks; hit rates from /stats deltas and from X-Cache counts.
-* mrc: the SHARDS estimate (/stats cache.mrc, LRU's curve) of the 1× runs vs
-  the hit rate measured at 0.5×, 2× (4× in a full run) with LRU (and TinyLFU).
-  zipf, scan and mrc live in scripts/bench_cache_traces.py.
+* mrc: each 1× run's miss-ratio curve (/stats cache.mrc: miniatures of that
+  run's own policy) vs the hit rate measured at 0.5×, 2× (4× in a full run)
+  with LRU and TinyLFU. zipf, scan and mrc live in scripts/bench_cache_traces.py.
+* curve: in process, no workers: the miss-ratio curve (miniature simulations of
+  the policy that runs, `--admission`) against the store run at 0.5×, 1×, 2×, 4×
+  over the same stream (Zipf, Zipf + one-off scan, a loop) at each `--curve-mb`,
+  and the store's CPU per lookup without a curve, with it, and with the curve of
+  `--baseline` (scripts/bench_cache_curve.py).
 Also the proxy's CPU time per request (steadier than throughput on a shared box).
 Writes bench-out/bench_cache.json and bench-out/bench_cache_adaptive.png.
 """
@@ -42,6 +48,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.digits import sample_digits
+from scripts import bench_cache_curve as curve
 from scripts import bench_cache_traces as traces
 from scripts.bench_cache_traces import MODEL, PREDICT, Rows, cache_doc, closed
 from scripts.benchenv import OUT, Bench, rss_mb
@@ -50,7 +57,8 @@ from scripts.loadgen import Result, closed_loop, open_loop
 from scripts.loadgen import run as run_load
 
 WARM = 64
-WORKLOADS = ("stores", "distinct", "zipf", "scan", "mrc")
+WORKLOADS = ("stores", "distinct", "zipf", "scan", "mrc", "curve")
+BASELINE = "b8d9f42"            # the last commit whose curve was SHARDS' LRU stack distances
 DISTINCT_BASE = 700_000_000     # ids of the distinct workload
 
 
@@ -267,9 +275,15 @@ def report_distinct(d: dict[str, Any]) -> None:
 # -- main ---------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace, workloads: list[str]) -> dict[str, Any]:
-    bench = Bench()
     res: dict[str, Any] = {"note": NOISE_NOTE, "quick": args.quick, "workloads": workloads,
                            "seconds": {}}
+    if "curve" in workloads:                    # in process: no workers needed
+        t0 = time.monotonic()
+        res["curve"] = curve.run_curve(args)
+        res["seconds"]["curve"] = round(time.monotonic() - t0, 1)
+    if not set(workloads) - {"curve"}:
+        return res
+    bench = Bench()
     try:
         workers = bench.start_workers(MODEL, bench.mnist_model(), [0.0, 0.0, 0.0])
         nodes = [{"name": f"w{i}", "rest": u, "weight": 1} for i, u in enumerate(workers)]
@@ -300,6 +314,14 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]
     p.add_argument("--fit", type=float, default=0.15, help="share of the keys the budget holds")
     p.add_argument("--requests", type=int, help="zipf/scan: requests per contender")
     p.add_argument("--concurrency", type=int, default=16, help="zipf/scan closed-loop clients")
+    p.add_argument("--admission", choices=("tinylfu", "lru"), default="tinylfu",
+                   help="curve: the memory tier's policy (the config's cache.admission)")
+    p.add_argument("--curve-mb", default="0.05,0.25", help="curve: budgets (memory_mb)")
+    p.add_argument("--curve-keys", type=int, default=20000, help="curve: Zipf key space")
+    p.add_argument("--curve-requests", type=int, help="curve: requests per stream")
+    p.add_argument("--cpu-rounds", type=int, help="curve: timing rounds per contender")
+    p.add_argument("--baseline", default=BASELINE,
+                   help="curve: git revision whose curve the CPU is compared with ('' : none)")
     args = p.parse_args(argv)
     q = args.quick
     args.rounds = args.rounds or (6 if q else 24)
@@ -308,6 +330,9 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]
     args.distinct_warm, args.distinct_count = (800, 400) if q else (1500, 600)
     args.ol_seconds = 2.0 if q else 5.0
     args.chunks, args.warm_chunks = (3, 1) if q else (6, 2)
+    args.curve_mb = [float(v) for v in args.curve_mb.split(",") if v.strip()]
+    args.curve_requests = args.curve_requests or (10000 if q else 30000)
+    args.cpu_rounds = args.cpu_rounds or (2 if q else 5)
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     if unknown := set(workloads) - set(WORKLOADS):
         p.error(f"unknown workloads {sorted(unknown)}; choose from {', '.join(WORKLOADS)}")
@@ -323,6 +348,8 @@ def main() -> int:
         report_stores(res)
     if "distinct" in res:
         report_distinct(res["distinct"])
+    if "curve" in res:
+        curve.report_curve(res["curve"])
     if "traces" in res:
         traces.report_traces(res["traces"])
         if (png := traces.chart(res["traces"])) is not None:

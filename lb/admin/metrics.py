@@ -123,6 +123,32 @@ def _cache_metrics(stats: dict[str, Any] | None) -> Iterator[Metric]:
     yield _gauge("cache_budget_bytes", "Byte budget of the in-process cache tier (memory_mb)",
                  tier["cache_budget_bytes"])
     yield _gauge("cache_entries", "Entries in the in-process cache tier", tier["cache_entries"])
+    yield from _mrc_metrics(stats or {})
+
+
+def _mrc_metrics(stats: dict[str, Any]) -> Iterator[Metric]:
+    """The memory tier's miss-ratio curve (cache.mrc): per process, labelled with the
+    policy its miniatures run; nothing without a curve."""
+    curve, sampling = stats.get("mrc"), stats.get("mrc_sampling")
+    if not curve or not sampling:
+        return
+    policy = str(sampling.get("policy", ""))
+    families = []
+    for key, name, doc in (
+            ("mrc", "cache_mrc_hit_ratio",
+             "Estimated hit ratio of the memory tier at a multiple of its budget (the 1x "
+             "point is the measured one; the slope is what memory buys)"),
+            ("mrc_simulated", "cache_mrc_simulated_hit_ratio",
+             "Hit ratio of the curve's miniature caches (1x against the measured ratio: "
+             "the sampling error)")):
+        family = GaugeMetricFamily(PREFIX + name, doc, labels=["budget", "policy"])
+        for factor, value in (stats.get(key) or {}).items():
+            family.add_metric([f"{factor}x", policy], float(value))
+        families.append(family)
+    rate = GaugeMetricFamily(PREFIX + "cache_mrc_sampling_rate",
+                             "Share of keys the miss-ratio curve samples", labels=["policy"])
+    rate.add_metric([policy], float(sampling.get("rate", 0.0)))
+    yield from (*families, rate)
 
 
 def config_metrics(status: ConfigStatus) -> Iterator[Metric]:

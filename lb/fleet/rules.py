@@ -64,16 +64,17 @@ ADAPTIVE = {
     "window_estimated": ANY, "samples": COUNTER, "probe_backoff": MAX,
 }
 
+MRC = {"mrc": Each(MEAN), "mrc_simulated": Each(MEAN),
+       "mrc_sampling": Fields({"rate": MEAN, "policy": SAME, "method": SAME}, NUMBERS)}
+
 CACHE = Fields({
     "backend": SAME, **CACHE_COUNTS,
     "by_model": Each(Fields({**CACHE_COUNTS, **ADAPTIVE})),
-    # Each process has its own memory tier: its figures add up; curves are averaged.
-    "store": Fields({"mrc": Each(MEAN), "mrc_sampling": Fields({"rate": MEAN}, NUMBERS),
-                     "memory": Fields({"mrc": Each(MEAN), "sketch_width": SAME,
-                                       "mrc_sampling": Fields({"rate": MEAN}, NUMBERS)},
-                                      NUMBERS),
+    # Each process has its own memory tier: its figures add up; curves are averaged;
+    # the policy a curve models is the config's (cache.mrc `sampling`).
+    "store": Fields({**MRC, "memory": Fields({**MRC, "sketch_width": SAME}, NUMBERS),
                      "sketch_width": SAME}, NUMBERS),
-    "mrc": Each(MEAN),
+    **MRC,
     "signatures": Fields({"known": MAX, "fetches": COUNTER, "failures": COUNTER}),
     "key_modes": Each(SAME),
     "coalescing": Fields({"inflight": SUM, "leaders": COUNTER, "joined": COUNTER}),

@@ -1,5 +1,7 @@
-"""cache.mrc.MissRatioCurve (SHARDS): exact when every key is sampled, and within
-5 points of an exact LRU simulation at 2× the budget when sampling."""
+"""cache.mrc.MissRatioCurve (miniature simulations): with every key sampled, each
+point is the store itself run at that size; when sampling, the curve of the policy
+that runs is within 3 points of it run at 0.5×, 1×, 2× and 4× on Zipf(0.9), with
+and without scans; the miniatures' entries stay under `max_keys`."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ import numpy as np
 import pytest
 
 from cache.memory import MemoryStore
-from cache.mrc import MissRatioCurve
+from cache.mrc import M32, SIZES, MissRatioCurve
 from cache.tinylfu import TinyLfuStore
+
+STORES = {"lru": MemoryStore, "w-tinylfu": TinyLfuStore}
 
 
 def zipf_trace(n_keys: int, n_refs: int, seed: int, s: float = 0.9) -> list[int]:
@@ -50,63 +54,97 @@ def run(store: MemoryStore, trace: list[int], size: list[int]) -> float:
     return hits / len(trace)
 
 
-def test_every_key_sampled_gives_the_exact_lru_curve() -> None:
-    trace = zipf_trace(2000, 30_000, seed=3)
+@pytest.mark.parametrize("policy", list(STORES))
+def test_every_key_sampled_runs_the_store_at_each_size(policy: str) -> None:
+    trace = zipf_trace(2000, 20_000, seed=3)
     size = sizes(2000)
     budget = 100_000
-    store = MemoryStore(budget, 10**6, mrc_keys=10**6, mrc_rate=1.0)
-    run(store, trace, size)
-    curve = store.stats()["mrc"]
-    for name, factor in (("0.5", 0.5), ("1", 1), ("2", 2), ("4", 4)):
-        exact = run(MemoryStore(int(budget * factor), 10**6), trace, size)
-        assert curve[name] == pytest.approx(exact, abs=0.005), name
-    assert store.stats()["mrc_sampling"] == {"rate": 1.0, "keys": len(set(trace)),
-                                             "lookups": 30_000}
+    cls = STORES[policy]
+    store = cls(budget, 10**6, mrc_keys=10**6, mrc_rate=1.0)
+    measured = run(store, trace, size)
+    stats = store.stats()
+    for name, factor in SIZES.items():
+        exact = run(cls(int(budget * factor), 10**6), trace, size)
+        assert stats["mrc_simulated"][name] == pytest.approx(exact, abs=1e-4), name
+        assert stats["mrc"][name] == pytest.approx(exact, abs=1e-4), name
+    assert stats["mrc"]["1"] == pytest.approx(measured, abs=1e-4)
+    sampling = stats["mrc_sampling"]
+    assert sampling["policy"] == policy and sampling["method"] == "miniature"
+    assert sampling["rate"] == 1.0 and sampling["lookups"] == 20_000
+    assert sampling["hits"] == round(measured * 20_000)
 
 
 @pytest.mark.parametrize("scans", [False, True], ids=["zipf0.9", "zipf0.9+scan"])
-def test_sampled_curve_within_5_points_of_lru_at_2x(scans: bool) -> None:
-    n_keys = 30_000
-    trace = zipf_trace(n_keys, 200_000, seed=1)
+def test_sampled_curve_within_3_points_of_the_store_run_at_each_size(scans: bool) -> None:
+    n_keys = 20_000
+    trace = zipf_trace(n_keys, 80_000, seed=1)
     if scans:
         trace = with_scans(trace, first_new=n_keys)
     size = sizes(n_keys)
     budget = int(0.1 * n_keys * 1050)            # a tenth of the keys' bytes
     store = TinyLfuStore(budget, 10**6, mrc_keys=8192, mrc_rate=0.1)   # the defaults
-    tinylfu = run(store, trace, size)
-    estimate = store.stats()["mrc"]
-    exact_2x = run(MemoryStore(2 * budget, 10**6), trace, size)
-    assert abs(estimate["2"] - exact_2x) < 0.05
-    assert 0.01 < store.stats()["mrc_sampling"]["rate"] <= 0.1
-    # the curve estimates LRU: TinyLFU at 1× hits at least as often on this traffic
-    assert tinylfu > estimate["1"] - 0.05
+    measured = run(store, trace, size)
+    stats = store.stats()
+    estimate, simulated = stats["mrc"], stats["mrc_simulated"]
+    assert estimate["1"] == pytest.approx(measured, abs=1e-3)     # anchored: the store's own
+    for name, factor in SIZES.items():
+        exact = run(TinyLfuStore(int(budget * factor), 10**6), trace, size)
+        print(f"{name}x: estimate {estimate[name]:.4f} simulated {simulated[name]:.4f} "
+              f"store run at that size {exact:.4f}")
+        assert abs(estimate[name] - exact) < 0.03, (name, estimate[name], exact)
+        assert abs(simulated[name] - exact) < 0.08, (name, simulated[name], exact)
+    assert 0.01 < stats["mrc_sampling"]["rate"] <= 0.1
     assert estimate["0.5"] <= estimate["1"] <= estimate["2"] <= estimate["4"]
 
 
-def test_fixed_size_bounds_the_tracked_keys() -> None:
-    mrc = MissRatioCurve(10_000, max_keys=1024, rate=1.0)
-    rng = random.Random(5)
-    for _ in range(100_000):                 # nothing repeats
-        h = rng.getrandbits(64)
-        mrc.refs += 1
-        if h & 0xFFFFFFFF < mrc.threshold:
-            mrc.reference(h, 100)
-    assert len(mrc) == 1024 and 0.008 < mrc.rate < 0.012
-    # SHARDS_adj counts the sample's shortfall against the true count as hits: a
-    # few points of noise at this sample size, not more
-    assert mrc.curve()["4"] < 0.05
+def test_fixed_size_bounds_the_miniatures_entries() -> None:
+    store = MemoryStore(1_000_000, 10**6, mrc_keys=256, mrc_rate=1.0)
+    curve = store._mrc
+    assert curve is not None
+    for i in range(20_000):                      # nothing repeats
+        key = f"one-off-{i}"
+        store.get_now(key)
+        store.set_now(key, b"v" * 90, 60.0)
+        assert len(curve) <= 256
+    assert curve.rate < 0.05
+    minis = cast(list[MemoryStore], curve._minis)
+    for factor, mini in zip(SIZES.values(), minis, strict=True):
+        assert all(hash(k) & M32 < curve.threshold for k in mini._entries)
+        assert mini._max_bytes == int(factor * 1_000_000 * curve.rate)
+        assert mini._bytes <= mini._max_bytes
+    assert max(store.stats()["mrc"].values()) < 0.05
 
 
-def test_sizes_learned_from_fills_and_history_decays() -> None:
-    mrc = MissRatioCurve(1000, max_keys=16, rate=1.0)
-    for _ in range(3):
-        for h in (1, 2, 3):
-            mrc.refs += 1
-            mrc.reference(h, 0)          # a miss: size unknown until the fill
-            mrc.resize(h, 400)
-    # every re-reference sees the two other keys (800 bytes) above it: 1200 > 1000
-    assert mrc.curve() == {"0.5": 0.0, "1": 0.0, "2": 0.6667, "4": 0.6667}
-    for _ in range(16 * 16):             # the horizon: old samples count half
-        mrc.refs += 1
-        mrc.reference(1, 400)
-    assert mrc.curve()["0.5"] > 0.9
+def test_a_miss_fills_the_miniatures_at_the_stores_fill_and_history_decays() -> None:
+    minis: list[MemoryStore] = []
+
+    def make(max_bytes: int, _rate: float) -> MemoryStore:
+        minis.append(MemoryStore(max_bytes, 10**6))
+        return minis[-1]
+
+    curve = MissRatioCurve(1000, make, max_keys=16, rate=1.0)
+    for round_ in range(3):
+        for key in ("a", "b", "c"):
+            curve.refs += 1
+            curve.reference(key, 0)              # a miss: size unknown until the fill
+            assert round_ or all(key not in m for m in minis)
+            curve.filled(key, 400, 60.0)
+    # 3 × 400 bytes fit at 2× and 4× only; 0.5× (500 bytes) holds one, 1× two
+    assert [len(m) for m in minis] == [1, 2, 3, 3]
+    assert curve.simulated() == {"0.5": 0.0, "1": 0.0, "2": 0.6667, "4": 0.6667}
+    assert curve.curve() == curve.simulated()    # the store counted no hits: none measured
+    for _ in range(16 * 16):                     # the horizon: old samples count half
+        curve.refs += 1
+        curve.hits += 1
+        curve.reference("a", 400)                # a hit in the store: misses fill at once
+    assert curve.simulated()["0.5"] > 0.9 and "a" in minis[0]
+
+
+def test_the_curve_follows_the_stores_policy_and_is_off_without_keys() -> None:
+    for cls, policy in ((MemoryStore, "lru"), (TinyLfuStore, "w-tinylfu")):
+        store = cls(50_000, 1000, mrc_keys=64, mrc_rate=0.5)
+        curve = store._mrc
+        assert curve is not None and curve.policy == policy
+        assert all(type(m) is cls for m in curve._minis)
+        assert store.stats()["mrc_sampling"]["policy"] == policy
+    assert "mrc" not in MemoryStore(50_000, 1000).stats()

@@ -35,6 +35,9 @@ FAMILIES = {
     "tfslb_cache_hit_ratio": "gauge",
     "tfslb_cache_bypasses": "counter",
     "tfslb_cache_errors": "counter",
+    "tfslb_cache_mrc_hit_ratio": "gauge",
+    "tfslb_cache_mrc_simulated_hit_ratio": "gauge",
+    "tfslb_cache_mrc_sampling_rate": "gauge",
     "tfslb_config_reloads": "counter",
     "tfslb_config_reload_failures": "counter",
     "tfslb_config_last_reload_ok": "gauge",
@@ -127,6 +130,13 @@ def test_node_cache_and_config_values(proxy: ProxyProc) -> None:
         hits / (hits + misses))
     stats = proxy.stats()["cache"]
     assert (stats["hits"], stats["misses"]) == (hits, misses)
+    # the miss-ratio curve says which policy it models (the default: W-TinyLFU)
+    assert stats["mrc_sampling"]["policy"] == "w-tinylfu"
+    assert sample(fams, "tfslb_cache_mrc_sampling_rate", policy="w-tinylfu") == pytest.approx(
+        stats["mrc_sampling"]["rate"])
+    for budget in ("0.5x", "1x", "2x", "4x"):
+        assert 0.0 <= sample(fams, "tfslb_cache_mrc_hit_ratio", budget=budget,
+                             policy="w-tinylfu") <= 1.0
     assert sample(fams, "tfslb_config_reloads_total") == 0.0
     assert sample(fams, "tfslb_config_reload_failures_total") == 0.0
     assert sample(fams, "tfslb_config_last_reload_ok") == 1.0
@@ -166,3 +176,25 @@ def test_text_access_log(logs_dir: Path, hp2_pool: Pool) -> None:
         assert [m[1] for m in line.findall(p.proc.log())][-2:] == ["MISS", "HIT"]
     finally:
         p.stop()
+
+
+def test_mrc_gauges_carry_the_curve_and_its_policy() -> None:
+    """In process: the curve of a real LRU store, as /metrics renders it."""
+    from cache.memory import MemoryStore
+    from cache.result_cache import ResultCache
+    from lb.metrics import _cache_metrics
+
+    store = MemoryStore(10_000, 1000, mrc_keys=64, mrc_rate=1.0)
+    for key in ("a", "b", "a", "c", "a"):
+        if store.get_now(key) is None:
+            store.set_now(key, b"v" * 100, 60.0)
+    stats = ResultCache(store, 60, 1000).stats()
+    fams = {f.name: f for f in _cache_metrics(stats)}
+    got = {(s.labels["budget"], s.labels["policy"]): s.value
+           for s in fams["tfslb_cache_mrc_hit_ratio"].samples}
+    assert got == {(f"{k}x", "lru"): v for k, v in stats["mrc"].items()}
+    assert got[("1x", "lru")] == pytest.approx(0.4)         # 2 hits in 5 lookups, measured
+    (rate,) = fams["tfslb_cache_mrc_sampling_rate"].samples
+    assert rate.labels == {"policy": "lru"} and rate.value == 1.0
+    assert "tfslb_cache_mrc_hit_ratio" not in {
+        f.name for f in _cache_metrics(ResultCache(MemoryStore(10_000, 1000), 60, 1000).stats())}

@@ -1,7 +1,9 @@
 """The pieces scripts/bench_cache.py's adaptive workloads rely on: request bodies
 are distinct tensors per id and the same bytes for the same id, key sequences are
 seeded, skewed and their scan keys never repeat, the span arithmetic recovers the
-SHARDS estimate over a part of a run, paired ratios, options, and the CPU clock."""
+curve's estimate over a part of a run, paired ratios, options, and the CPU clock;
+the in-process `curve` workload reports every point of every stream (its CPU
+timing runs two short child Pythons)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import numpy as np
 import orjson
 import pytest
 
-from scripts.bench_cache import paired, parse
+from scripts.bench_cache import paired, parse, run
+from scripts.bench_cache_curve import stream
 from scripts.bench_cache_traces import SCAN_BASE, ZERO, Rows, span, trace_plan, zipf_ids
 from scripts.benchenv import cpu_seconds
 
@@ -102,3 +105,32 @@ def test_cpu_seconds_counts_this_process() -> None:
     while time.process_time() < end:
         pass
     assert cpu_seconds(os.getpid()) - before >= 0.15
+
+
+def test_curve_workload_runs_in_process_and_reports_every_point() -> None:
+    """The `curve` workload: no workers; per stream and budget, the curve, the
+    miniatures and the store measured at each size; CPU per lookup off and on."""
+    args, workloads = parse(["--workloads", "curve", "--curve-mb", "0.02", "--curve-keys",
+                             "2000", "--curve-requests", "3000", "--cpu-rounds", "1",
+                             "--baseline", ""])
+    assert workloads == ["curve"] and args.curve_mb == [0.02] and args.admission == "tinylfu"
+    res = run(args, workloads)
+    assert set(res) == {"note", "quick", "workloads", "seconds", "curve"}
+    runs = res["curve"]["runs"]
+    assert set(runs) == {"zipf@0.02", "zipf+scan@0.02", "loop@0.02"}
+    for r in runs.values():
+        for key in ("estimate", "simulated", "measured"):
+            assert set(r[key]) == {"0.5", "1", "2", "4"}
+        assert r["sampling"]["policy"] == "w-tinylfu"
+        assert r["estimate"]["1"] == pytest.approx(r["measured"]["1"], abs=2e-4)
+    cpu = res["curve"]["cpu"]["0.02"]
+    assert set(cpu["us_per_lookup"]) == {"off", "on"} and cpu["on_vs_off"] > 0
+
+
+def test_curve_streams() -> None:
+    loop = stream("loop", 0.01, 100, 500, seed=1)
+    span = int(1.5 * 0.01 * 2**20 / 200)
+    assert loop[:span] == loop[span:2 * span] and len(set(loop)) == span
+    scan = stream("zipf+scan", 0.01, 100, 300, seed=1)
+    assert len(set(scan[2::3])) == 100 and all(len(k) == 49 for k in scan)
+    assert stream("zipf", 0.01, 100, 300, seed=1) == stream("zipf", 0.01, 100, 300, seed=1)
