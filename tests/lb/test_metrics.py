@@ -182,7 +182,7 @@ def test_mrc_gauges_carry_the_curve_and_its_policy() -> None:
     """In process: the curve of a real LRU store, as /metrics renders it."""
     from cache.memory import MemoryStore
     from cache.result_cache import ResultCache
-    from lb.metrics import _cache_metrics
+    from lb.admin.metrics import _cache_metrics
 
     store = MemoryStore(10_000, 1000, mrc_keys=64, mrc_rate=1.0)
     for key in ("a", "b", "a", "c", "a"):
