@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
 ROOT = Path(__file__).resolve().parent.parent
+# Set to 1 by `scripts/test.sh --fast`: no process may start (tests/conftest.py).
+FAST_ENV = "TFSLB_TEST_FAST"
 TEST_MODELS = ROOT / "tests" / "data" / "models"
 
 
