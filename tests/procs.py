@@ -8,6 +8,7 @@ the test's tmp dir so a failing test can print it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,6 +35,35 @@ TEST_MODELS = ROOT / "tests" / "data" / "models"
 
 
 _ISSUED: set[int] = set()
+_PR_SET_PDEATHSIG = 1
+try:                                    # looked up here: the forked child only calls it
+    _PRCTL: Any = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):       # not Linux: children of a killed run may stay
+    _PRCTL = None
+
+
+def die_with_us() -> Callable[[], None] | None:
+    """A `preexec_fn` for Popen: the child gets SIGKILL when this process dies, even by
+    SIGKILL (Linux PR_SET_PDEATHSIG), and kills itself if it already has.
+
+    Called by every launcher here (and by tests/browser.py). The kernel ties the
+    signal to the *thread* that forks, so it is set only from the main thread (whose
+    end is the process's): a child started from another thread (asyncio.to_thread)
+    would die when that thread ends, so it gets None, and may outlive a killed run.
+    A child in a process group of its own (start_new_session) still gets the signal;
+    its own children are its business (the proxy's workers die with their supervisor).
+    """
+    if _PRCTL is None or threading.current_thread() is not threading.main_thread():
+        return None
+    parent = os.getpid()
+    prctl = _PRCTL
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:      # the parent died before prctl: the signal is lost
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
 
 
 def free_port() -> int:
@@ -101,7 +132,8 @@ def get_json(url: str, timeout: float = 10.0) -> Any:
 
 
 class Proc:
-    """A child process with its output in a log file; `stop()` is idempotent."""
+    """A child process with its output in a log file; `stop()` is idempotent.
+    It dies with this process, even killed (`die_with_us`)."""
 
     def __init__(self, name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None = None):
         self.name = name
@@ -116,7 +148,7 @@ class Proc:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
             cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=die_with_us(),
         )
 
     @property
