@@ -30,8 +30,9 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness.procs import free_port, wait_http
 from lb.http.client import ClientLimits, NodeClient
-from scripts.benchenv import OUT, _wait_http, free_port
+from scripts.benchenv import OUT
 
 NGINX_CONF = """
 worker_processes 1;
@@ -66,7 +67,7 @@ def start_nginx() -> tuple[str, subprocess.Popen[bytes]]:
     proc = subprocess.Popen([exe, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    _wait_http(url + "/", 15.0)
+    wait_http(url + "/", 15.0)
     return url, proc
 
 

@@ -34,7 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.benchenv import OUT, free_port
+from harness.procs import free_port
+from scripts.benchenv import OUT
 
 REPLY = b'{"predictions": [2.5]}'
 NGINX_CONF = """

@@ -51,8 +51,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness.procs import free_port, wait_http
 from scripts import simnode
-from scripts.benchenv import OUT, Bench, _wait_http, free_port, http_get, proxy_report
+from scripts.benchenv import OUT, Bench, http_get, proxy_report
 from scripts.charts import NOISE_NOTE, cdf_chart
 from scripts.loadgen import Result, open_loop, run
 from scripts.policy_report import report_generator, report_real, report_sim
@@ -200,7 +201,7 @@ def start_simnodes(bench: Bench, sc: Scenario) -> list[int]:
         bench.others.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
         log.close()
     for port in ports:
-        _wait_http(f"http://127.0.0.1:{port}/v1/models/{SIM_MODEL}", 15.0)
+        wait_http(f"http://127.0.0.1:{port}/v1/models/{SIM_MODEL}", 15.0)
     return ports
 
 

@@ -56,14 +56,13 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness.procs import free_port, wait_http
 from lb import native
 from scripts import wrkload
 from scripts.benchenv import (
     OUT,
     Bench,
-    _wait_http,
     ensure_tool,
-    free_port,
     http_get,
     tree_cpu_seconds,
 )
@@ -189,7 +188,7 @@ def start_script(bench: Bench, ports: list[int], script: str) -> str:
                             stdout=log, stderr=subprocess.STDOUT)
     log.close()
     bench.others.append(proc)
-    _wait_http(f"http://127.0.0.1:{port}/v1/models/{MODEL}", 15.0)
+    wait_http(f"http://127.0.0.1:{port}/v1/models/{MODEL}", 15.0)
     return f"http://127.0.0.1:{port}"
 
 

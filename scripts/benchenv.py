@@ -20,7 +20,6 @@ import os
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -33,12 +32,11 @@ import orjson
 import yaml
 
 from backends.pool import start_pool, stop_pool, wait_available
+from harness.procs import free_port, loopback_context, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench-out"
 
-
-_ISSUED: set[int] = set()
 
 NGINX_MAIN = """
 worker_processes {processes};
@@ -53,18 +51,6 @@ http {{
 {http}
 }}
 """
-
-
-def free_port() -> int:
-    """A free 127.0.0.1 port not handed out before in this run (the kernel may offer
-    one twice; the proxy binds with SO_REUSEPORT, so a duplicate would be shared)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _ISSUED:
-            _ISSUED.add(port)
-            return port
 
 
 def rss_mb(pid: int) -> float:
@@ -116,17 +102,12 @@ def ensure_tool(exe: str, apt_pkg: str) -> str:
     return found
 
 
-def _context(url: str) -> ssl.SSLContext | None:
-    """https on loopback in the benchmarks: certificates made by the run, not verified."""
-    return ssl._create_unverified_context() if url.startswith("https:") else None
-
-
 def http_get(url: str, timeout: float = 2.0, method: str = "GET", body: bytes | None = None,
              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     """One request on a fresh connection: (status, headers, body); any status is returned."""
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout, context=_context(url)) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=loopback_context(url)) as r:
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
@@ -242,19 +223,6 @@ def settle_workers(workers: list[str], timeout: float = 20.0,
     return last
 
 
-def _wait_http(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1.0, context=_context(url)) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
-
-
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
@@ -318,7 +286,7 @@ class Bench:
                                                             model=model),
                                             stdout=log, stderr=subprocess.STDOUT))
         log.close()
-        _wait_http(f"http://127.0.0.1:{port}/v1/models/{model}", 15.0)
+        wait_http(f"http://127.0.0.1:{port}/v1/models/{model}", 15.0)
         return f"http://127.0.0.1:{port}"
 
     def start_proxy(self, name: str, nodes: list[dict[str, Any]], *, workers: int = 1,
@@ -351,7 +319,7 @@ class Bench:
         self.others.append(proc)
         self._groups.add(proc.pid)
         admin_url = f"http://127.0.0.1:{admin}"
-        _wait_http(f"{admin_url}/stats", 30.0)
+        wait_http(f"{admin_url}/stats", 30.0)
         if ready:
             wait_proxy_ready(admin_url, workers, 30.0)
         return f"{'https' if tls else 'http'}://127.0.0.1:{rest}", admin_url, proc
@@ -373,7 +341,7 @@ class Bench:
         log.close()
         self.others.append(proc)
         try:
-            _wait_http(wait_url, 15.0)
+            wait_http(wait_url, 15.0)
         except TimeoutError:
             raise RuntimeError(f"nginx {name} did not start: see {prefix}/error.log") from None
         return proc

@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.procs import die_with_us, free_port
+from harness.procs import die_with_us, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

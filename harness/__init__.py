@@ -1,0 +1,6 @@
+"""Helpers shared by tests/ and scripts/ (never shipped: not in the wheel, not in lb/).
+
+tests/ and scripts/ import from here and never from each other (tests/test_imports.py):
+* procs: free ports, waits with deadlines, one-shot HTTP, `Proc` (a logged child
+  process that dies with its parent).
+"""
