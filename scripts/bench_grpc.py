@@ -34,7 +34,8 @@ import grpc.aio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.benchenv import Bench, cpu_seconds
+from harness.usage import cpu_seconds, rss_mb
+from scripts.benchenv import Bench
 from tests.certs import CA
 from tests.lb.grpcload import PREDICT, predict_bytes
 from tests.procs import (
@@ -82,13 +83,6 @@ async def load(target: str, calls: int, concurrency: int, max_s: float,
         await asyncio.wait_for(asyncio.gather(*(client() for _ in range(concurrency))),
                                max_s + 10)
         return done / (time.perf_counter() - start)
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def start_proxy(log_dir: Path, rest_url: str, grpc_addr: str, name: str = "bench-proxy",

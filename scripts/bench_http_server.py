@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -35,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.procs import free_port
+from harness.usage import tree_cpu_seconds
 from scripts.benchenv import OUT
 
 REPLY = b'{"predictions": [2.5]}'
@@ -104,20 +104,6 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -
     raise TimeoutError(f"nothing listens on {port} after {timeout}s")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its children (nginx's worker)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    for p in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
-
-
 def wrk(port: int, lua: Path | None, duration: int, pin: bool) -> tuple[float, int]:
     """Requests/s and the number of requests of one wrk run (GET / without a script)."""
     script = ["-s", str(lua)] if lua is not None else []
@@ -155,9 +141,9 @@ def run_one(kind: str, tmp: Path, lua: Path | None, duration: int, pin: bool
     try:
         wait_port(port, proc)
         wrk(port, lua, 1, pin)          # warm-up: connections, caches, page faults
-        cpu0 = cpu_seconds(proc.pid)
+        cpu0 = tree_cpu_seconds(proc.pid)
         rate, count = wrk(port, lua, duration, pin)
-        return rate, (cpu_seconds(proc.pid) - cpu0) / count * 1e6
+        return rate, (tree_cpu_seconds(proc.pid) - cpu0) / count * 1e6
     finally:
         proc.send_signal(signal.SIGTERM if kind == "lean" else signal.SIGQUIT)
         try:

@@ -57,6 +57,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.procs import free_port, wait_http
+from harness.usage import tree_cpu_seconds
 from lb import native
 from scripts import wrkload
 from scripts.benchenv import (
@@ -64,7 +65,6 @@ from scripts.benchenv import (
     Bench,
     ensure_tool,
     http_get,
-    tree_cpu_seconds,
 )
 from scripts.charts import NOISE_NOTE, bar_chart
 

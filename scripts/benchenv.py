@@ -7,8 +7,7 @@ so stopping it never leaves a child behind. Nothing here imports TensorFlow:
 workers are child processes. `ensure_tool` installs a missing nginx or wrk
 with apt-get (a setup step, before anything is measured). `worker_counts` and
 `settle_workers` read the MNIST workers' own counters (batch rows per call, and
-when a backlog has drained). `cpu_seconds` reads a process's CPU time (CPU per
-request is steadier than throughput on a shared box). The charts live in
+when a backlog has drained). The charts live in
 scripts/charts.py.
 """
 
@@ -51,34 +50,6 @@ http {{
 {http}
 }}
 """
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far (all its threads): on a
-    shared box, CPU per request is steadier than wall-clock throughput."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()      # the name may hold spaces
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """`cpu_seconds` of a process and all its descendants (a supervisor's workers):
-    processes that exited in between are not counted."""
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += cpu_seconds(p)
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-    return total
 
 
 def ensure_tool(exe: str, apt_pkg: str) -> str:
