@@ -3,5 +3,6 @@
 tests/ and scripts/ import from here and never from each other (tests/test_imports.py):
 * procs: free ports, waits with deadlines, one-shot HTTP, `Proc` (a logged child
   process that dies with its parent);
-* usage: CPU seconds (a process, its tree) and RSS from /proc.
+* usage: CPU seconds (a process, its tree) and RSS from /proc;
+* wrk: runs wrk (closed loop, in C) and reads its report; its Lua scripts.
 """

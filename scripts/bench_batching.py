@@ -60,7 +60,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.digits import load_digits_28x28
-from scripts import wrkload
+from harness import wrk
 from scripts.batching_check import MODEL, check_contenders, correctness, predict_url
 from scripts.batching_report import (
     BATCHING,
@@ -273,11 +273,11 @@ def closed_loop(urls: dict[str, str], body: bytes, args: argparse.Namespace) -> 
     Python open-loop generator is past ~1 300 req/s here): per contender, each run
     and the best rate with p99 <= P99_MS and no errors."""
     exe = ensure_tool("wrk", "wrk")
-    lua = wrkload.post_script(OUT / "batching_post.lua", _write(OUT / "batching_body.json", body))
+    lua = wrk.post_script(OUT / "batching_post.lua", _write(OUT / "batching_body.json", body))
     out: dict[str, Any] = {n: {"runs": [], "best": None} for n in urls}
     for conns in args.closed_connections:
         for name, url in urls.items():
-            r = wrkload.run(exe, predict_url(url), args.closed_seconds, conns, lua)
+            r = wrk.run(exe, predict_url(url), args.closed_seconds, conns, lua)
             r.update(connections=conns, ok=bool(r["p99_ms"] <= P99_MS and not r["non_2xx"]
                                                 and not r["socket_errors"]))
             out[name]["runs"].append(r)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness import wrk
 from harness.procs import free_port, wait_http
 from lb.http.client import ClientLimits, NodeClient
 from scripts.benchenv import OUT
@@ -144,14 +146,12 @@ async def run_all(url: str, seconds: float, concurrency: int
 
 
 def wrk_rate(url: str, seconds: float, concurrency: int) -> float | None:
-    if shutil.which("wrk") is None:
+    """wrk's requests/s on the same URL (None without wrk or without a figure)."""
+    exe = shutil.which("wrk")
+    if exe is None:
         return None
-    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", url + PATH],
-                         capture_output=True, text=True, timeout=seconds + 30).stdout
-    for line in out.splitlines():
-        if line.startswith("Requests/sec:"):
-            return float(line.split()[1])
-    return None
+    rps = float(wrk.run(exe, url + PATH, seconds, concurrency, None)["rps"])
+    return None if math.isnan(rps) else rps
 
 
 def main() -> int:
@@ -167,7 +167,7 @@ def main() -> int:
         print(f"{args.concurrency} senders, {args.seconds:g} s each, against nginx `return 200`")
         res = uvloop.run(run_all(url, args.seconds, args.concurrency))
         time.sleep(0.5)
-        wrk = wrk_rate(url, args.seconds, args.concurrency)
+        wrk_rps = wrk_rate(url, args.seconds, args.concurrency)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -175,9 +175,9 @@ def main() -> int:
         node, aio = res[f"NodeClient {method}"], res[f"aiohttp {method}"]
         print(f"{method}: NodeClient / aiohttp = {node[0] / aio[0]:.2f}x the rate, "
               f"{aio[1] / node[1]:.2f}x less CPU per request")
-    if wrk is not None:
-        print(f"wrk alone (C, -t1 -c{args.concurrency}): {wrk:.0f} req/s; NodeClient GET is "
-              f"{res['NodeClient GET'][0] / wrk:.3f}x of it")
+    if wrk_rps is not None:
+        print(f"wrk alone (C, -t1 -c{args.concurrency}): {wrk_rps:.0f} req/s; NodeClient GET is "
+              f"{res['NodeClient GET'][0] / wrk_rps:.3f}x of it")
     return 0
 
 

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -33,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness import wrk as harness_wrk
 from harness.procs import free_port
 from harness.usage import tree_cpu_seconds
 from scripts.benchenv import OUT
@@ -106,23 +106,15 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -
 
 def wrk(port: int, lua: Path | None, duration: int, pin: bool) -> tuple[float, int]:
     """Requests/s and the number of requests of one wrk run (GET / without a script)."""
-    script = ["-s", str(lua)] if lua is not None else []
-    cmd = ["wrk", "-t1", "-c32", f"-d{duration}s", *script, f"http://127.0.0.1:{port}/"]
-    if pin:
-        cmd = ["taskset", "-c", "0", *cmd]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30,
-                         check=True)
-    if run.stderr.strip():              # e.g. a Lua error: wrk then sends plain GETs
-        raise RuntimeError(f"wrk: {run.stderr.strip()}")
-    out = run.stdout
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
-    if errors:
-        print(out, file=sys.stderr)
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    count = re.search(r"(\d+) requests in", out)
-    if not rate or not count:
-        raise RuntimeError(f"no Requests/sec in wrk output:\n{out}")
-    return float(rate.group(1)), int(count.group(1))
+    res = harness_wrk.run("wrk", f"http://127.0.0.1:{port}/", duration, 32, lua,
+                          prefix=["taskset", "-c", "0"] if pin else ())
+    if res["stderr"]:                   # e.g. a Lua error: wrk then sends plain GETs
+        raise RuntimeError(f"wrk: {res['stderr']}")
+    if res["non_2xx"] or res["socket_errors"]:
+        print(res, file=sys.stderr)
+    if res["raw"]:
+        raise RuntimeError(f"no Requests/sec in wrk output:\n{res['raw']}")
+    return float(res["rps"]), int(res["requests"])
 
 
 def run_one(kind: str, tmp: Path, lua: Path | None, duration: int, pin: bool

@@ -56,10 +56,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness import wrk
 from harness.procs import free_port, wait_http
 from harness.usage import tree_cpu_seconds
 from lb import native
-from scripts import wrkload
 from scripts.benchenv import (
     OUT,
     Bench,
@@ -257,9 +257,9 @@ def measure(exe: str, url: str, args: argparse.Namespace, lua: Path,
     headers = HEADERS.get(url)
     pid = PIDS.get(url)
     for verb, target, script in runs:
-        wrkload.run(exe, target, args.warmup, args.connections, script, headers)
+        wrk.run(exe, target, args.warmup, args.connections, script, headers)
         cpu0 = tree_cpu_seconds(pid) if pid else 0.0
-        row[verb] = wrkload.run(exe, target, args.seconds, args.connections, script, headers)
+        row[verb] = wrk.run(exe, target, args.seconds, args.connections, script, headers)
         served = row[verb].get("requests") or row[verb]["rps"] * max(1, round(args.seconds))
         if pid and served > 0:          # all the proxy's processes: user + system CPU
             row[verb]["cpu_us"] = round((tree_cpu_seconds(pid) - cpu0) / served * 1e6, 2)
@@ -333,7 +333,7 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
     baseline's row after ours, the --distinct rows last, and only the rows asked for."""
     rows = list(CONTENDERS[:4]) + other_installs(args.lb) + list(CONTENDERS[4:])
     if args.distinct:
-        rows += distinct_rows(wrkload.distinct_script(OUT / "raw_distinct.lua"))
+        rows += distinct_rows(wrk.distinct_script(OUT / "raw_distinct.lua"))
     if args.baseline is not None:
         base: Path = args.baseline.resolve()
         at = next(i for i, c in enumerate(rows) if c[0] == WORKERS_ROW) + 1
@@ -351,7 +351,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     body_path = OUT / "raw_predict.json"
     OUT.mkdir(exist_ok=True)
     body_path.write_bytes(body)
-    lua = wrkload.post_script(OUT / "raw_post.lua", body_path)
+    lua = wrk.post_script(OUT / "raw_post.lua", body_path)
     make_certs()
     results: dict[str, Any] = {"body_bytes": len(body), "seconds": args.seconds,
                                "connections": args.connections, "rounds": args.rounds,
