@@ -1,5 +1,6 @@
 """Processes on loopback for the tests and the benchmarks: free ports, waits with a
-deadline, one-shot HTTP, and `Proc`, a child process logged to a file.
+deadline, one-shot HTTP, `Proc`, a child process logged to a file, and
+`ensure_tool` (apt-get installs a missing nginx or wrk, before anything is measured).
 
 Called by tests/procs.py (the suite's launchers) and scripts/ (benchenv and the
 bench_*.py). Every wait here has a deadline; every process `Proc` starts is
@@ -12,10 +13,12 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -205,3 +208,24 @@ class Proc:
             wait_until(check, timeout, f"{self.name} at {url}", interval=0.1)
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}\n--- {self.name} log ---\n{self.log()}") from None
+
+
+def ensure_tool(exe: str, apt_pkg: str) -> str:
+    """The path of `exe`; when missing, installs `apt_pkg` with apt-get first."""
+    found = shutil.which(exe) or next((p for p in (f"/usr/sbin/{exe}", f"/usr/bin/{exe}")
+                                      if Path(p).exists()), None)
+    if found:
+        return found
+    print(f"bench: {exe} is missing, installing {apt_pkg} (apt-get)", file=sys.stderr)
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [*sudo, "apt-get", "install", "-y", "-qq", "-o", "DPkg::Lock::Timeout=120",
+               apt_pkg]
+    if subprocess.run(install, env=env, timeout=900).returncode != 0:
+        subprocess.run([*sudo, "apt-get", "update", "-qq"], env=env, timeout=900, check=True)
+        subprocess.run(install, env=env, timeout=900, check=True)
+    found = shutil.which(exe) or (f"/usr/sbin/{exe}" if Path(f"/usr/sbin/{exe}").exists()
+                                  else None)
+    if not found:
+        raise RuntimeError(f"{apt_pkg} installed but {exe} is not on PATH")
+    return found

@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.digits import load_digits_28x28
 from harness import wrk
+from harness.procs import ensure_tool
 from scripts.batching_check import MODEL, check_contenders, correctness, predict_url
 from scripts.batching_report import (
     BATCHING,
@@ -76,7 +77,7 @@ from scripts.batching_report import (
     step_line,
 )
 from scripts.bench_raw import start_nginx_front
-from scripts.benchenv import OUT, Bench, ensure_tool, proxy_stats, settle_workers, worker_counts
+from scripts.benchenv import OUT, Bench, proxy_stats, settle_workers, worker_counts
 from scripts.loadgen import Result, open_loop, run, schedule
 
 LATE_MS = 10.0             # a sender lag p99 past this distorts the latencies

@@ -31,25 +31,16 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import wrk
-from harness.procs import free_port, wait_http
+from harness import nginx, wrk
+from harness.procs import free_port
 from lb.http.client import ClientLimits, NodeClient
 from scripts.benchenv import OUT
 
-NGINX_CONF = """
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    keepalive_requests 10000000;
-    client_body_temp_path {prefix}/body;
+NGINX_SERVER = """
     server {{
         listen 127.0.0.1:{port};
         location / {{ return 200 "ok"; }}
     }}
-}}
 """
 PATH = "/v1/models/m:predict"
 BODY = b'{"instances": [[1.0, 2.0, 5.0, 7.0], [3.0, 4.0, 6.0, 8.0]]}'
@@ -59,18 +50,10 @@ Send = Callable[[], Awaitable[int]]
 
 
 def start_nginx() -> tuple[str, subprocess.Popen[bytes]]:
-    exe = shutil.which("nginx") or "/usr/sbin/nginx"
-    prefix = OUT / "nginx-http-client"
-    shutil.rmtree(prefix, ignore_errors=True)
-    prefix.mkdir(parents=True)
+    """nginx `return 200` on a free port (harness/nginx.py): its URL and process."""
     port = free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port))
-    proc = subprocess.Popen([exe, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/", 15.0)
-    return url, proc
+    return url, nginx.start(OUT / "nginx-http-client", NGINX_SERVER.format(port=port), url + "/")
 
 
 async def tight_loop(send: Send, concurrency: int, seconds: float) -> tuple[int, int, float]:
@@ -169,8 +152,7 @@ def main() -> int:
         time.sleep(0.5)
         wrk_rps = wrk_rate(url, args.seconds, args.concurrency)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        nginx.stop(proc)
     for method in ("GET", "POST"):
         node, aio = res[f"NodeClient {method}"], res[f"aiohttp {method}"]
         print(f"{method}: NodeClient / aiohttp = {node[0] / aio[0]:.2f}x the rate, "

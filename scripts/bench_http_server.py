@@ -32,22 +32,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness import nginx
 from harness import wrk as harness_wrk
-from harness.procs import free_port
+from harness.procs import die_with_us, free_port
 from harness.usage import tree_cpu_seconds
 from scripts.benchenv import OUT
 
 REPLY = b'{"predictions": [2.5]}'
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    keepalive_requests 1000000;
+NGINX_SERVER = """
     server {{
         listen 127.0.0.1:{port} reuseport;
         location / {{
@@ -55,7 +47,6 @@ http {{
             return 200 '{reply}';
         }}
     }}
-}}
 """
 WRK_LUA = """
 wrk.method = "POST"
@@ -121,15 +112,14 @@ def run_one(kind: str, tmp: Path, lua: Path | None, duration: int, pin: bool
             ) -> tuple[float, float]:
     """Requests/s and CPU microseconds per request of one server."""
     port = free_port()
+    pin_to = ["taskset", "-c", "1"] if pin else []
     if kind == "nginx":
-        conf = tmp / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, reply=REPLY.decode()))
-        cmd = [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p", str(tmp)]
+        proc = nginx.start(tmp / "nginx", NGINX_SERVER.format(port=port, reply=REPLY.decode()),
+                           f"http://127.0.0.1:{port}/", wrapper=pin_to)
     else:
-        cmd = [sys.executable, __file__, "--serve", str(port)]
-    if pin:
-        cmd = ["taskset", "-c", "1", *cmd]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen([*pin_to, sys.executable, __file__, "--serve", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                preexec_fn=die_with_us())
     try:
         wait_port(port, proc)
         wrk(port, lua, 1, pin)          # warm-up: connections, caches, page faults
@@ -137,12 +127,15 @@ def run_one(kind: str, tmp: Path, lua: Path | None, duration: int, pin: bool
         rate, count = wrk(port, lua, duration, pin)
         return rate, (tree_cpu_seconds(proc.pid) - cpu0) / count * 1e6
     finally:
-        proc.send_signal(signal.SIGTERM if kind == "lean" else signal.SIGQUIT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if kind == "nginx":
+            nginx.stop(proc)
+        else:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
 
 
 def main() -> None:

@@ -57,13 +57,12 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import wrk
-from harness.procs import free_port, wait_http
+from harness.procs import ensure_tool, free_port, wait_http
 from harness.usage import tree_cpu_seconds
 from lb import native
 from scripts.benchenv import (
     OUT,
     Bench,
-    ensure_tool,
     http_get,
 )
 from scripts.charts import NOISE_NOTE, bar_chart

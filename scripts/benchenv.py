@@ -4,8 +4,7 @@ Used by scripts/bench_*.py. Every process is started on a free 127.0.0.1
 port, waited for with a deadline and stopped by `Bench.close()` (also on
 errors); a proxy started with `--workers N` runs in its own process group,
 so stopping it never leaves a child behind. Nothing here imports TensorFlow:
-workers are child processes. `ensure_tool` installs a missing nginx or wrk
-with apt-get (a setup step, before anything is measured). `worker_counts` and
+workers are child processes (nginx: harness/nginx.py). `worker_counts` and
 `settle_workers` read the MNIST workers' own counters (batch rows per call, and
 when a backlog has drained). The charts live in
 scripts/charts.py.
@@ -31,46 +30,13 @@ import orjson
 import yaml
 
 from backends.pool import start_pool, stop_pool, wait_available
+from harness import nginx
 from harness.procs import free_port, loopback_context, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench-out"
 
 
-NGINX_MAIN = """
-worker_processes {processes};
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fcgi; uwsgi_temp_path {prefix}/uwsgi; scgi_temp_path {prefix}/scgi;
-    keepalive_requests 1000000;
-{http}
-}}
-"""
-
-
-def ensure_tool(exe: str, apt_pkg: str) -> str:
-    """The path of `exe`; when missing, installs `apt_pkg` with apt-get first."""
-    found = shutil.which(exe) or next((p for p in (f"/usr/sbin/{exe}", f"/usr/bin/{exe}")
-                                      if Path(p).exists()), None)
-    if found:
-        return found
-    print(f"bench: {exe} is missing, installing {apt_pkg} (apt-get)", file=sys.stderr)
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [*sudo, "apt-get", "install", "-y", "-qq", "-o", "DPkg::Lock::Timeout=120",
-               apt_pkg]
-    if subprocess.run(install, env=env, timeout=900).returncode != 0:
-        subprocess.run([*sudo, "apt-get", "update", "-qq"], env=env, timeout=900, check=True)
-        subprocess.run(install, env=env, timeout=900, check=True)
-    found = shutil.which(exe) or (f"/usr/sbin/{exe}" if Path(f"/usr/sbin/{exe}").exists()
-                                  else None)
-    if not found:
-        raise RuntimeError(f"{apt_pkg} installed but {exe} is not on PATH")
-    return found
 
 
 def http_get(url: str, timeout: float = 2.0, method: str = "GET", body: bytes | None = None,
@@ -297,24 +263,9 @@ class Bench:
 
     def start_nginx(self, name: str, http_conf: str, wait_url: str, *,
                     processes: int = 1) -> subprocess.Popen[bytes]:
-        """A non-daemon nginx with its own prefix, conf, pid and logs under
-        bench-out/nginx/NAME; `http_conf` is the inside of its `http {}` block."""
-        exe = ensure_tool("nginx", "nginx-light")
-        prefix = OUT / "nginx" / name
-        shutil.rmtree(prefix, ignore_errors=True)
-        prefix.mkdir(parents=True)
-        prefix.chmod(0o777)
-        conf = prefix / "nginx.conf"
-        conf.write_text(NGINX_MAIN.format(prefix=prefix, processes=processes, http=http_conf))
-        log = open(prefix / "stderr.log", "wb")  # noqa: SIM115 - the child owns it
-        proc = subprocess.Popen([exe, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
-                                stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        """`harness.nginx.start` under bench-out/nginx/NAME, stopped by `close()`."""
+        proc = nginx.start(OUT / "nginx" / name, http_conf, wait_url, processes=processes)
         self.others.append(proc)
-        try:
-            wait_http(wait_url, 15.0)
-        except TimeoutError:
-            raise RuntimeError(f"nginx {name} did not start: see {prefix}/error.log") from None
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:
