@@ -5,5 +5,6 @@ tests/ and scripts/ import from here and never from each other (tests/test_impor
   process that dies with its parent);
 * usage: CPU seconds (a process, its tree) and RSS from /proc;
 * wrk: runs wrk (closed loop, in C) and reads its report; its Lua scripts;
-* nginx: a non-daemon nginx under its own prefix (stubs, balancers, yardsticks).
+* nginx: a non-daemon nginx under its own prefix (stubs, balancers, yardsticks);
+* proxy: `ProxyProc`, `tfserving-lb serve` on free ports, and `write_config`.
 """

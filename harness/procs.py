@@ -10,6 +10,7 @@ stopped by its caller, and dies with this process even if it is killed
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -147,10 +148,12 @@ def get_json(url: str, timeout: float = 10.0) -> Any:
 
 
 class Proc:
-    """A child process with its output in a log file; `stop()` is idempotent.
-    It dies with this process, even killed (`die_with_us`)."""
+    """A child process with its output in a log file, in a session of its own (cwd: the
+    repository, or `cwd`); `stop()` is idempotent and leaves nothing of its session
+    running. It dies with this process, even killed (`die_with_us`)."""
 
-    def __init__(self, name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None = None):
+    def __init__(self, name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None):
         self.name = name
         self.cmd = cmd
         self.grpc: str | None = None     # "host:port" of its gRPC server, if it has one
@@ -162,7 +165,7 @@ class Proc:
             full_env.update(env)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT,
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd or ROOT,
             start_new_session=True, preexec_fn=die_with_us(),
         )
 
@@ -191,12 +194,15 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(5)
+        # Its session's other processes (a supervisor's children) do not outlive it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
         if not self._log.closed:
             self._log.close()
         return self.popen.returncode
 
     def wait_http(self, url: str, timeout: float,
-                  ok: Callable[[int, bytes], bool] | None = None) -> None:
+                  ok: Callable[[int, bytes], bool] | None = None, interval: float = 0.1) -> None:
         """Wait until `url` answers (and `ok(status, body)` holds), or fail with the log."""
         def check() -> bool:
             if not self.alive():
@@ -205,7 +211,7 @@ class Proc:
             status, _, body = http("GET", url, timeout=2.0)
             return ok(status, body) if ok else status < 500
         try:
-            wait_until(check, timeout, f"{self.name} at {url}", interval=0.1)
+            wait_until(check, timeout, f"{self.name} at {url}", interval=interval)
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}\n--- {self.name} log ---\n{self.log()}") from None
 

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 
 from backends.pool import start_pool, stop_pool, wait_available
 from harness import nginx
 from harness.procs import free_port, loopback_context, wait_http
+from harness.proxy import ProxyProc
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench-out"
@@ -238,28 +238,13 @@ class Bench:
         `source`: run the proxy of another checkout (its `lb/` imported first: a
         before/after comparison in one run); `listen`: more listen settings (e.g.
         {"metrics": "127.0.0.1:port"}); `tls`: listen.tls (the URL is https)."""
-        rest, admin = free_port(), free_port()
-        doc = {"listen": {"rest": f"127.0.0.1:{rest}", "grpc": None,
-                          "admin": f"127.0.0.1:{admin}", "tls": tls, **(listen or {})},
-               "nodes": nodes, **sections}
-        path = self.logs / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child owns it
-        cmd = [exe] if exe else [sys.executable, "-m", "lb"]
-        cmd += ["serve", "--config", str(path)]
-        if workers > 1:
-            cmd += ["--workers", str(workers)]
-        # Its own session: the supervisor's children can be stopped as one group.
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=source,
-                                start_new_session=True, env={**os.environ, **(env or {})})
-        log.close()
-        self.others.append(proc)
-        self._groups.add(proc.pid)
-        admin_url = f"http://127.0.0.1:{admin}"
-        wait_http(f"{admin_url}/stats", 30.0)
+        proxy = ProxyProc(self.logs, nodes, name=name, workers=workers, tls=tls, listen=listen,
+                          exe=exe, source=source, env=env, **sections)
+        self.others.append(proxy.proc.popen)
+        self._groups.add(proxy.proc.pid)    # its own session: stopped as one group
         if ready:
-            wait_proxy_ready(admin_url, workers, 30.0)
-        return f"{'https' if tls else 'http'}://127.0.0.1:{rest}", admin_url, proc
+            wait_proxy_ready(proxy.admin, workers, 30.0)
+        return proxy.url, proxy.admin, proxy.proc.popen
 
     def start_nginx(self, name: str, http_conf: str, wait_url: str, *,
                     processes: int = 1) -> subprocess.Popen[bytes]:

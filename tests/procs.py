@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 # harness/procs.py's, also named here for the suite's imports
 from harness.procs import ROOT, Proc, free_port, get_json, http, tcp_open, wait_until
+from harness.proxy import ProxyProc, write_config
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-# Its own helpers and harness/procs.py's (explicitly re-exported for the suite's imports).
+# Its own helpers and harness's (explicitly re-exported for the suite's imports).
 __all__ = [
     "FAST_ENV",
     "ROOT",
@@ -161,50 +162,6 @@ def running(*procs: Proc) -> Iterator[None]:
     finally:
         for p in procs:
             p.stop()
-
-
-def write_config(path: Path, doc: dict[str, Any]) -> Path:
-    import yaml
-
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-class ProxyProc:
-    """`tfserving-lb serve` in a child process, with its REST and admin URLs."""
-
-    def __init__(self, log_dir: Path, nodes: list[dict[str, Any]], *, name: str = "proxy",
-                 grpc: bool = False, workers: int = 1, metrics: bool = False,
-                 tls: dict[str, Any] | None = None, **sections: Any):
-        self.rest_port, self.admin_port = free_port(), free_port()
-        # with `tls` (listen.tls) the REST front is https (tests.certs names 127.0.0.1)
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.rest_port}"
-        self.admin = f"http://127.0.0.1:{self.admin_port}"
-        self.grpc = f"127.0.0.1:{free_port()}" if grpc else None   # the gRPC front, if asked
-        # listen.metrics, if asked: GET /metrics alone
-        self.metrics = f"http://127.0.0.1:{free_port()}" if metrics else None
-        listen = {"rest": f"127.0.0.1:{self.rest_port}", "grpc": self.grpc,
-                  "admin": f"127.0.0.1:{self.admin_port}", "tls": tls}
-        if self.metrics:
-            listen["metrics"] = self.metrics.removeprefix("http://")
-        doc: dict[str, Any] = {"listen": listen, "nodes": nodes, **sections}
-        self.config_path = write_config(log_dir / f"{name}-{self.rest_port}.yaml", doc)
-        self.proc = Proc(f"{name}-{self.rest_port}",
-                         lb_cmd("serve", "--config", str(self.config_path),
-                                "--workers", str(workers)), log_dir)
-        try:
-            self.proc.wait_http(f"{self.admin}/stats", 30.0, lambda s, _b: s == 200)
-            if self.grpc:
-                wait_until(lambda: tcp_open(str(self.grpc)), 10.0, f"{name} gRPC front")
-        except BaseException:
-            self.proc.stop()                 # a proxy that did not come up is not left behind
-            raise
-
-    def stats(self) -> Any:
-        return get_json(f"{self.admin}/stats")
-
-    def stop(self) -> int | None:
-        return self.proc.stop()
 
 
 def node(name: str, url: str, weight: float = 1.0) -> dict[str, Any]:
