@@ -34,18 +34,13 @@ import grpc.aio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness.certs import CA
+from harness.grpcwire import PREDICT, predict_bytes
+from harness.procs import Proc, free_port, wait_until
 from harness.proxy import ProxyProc
 from harness.usage import cpu_seconds, rss_mb
+from harness.workers import TEST_MODELS, start_workers
 from scripts.benchenv import Bench
-from tests.certs import CA
-from tests.lb.grpcload import PREDICT, predict_bytes
-from tests.procs import (
-    TEST_MODELS,
-    Proc,
-    free_port,
-    start_workers,
-    wait_until,
-)
 
 
 def channel_to(target: str, ca: bytes | None) -> grpc.aio.Channel:

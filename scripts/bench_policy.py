@@ -10,7 +10,7 @@ node processes, with the same seeded open-loop Poisson schedule):
   ms, then 10/10/10 ms, at `--rate` req/s, evenly spaced: nginx least_conn and
   round robin, tfserving-lb least_load / least_conn / round_robin. The slow
   node's share of requests comes from X-Node.
-* `slow331`, `slow111`, `stall`, `herding`: simulated nodes (scripts/simnode.py:
+* `slow331`, `slow111`, `stall`, `herding`: simulated nodes (harness/simnode.py:
   2 service slots each, lognormal service times with sigma 0.5, queueing
   inside the node) at 70 % of the pool's capacity (Σ slots / mean service
   time): 20/20/60 ms with weights 3:3:1, the same with 1:1:1, three 20 ms
@@ -51,8 +51,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness import simnode
 from harness.procs import free_port, wait_http
-from scripts import simnode
 from scripts.benchenv import OUT, Bench, http_get, proxy_report
 from scripts.charts import NOISE_NOTE, cdf_chart
 from scripts.loadgen import Result, open_loop, run

@@ -146,7 +146,7 @@ HEADERS: dict[str, dict[str, str]] = {}
 
 
 def make_certs() -> None:
-    from tests.certs import CA
+    from harness.certs import CA
 
     pair = CA(OUT / "tls", "bench-ca").issue("front", "localhost")
     TLS_FILES.update(cert=str(pair.cert), key=str(pair.key))

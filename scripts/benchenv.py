@@ -214,8 +214,8 @@ class Bench:
 
     def start_simnode(self, name: str, mean_ms: float, *, slots: int = 2,
                       model: str = "mnist") -> str:
-        """A simulated node (scripts/simnode.py, sigma 0.5) on a free port; its URL."""
-        from scripts import simnode
+        """A simulated node (harness/simnode.py, sigma 0.5) on a free port; its URL."""
+        from harness import simnode
 
         port = free_port()
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child owns it

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import pytest
 
-from scripts import simnode
+from harness import simnode
 from tests.load import OpenLoad, Sample
 from tests.procs import Proc, ProxyProc, free_port, node, running, wait_until
 

@@ -18,8 +18,8 @@ import grpc
 import orjson
 import pytest
 
+from harness.grpcwire import PREDICT, predict_bytes
 from tests.dnsserver import dns_server
-from tests.lb.grpcload import PREDICT, predict_bytes
 from tests.load import OpenLoad
 from tests.procs import Proc, ProxyProc, free_port, get_json, http, lb_cmd, wait_until
 

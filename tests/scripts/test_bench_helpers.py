@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scripts import simnode
+from harness import simnode
 from scripts.benchenv import merge_hedge
 from scripts.loadgen import open_loop, schedule
 from tests.procs import Proc, free_port, http

@@ -23,9 +23,9 @@ import grpc
 import grpc.aio
 import pytest
 
-from tests.certs import CA, Pair
+from harness.certs import CA, Pair
+from harness.grpcwire import PREDICT, predict_bytes
 from tests.lb.conftest import Pool
-from tests.lb.grpcload import PREDICT, predict_bytes
 from tests.load import OpenLoad
 from tests.procs import (
     Proc,
