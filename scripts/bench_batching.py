@@ -13,7 +13,7 @@ with cache none and hedging off, and the same with
 `models: {mnist: {batching: {max_rows: 64}}}`, and tfserving-lb without its
 concurrency limiter (64 slots a node, pinned: what the limiter costs). Every request is
 one 784-float digit (1797 distinct rows, from backends/digits.py), sent open
-loop with Poisson arrivals (scripts/loadgen.py).
+loop with Poisson arrivals (harness/loadgen.py).
 
 1. Sustained rate: the offered rate steps up geometrically (`--factor`) from
    `--start-rate`, the contenders interleaved at each rate (a burst of someone
@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.digits import load_digits_28x28
 from harness import wrk
+from harness.loadgen import Result, open_loop, run, schedule
 from harness.procs import ensure_tool
 from scripts.batching_check import MODEL, check_contenders, correctness, predict_url
 from scripts.batching_report import (
@@ -78,7 +79,6 @@ from scripts.batching_report import (
 )
 from scripts.bench_raw import start_nginx_front
 from scripts.benchenv import OUT, Bench, proxy_stats, settle_workers, worker_counts
-from scripts.loadgen import Result, open_loop, run, schedule
 
 LATE_MS = 10.0             # a sender lag p99 past this distorts the latencies
 

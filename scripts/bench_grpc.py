@@ -11,7 +11,7 @@ of the proxy, requests/s direct and through the proxy, and their ratio.
 
 The edge: the same load through nginx `grpc_pass` (h2c, and TLS with http2) as
 the peer, through the proxy with `listen.tls` (a certificate made by the run,
-tests/certs.py; one channel: one handshake), and through the proxy with an API
+harness/certs.py; one channel: one handshake), and through the proxy with an API
 key on every call and a local rate limit that refuses none; it prints the TLS
 ratio to nginx TLS and the proxy's CPU per call (user + system from /proc)
 with the key and rate limit vs without. Everything it starts is stopped at the

@@ -24,7 +24,7 @@ node processes, with the same seeded open-loop Poisson schedule):
   share of the in-flight work (time-weighted concurrency from /_sim/stats)
   and the largest share over the fair share (target ≤ 1.3×).
 
-Latency is measured from each request's scheduled start (scripts/loadgen.py);
+Latency is measured from each request's scheduled start (harness/loadgen.py);
 the table gives p50, p99, p99.9 with ratios to nginx least_conn (and to
 weighted least_conn for 3:3:1), backend requests per client request (what
 hedging costs), the proxy's hedge counters when /stats has them, and the
@@ -52,10 +52,10 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import simnode
+from harness.loadgen import Result, open_loop, run
 from harness.procs import free_port, wait_http
 from scripts.benchenv import OUT, Bench, http_get, proxy_report
 from scripts.charts import NOISE_NOTE, cdf_chart
-from scripts.loadgen import Result, open_loop, run
 from scripts.policy_report import report_generator, report_real, report_sim
 
 MODEL = "half_plus_two"

@@ -14,7 +14,7 @@ without it), the same run as Python (TFSERVING_LB_PURE=1), with the memory
 cache answering every request from the cache (X-Cache: HIT), and
 `serve --workers 2` with cache none; hedging off (nginx does not hedge).
 TLS rows: nginx with TLS and tfserving-lb with `listen.tls` (a certificate
-made by the run, tests/certs.py; wrk keeps its connections, so each makes one
+made by the run, harness/certs.py; wrk keeps its connections, so each makes one
 handshake), nodes in plaintext; and tfserving-lb with an API key on every
 request and a local rate limit that refuses none (`auth`). For the proxy's own
 rows the CPU it used per request is measured too (/proc: user + system), and

@@ -29,7 +29,7 @@ import orjson
 import pytest
 
 from harness import simnode
-from tests.load import OpenLoad, Sample
+from harness.loadgen import OpenLoad, Sample
 from tests.procs import Proc, ProxyProc, free_port, node, running, wait_until
 
 MODEL = "mnist"

@@ -19,8 +19,8 @@ import orjson
 import pytest
 
 from harness.grpcwire import PREDICT, predict_bytes
+from harness.loadgen import OpenLoad
 from tests.dnsserver import dns_server
-from tests.load import OpenLoad
 from tests.procs import Proc, ProxyProc, free_port, get_json, http, lb_cmd, wait_until
 
 HP2 = "half_plus_two"

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from harness import simnode
+from harness.loadgen import open_loop, schedule
 from scripts.benchenv import merge_hedge
-from scripts.loadgen import open_loop, schedule
 from tests.procs import Proc, free_port, http
 
 

@@ -25,8 +25,8 @@ import pytest
 
 from harness.certs import CA, Pair
 from harness.grpcwire import PREDICT, predict_bytes
+from harness.loadgen import OpenLoad
 from tests.lb.conftest import Pool
-from tests.load import OpenLoad
 from tests.procs import (
     Proc,
     ProxyProc,
