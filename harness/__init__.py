@@ -7,6 +7,7 @@ tests/ and scripts/ import from here and never from each other (tests/test_impor
 * wrk: runs wrk (closed loop, in C) and reads its report; its Lua scripts;
 * nginx: a non-daemon nginx under its own prefix (stubs, balancers, yardsticks);
 * proxy: `ProxyProc`, `tfserving-lb serve` on free ports, and `write_config`;
+* redis: `RedisServer`, a private redis-server on a free port;
 * workers: `tfserving-lb worker` processes (TensorFlow), started together;
 * simnode: a simulated TF Serving node (slots, lognormal service, stalls);
 * certs: a CA and certificate pairs made at run time;

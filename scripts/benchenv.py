@@ -15,23 +15,20 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from backends.pool import start_pool, stop_pool, wait_available
-from harness import nginx
+from harness import nginx, procs
 from harness.procs import free_port, loopback_context, wait_http
 from harness.proxy import ProxyProc
+from harness.redis import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench-out"
@@ -41,13 +38,9 @@ OUT = ROOT / "bench-out"
 
 def http_get(url: str, timeout: float = 2.0, method: str = "GET", body: bytes | None = None,
              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    """One request on a fresh connection: (status, headers, body); any status is returned."""
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout, context=loopback_context(url)) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+    """`harness.procs.http` as the benchmarks call it: GET by default, a short
+    timeout, https on loopback unverified (certificates made by the run)."""
+    return procs.http(method, url, body, headers, timeout, loopback_context(url))
 
 
 def proxy_stats(admin: str, processes: int = 1, timeout: float = 10.0) -> dict[int, Any]:
@@ -195,22 +188,12 @@ class Bench:
         return urls
 
     def start_redis(self) -> str:
-        exe = shutil.which("redis-server")
-        if not exe:
-            raise RuntimeError("redis-server is not installed (bash scripts/setup.sh)")
-        port = free_port()
-        self.others.append(subprocess.Popen(
-            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--maxmemory", "512mb", "--maxmemory-policy", "allkeys-lru"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.5).close()
-                return f"redis://127.0.0.1:{port}/0"
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError("redis-server did not start")
+        """A private redis-server (harness/redis.py, 512 MB, LRU); its URL."""
+        server = RedisServer(self.logs, maxmemory_mb=512)
+        server.start()
+        assert server.proc is not None
+        self.others.append(server.proc.popen)
+        return server.url
 
     def start_simnode(self, name: str, mean_ms: float, *, slots: int = 2,
                       model: str = "mnist") -> str:

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 # harness/procs.py's, also named here for the suite's imports
 from harness.procs import ROOT, Proc, free_port, get_json, http, tcp_open, wait_until
 from harness.proxy import ProxyProc, write_config
+from harness.redis import RedisServer
 from harness.workers import TEST_MODELS, lb_cmd, model_available, start_worker, start_workers
 
 if TYPE_CHECKING:
@@ -55,43 +53,6 @@ __all__ = [
 
 # Set to 1 by `scripts/test.sh --fast`: no process may start (tests/conftest.py).
 FAST_ENV = "TFSLB_TEST_FAST"
-
-
-class RedisServer:
-    """A private redis-server on a free port; `kill()` and `start()` simulate outages."""
-
-    def __init__(self, log_dir: Path, port: int | None = None):
-        self.port = port or free_port()
-        self.log_dir = log_dir
-        self.proc: Proc | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        exe = shutil.which("redis-server")
-        assert exe, "redis-server is not installed (.ci/run installs it)"
-        self.proc = Proc(f"redis-{self.port}", [
-            exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru",
-        ], self.log_dir)
-        wait_until(self._ping, 10.0, f"redis-server on {self.port}")
-
-    def _ping(self) -> bool:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-
-    def kill(self) -> None:
-        if self.proc:
-            self.proc.signal(signal.SIGKILL)
-            self.proc.popen.wait(5)
-            self.proc.stop()
-
-    def stop(self) -> None:
-        if self.proc:
-            self.proc.stop()
 
 
 @contextlib.contextmanager
