@@ -1,10 +1,11 @@
-"""Real processes for the test suite: redis-server, workers, the proxy, configs.
+"""The suite's process helpers: configs on disk, node entries, /metrics samples, and
+the launchers of harness/ (workers, redis-server, the proxy, `Proc`) named here too.
 
-Every helper here waits with a deadline and every process it starts is stopped
-by the caller (fixtures do it in their teardown). Output goes to a log file in
-the test's tmp dir so a failing test can print it. The generic parts (free ports,
-waits, one-shot HTTP, `Proc`) are harness/procs.py's, named here too for the
-suite's imports.
+Every helper waits with a deadline and every process is stopped by the caller
+(fixtures do it in their teardown). Output goes to a log file in the test's tmp
+dir so a failing test can print it. The launchers themselves live in harness/,
+shared with scripts/; this module re-exports them (`__all__`) so that the tests
+import one place.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# harness/procs.py's, also named here for the suite's imports
 from harness.procs import ROOT, Proc, free_port, get_json, http, tcp_open, wait_until
 from harness.proxy import ProxyProc, write_config
 from harness.redis import RedisServer
