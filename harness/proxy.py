@@ -40,7 +40,7 @@ class ProxyProc:
                  exe: str | None = None, source: Path | None = None,
                  env: dict[str, str] | None = None, poll_s: float = 0.1, **sections: Any):
         self.rest_port, self.admin_port = free_port(), free_port()
-        # with `tls` (listen.tls) the REST front is https (tests.certs names 127.0.0.1)
+        # with `tls` (listen.tls) the REST front is https (harness.certs names 127.0.0.1)
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.rest_port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.grpc = f"127.0.0.1:{free_port()}" if grpc else None   # the gRPC front, if asked

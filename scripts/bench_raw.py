@@ -137,7 +137,7 @@ FRONT_TLS = """
         }}
     }}
 """
-# Made by `run` (tests.certs): the certificate both TLS fronts serve.
+# Made by `run` (harness.certs): the certificate both TLS fronts serve.
 TLS_FILES: dict[str, str] = {}
 BENCH_KEY = "bench-" + "k" * 26
 # Per contender URL: the proxy's pid (CPU per request) and headers wrk sends.

@@ -1,5 +1,5 @@
 """TLS on the fronts, in-process with real handshakes on uvloop: certificates made here
-(`tests.certs`), the REST front's HttpServer with `ServerTls.context`, a gRPC server
+(`harness.certs`), the REST front's HttpServer with `ServerTls.context`, a gRPC server
 with `ServerTls.grpc_credentials()`, the gate over real connections.
 
 Covers: ALPN, versions, the cipher policy; a wrong CA and an expired certificate;
