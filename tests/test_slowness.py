@@ -74,3 +74,21 @@ def test_a_test_is_slow_through_its_fixtures(request: pytest.FixtureRequest) -> 
                            _fixtureinfo=SimpleNamespace(name2fixturedefs={"server": [fixture]}))
     assert why_slow(SlowWalk(), item) == (
         "fixture through_a_class via Proc: via Proc.__init__: uses subprocess")
+
+
+def test_fast_mode_refuses_a_process_start_by_name() -> None:
+    """The audit hook of tests/conftest.py (installed only with TFSLB_TEST_FAST=1): armed,
+    a process start raises with the command; disarmed, and for other events, it is quiet."""
+    from tests import conftest
+
+    args = ("/bin/true", ["/bin/true", "-x"], None, None)
+    armed = conftest._Guard.armed
+    try:
+        conftest._Guard.armed = True
+        with pytest.raises(RuntimeError, match=r"refuses to start a process.*'/bin/true', '-x'"):
+            conftest._refuse_process_starts("subprocess.Popen", args)
+        conftest._refuse_process_starts("open", ("/etc/hostname", "r", 0))
+        conftest._Guard.armed = False
+        conftest._refuse_process_starts("subprocess.Popen", args)
+    finally:
+        conftest._Guard.armed = armed
