@@ -21,8 +21,8 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
+from harness.loadgen import burst
 from scripts.benchenv import http_get, settle_workers
-from scripts.loadgen import burst
 
 MODEL = "mnist"
 TOLERANCE = 1e-5         # float32: a batch of 64 sums in another order than a batch of 1

@@ -13,7 +13,7 @@ with cache none and hedging off, and the same with
 `models: {mnist: {batching: {max_rows: 64}}}`, and tfserving-lb without its
 concurrency limiter (64 slots a node, pinned: what the limiter costs). Every request is
 one 784-float digit (1797 distinct rows, from backends/digits.py), sent open
-loop with Poisson arrivals (scripts/loadgen.py).
+loop with Poisson arrivals (harness/loadgen.py).
 
 1. Sustained rate: the offered rate steps up geometrically (`--factor`) from
    `--start-rate`, the contenders interleaved at each rate (a burst of someone
@@ -60,7 +60,9 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.digits import load_digits_28x28
-from scripts import wrkload
+from harness import wrk
+from harness.loadgen import Result, open_loop, run, schedule
+from harness.procs import ensure_tool
 from scripts.batching_check import MODEL, check_contenders, correctness, predict_url
 from scripts.batching_report import (
     BATCHING,
@@ -76,8 +78,7 @@ from scripts.batching_report import (
     step_line,
 )
 from scripts.bench_raw import start_nginx_front
-from scripts.benchenv import OUT, Bench, ensure_tool, proxy_stats, settle_workers, worker_counts
-from scripts.loadgen import Result, open_loop, run, schedule
+from scripts.benchenv import OUT, Bench, proxy_stats, settle_workers, worker_counts
 
 LATE_MS = 10.0             # a sender lag p99 past this distorts the latencies
 
@@ -273,11 +274,11 @@ def closed_loop(urls: dict[str, str], body: bytes, args: argparse.Namespace) -> 
     Python open-loop generator is past ~1 300 req/s here): per contender, each run
     and the best rate with p99 <= P99_MS and no errors."""
     exe = ensure_tool("wrk", "wrk")
-    lua = wrkload.post_script(OUT / "batching_post.lua", _write(OUT / "batching_body.json", body))
+    lua = wrk.post_script(OUT / "batching_post.lua", _write(OUT / "batching_body.json", body))
     out: dict[str, Any] = {n: {"runs": [], "best": None} for n in urls}
     for conns in args.closed_connections:
         for name, url in urls.items():
-            r = wrkload.run(exe, predict_url(url), args.closed_seconds, conns, lua)
+            r = wrk.run(exe, predict_url(url), args.closed_seconds, conns, lua)
             r.update(connections=conns, ok=bool(r["p99_ms"] <= P99_MS and not r["non_2xx"]
                                                 and not r["socket_errors"]))
             out[name]["runs"].append(r)

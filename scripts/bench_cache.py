@@ -48,13 +48,14 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.digits import sample_digits
+from harness.loadgen import Result, closed_loop, open_loop
+from harness.loadgen import run as run_load
+from harness.usage import rss_mb
 from scripts import bench_cache_curve as curve
 from scripts import bench_cache_traces as traces
 from scripts.bench_cache_traces import MODEL, PREDICT, Rows, cache_doc, closed
-from scripts.benchenv import OUT, Bench, rss_mb
+from scripts.benchenv import OUT, Bench
 from scripts.charts import NOISE_NOTE
-from scripts.loadgen import Result, closed_loop, open_loop
-from scripts.loadgen import run as run_load
 
 WARM = 64
 WORKLOADS = ("stores", "distinct", "zipf", "scan", "mrc", "curve")

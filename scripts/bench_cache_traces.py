@@ -32,10 +32,11 @@ import numpy as np
 import orjson
 
 from backends.digits import sample_digits
-from scripts.benchenv import OUT, Bench, cpu_seconds, proxy_stats
+from harness.loadgen import Result, closed_loop
+from harness.loadgen import run as run_load
+from harness.usage import cpu_seconds
+from scripts.benchenv import OUT, Bench, proxy_stats
 from scripts.charts import NOISE_NOTE, _pyplot
-from scripts.loadgen import Result, closed_loop
-from scripts.loadgen import run as run_load
 
 MODEL = "mnist"
 PREDICT = f"/v1/models/{MODEL}:predict"

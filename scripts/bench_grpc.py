@@ -11,7 +11,7 @@ of the proxy, requests/s direct and through the proxy, and their ratio.
 
 The edge: the same load through nginx `grpc_pass` (h2c, and TLS with http2) as
 the peer, through the proxy with `listen.tls` (a certificate made by the run,
-tests/certs.py; one channel: one handshake), and through the proxy with an API
+harness/certs.py; one channel: one handshake), and through the proxy with an API
 key on every call and a local rate limit that refuses none; it prints the TLS
 ratio to nginx TLS and the proxy's CPU per call (user + system from /proc)
 with the key and rate limit vs without. Everything it starts is stopped at the
@@ -34,21 +34,13 @@ import grpc.aio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.benchenv import Bench, cpu_seconds
-from tests.certs import CA
-from tests.lb.grpcload import PREDICT, predict_bytes
-from tests.procs import (
-    TEST_MODELS,
-    Proc,
-    free_port,
-    get_json,
-    http,
-    lb_cmd,
-    start_workers,
-    tcp_open,
-    wait_until,
-    write_config,
-)
+from harness.certs import CA
+from harness.grpcwire import PREDICT, predict_bytes
+from harness.procs import Proc, free_port, wait_until
+from harness.proxy import ProxyProc
+from harness.usage import cpu_seconds, rss_mb
+from harness.workers import TEST_MODELS, start_workers
+from scripts.benchenv import Bench
 
 
 def channel_to(target: str, ca: bytes | None) -> grpc.aio.Channel:
@@ -84,30 +76,18 @@ async def load(target: str, calls: int, concurrency: int, max_s: float,
         return done / (time.perf_counter() - start)
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def start_proxy(log_dir: Path, rest_url: str, grpc_addr: str, name: str = "bench-proxy",
                 tls: dict[str, str] | None = None,
                 **sections: Any) -> tuple[Proc, str, float]:
-    rest, grpc_port, admin = free_port(), free_port(), free_port()
-    cfg = write_config(log_dir / f"{name}.yaml", {
-        "listen": {"rest": f"127.0.0.1:{rest}", "grpc": f"127.0.0.1:{grpc_port}",
-                   "admin": f"127.0.0.1:{admin}", "tls": tls},
-        "nodes": [{"name": "w", "rest": rest_url, "grpc": grpc_addr}],
-        "cache": {"backend": "none"}, **sections,
-    })
+    """A proxy with a gRPC front before the worker (cache none): its process, its
+    gRPC address and the seconds from its start to its node seen healthy."""
     start = time.monotonic()
-    proc = Proc(name, lb_cmd("serve", "--config", str(cfg)), log_dir)
-    wait_until(lambda: tcp_open(f"127.0.0.1:{grpc_port}")
-               and http("GET", f"http://127.0.0.1:{admin}/stats")[0] == 200
-               and all(n["healthy"] for n in get_json(f"http://127.0.0.1:{admin}/stats")[
-                   "nodes"]), 30.0, "proxy ports", interval=0.01)
-    return proc, f"127.0.0.1:{grpc_port}", time.monotonic() - start
+    proxy = ProxyProc(log_dir, [{"name": "w", "rest": rest_url, "grpc": grpc_addr}], name=name,
+                      grpc=True, tls=tls, poll_s=0.01, cache={"backend": "none"}, **sections)
+    wait_until(lambda: all(n["healthy"] for n in proxy.stats()["nodes"]), 30.0,
+               "proxy's node healthy", interval=0.01)
+    assert proxy.grpc is not None
+    return proxy.proc, proxy.grpc, time.monotonic() - start
 
 
 NGINX_GRPC = """

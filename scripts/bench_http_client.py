@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import shutil
 import subprocess
 import sys
@@ -30,23 +31,16 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness import nginx, wrk
+from harness.procs import free_port
 from lb.http.client import ClientLimits, NodeClient
-from scripts.benchenv import OUT, _wait_http, free_port
+from scripts.benchenv import OUT
 
-NGINX_CONF = """
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    keepalive_requests 10000000;
-    client_body_temp_path {prefix}/body;
+NGINX_SERVER = """
     server {{
         listen 127.0.0.1:{port};
         location / {{ return 200 "ok"; }}
     }}
-}}
 """
 PATH = "/v1/models/m:predict"
 BODY = b'{"instances": [[1.0, 2.0, 5.0, 7.0], [3.0, 4.0, 6.0, 8.0]]}'
@@ -56,18 +50,10 @@ Send = Callable[[], Awaitable[int]]
 
 
 def start_nginx() -> tuple[str, subprocess.Popen[bytes]]:
-    exe = shutil.which("nginx") or "/usr/sbin/nginx"
-    prefix = OUT / "nginx-http-client"
-    shutil.rmtree(prefix, ignore_errors=True)
-    prefix.mkdir(parents=True)
+    """nginx `return 200` on a free port (harness/nginx.py): its URL and process."""
     port = free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port))
-    proc = subprocess.Popen([exe, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    _wait_http(url + "/", 15.0)
-    return url, proc
+    return url, nginx.start(OUT / "nginx-http-client", NGINX_SERVER.format(port=port), url + "/")
 
 
 async def tight_loop(send: Send, concurrency: int, seconds: float) -> tuple[int, int, float]:
@@ -143,14 +129,12 @@ async def run_all(url: str, seconds: float, concurrency: int
 
 
 def wrk_rate(url: str, seconds: float, concurrency: int) -> float | None:
-    if shutil.which("wrk") is None:
+    """wrk's requests/s on the same URL (None without wrk or without a figure)."""
+    exe = shutil.which("wrk")
+    if exe is None:
         return None
-    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", url + PATH],
-                         capture_output=True, text=True, timeout=seconds + 30).stdout
-    for line in out.splitlines():
-        if line.startswith("Requests/sec:"):
-            return float(line.split()[1])
-    return None
+    rps = float(wrk.run(exe, url + PATH, seconds, concurrency, None)["rps"])
+    return None if math.isnan(rps) else rps
 
 
 def main() -> int:
@@ -166,17 +150,16 @@ def main() -> int:
         print(f"{args.concurrency} senders, {args.seconds:g} s each, against nginx `return 200`")
         res = uvloop.run(run_all(url, args.seconds, args.concurrency))
         time.sleep(0.5)
-        wrk = wrk_rate(url, args.seconds, args.concurrency)
+        wrk_rps = wrk_rate(url, args.seconds, args.concurrency)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        nginx.stop(proc)
     for method in ("GET", "POST"):
         node, aio = res[f"NodeClient {method}"], res[f"aiohttp {method}"]
         print(f"{method}: NodeClient / aiohttp = {node[0] / aio[0]:.2f}x the rate, "
               f"{aio[1] / node[1]:.2f}x less CPU per request")
-    if wrk is not None:
-        print(f"wrk alone (C, -t1 -c{args.concurrency}): {wrk:.0f} req/s; NodeClient GET is "
-              f"{res['NodeClient GET'][0] / wrk:.3f}x of it")
+    if wrk_rps is not None:
+        print(f"wrk alone (C, -t1 -c{args.concurrency}): {wrk_rps:.0f} req/s; NodeClient GET is "
+              f"{res['NodeClient GET'][0] / wrk_rps:.3f}x of it")
     return 0
 
 

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -34,19 +32,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.benchenv import OUT, free_port
+from harness import nginx
+from harness import wrk as harness_wrk
+from harness.procs import die_with_us, free_port
+from harness.usage import tree_cpu_seconds
+from scripts.benchenv import OUT
 
 REPLY = b'{"predictions": [2.5]}'
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    keepalive_requests 1000000;
+NGINX_SERVER = """
     server {{
         listen 127.0.0.1:{port} reuseport;
         location / {{
@@ -54,7 +47,6 @@ http {{
             return 200 '{reply}';
         }}
     }}
-}}
 """
 WRK_LUA = """
 wrk.method = "POST"
@@ -103,67 +95,47 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -
     raise TimeoutError(f"nothing listens on {port} after {timeout}s")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its children (nginx's worker)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    for p in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
-
-
 def wrk(port: int, lua: Path | None, duration: int, pin: bool) -> tuple[float, int]:
     """Requests/s and the number of requests of one wrk run (GET / without a script)."""
-    script = ["-s", str(lua)] if lua is not None else []
-    cmd = ["wrk", "-t1", "-c32", f"-d{duration}s", *script, f"http://127.0.0.1:{port}/"]
-    if pin:
-        cmd = ["taskset", "-c", "0", *cmd]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30,
-                         check=True)
-    if run.stderr.strip():              # e.g. a Lua error: wrk then sends plain GETs
-        raise RuntimeError(f"wrk: {run.stderr.strip()}")
-    out = run.stdout
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
-    if errors:
-        print(out, file=sys.stderr)
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    count = re.search(r"(\d+) requests in", out)
-    if not rate or not count:
-        raise RuntimeError(f"no Requests/sec in wrk output:\n{out}")
-    return float(rate.group(1)), int(count.group(1))
+    res = harness_wrk.run("wrk", f"http://127.0.0.1:{port}/", duration, 32, lua,
+                          prefix=["taskset", "-c", "0"] if pin else ())
+    if res["stderr"]:                   # e.g. a Lua error: wrk then sends plain GETs
+        raise RuntimeError(f"wrk: {res['stderr']}")
+    if res["non_2xx"] or res["socket_errors"]:
+        print(res, file=sys.stderr)
+    if res["raw"]:
+        raise RuntimeError(f"no Requests/sec in wrk output:\n{res['raw']}")
+    return float(res["rps"]), int(res["requests"])
 
 
 def run_one(kind: str, tmp: Path, lua: Path | None, duration: int, pin: bool
             ) -> tuple[float, float]:
     """Requests/s and CPU microseconds per request of one server."""
     port = free_port()
+    pin_to = ["taskset", "-c", "1"] if pin else []
     if kind == "nginx":
-        conf = tmp / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, reply=REPLY.decode()))
-        cmd = [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p", str(tmp)]
+        proc = nginx.start(tmp / "nginx", NGINX_SERVER.format(port=port, reply=REPLY.decode()),
+                           f"http://127.0.0.1:{port}/", wrapper=pin_to)
     else:
-        cmd = [sys.executable, __file__, "--serve", str(port)]
-    if pin:
-        cmd = ["taskset", "-c", "1", *cmd]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen([*pin_to, sys.executable, __file__, "--serve", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                preexec_fn=die_with_us())
     try:
         wait_port(port, proc)
         wrk(port, lua, 1, pin)          # warm-up: connections, caches, page faults
-        cpu0 = cpu_seconds(proc.pid)
+        cpu0 = tree_cpu_seconds(proc.pid)
         rate, count = wrk(port, lua, duration, pin)
-        return rate, (cpu_seconds(proc.pid) - cpu0) / count * 1e6
+        return rate, (tree_cpu_seconds(proc.pid) - cpu0) / count * 1e6
     finally:
-        proc.send_signal(signal.SIGTERM if kind == "lean" else signal.SIGQUIT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if kind == "nginx":
+            nginx.stop(proc)
+        else:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ node processes, with the same seeded open-loop Poisson schedule):
   ms, then 10/10/10 ms, at `--rate` req/s, evenly spaced: nginx least_conn and
   round robin, tfserving-lb least_load / least_conn / round_robin. The slow
   node's share of requests comes from X-Node.
-* `slow331`, `slow111`, `stall`, `herding`: simulated nodes (scripts/simnode.py:
+* `slow331`, `slow111`, `stall`, `herding`: simulated nodes (harness/simnode.py:
   2 service slots each, lognormal service times with sigma 0.5, queueing
   inside the node) at 70 % of the pool's capacity (Σ slots / mean service
   time): 20/20/60 ms with weights 3:3:1, the same with 1:1:1, three 20 ms
@@ -24,7 +24,7 @@ node processes, with the same seeded open-loop Poisson schedule):
   share of the in-flight work (time-weighted concurrency from /_sim/stats)
   and the largest share over the fair share (target ≤ 1.3×).
 
-Latency is measured from each request's scheduled start (scripts/loadgen.py);
+Latency is measured from each request's scheduled start (harness/loadgen.py);
 the table gives p50, p99, p99.9 with ratios to nginx least_conn (and to
 weighted least_conn for 3:3:1), backend requests per client request (what
 hedging costs), the proxy's hedge counters when /stats has them, and the
@@ -51,10 +51,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts import simnode
-from scripts.benchenv import OUT, Bench, _wait_http, free_port, http_get, proxy_report
+from harness import simnode
+from harness.loadgen import Result, open_loop, run
+from harness.procs import free_port, wait_http
+from scripts.benchenv import OUT, Bench, http_get, proxy_report
 from scripts.charts import NOISE_NOTE, cdf_chart
-from scripts.loadgen import Result, open_loop, run
 from scripts.policy_report import report_generator, report_real, report_sim
 
 MODEL = "half_plus_two"
@@ -200,7 +201,7 @@ def start_simnodes(bench: Bench, sc: Scenario) -> list[int]:
         bench.others.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
         log.close()
     for port in ports:
-        _wait_http(f"http://127.0.0.1:{port}/v1/models/{SIM_MODEL}", 15.0)
+        wait_http(f"http://127.0.0.1:{port}/v1/models/{SIM_MODEL}", 15.0)
     return ports
 
 

@@ -42,9 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from scripts import loadgen
+from harness import loadgen
+from harness.procs import free_port
 from scripts.bench_raw import MODEL, predict_body, start_stubs
-from scripts.benchenv import OUT, Bench, free_port, http_get
+from scripts.benchenv import OUT, Bench, http_get
 
 
 def requests_total(text: bytes) -> float:

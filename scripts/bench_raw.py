@@ -14,7 +14,7 @@ without it), the same run as Python (TFSERVING_LB_PURE=1), with the memory
 cache answering every request from the cache (X-Cache: HIT), and
 `serve --workers 2` with cache none; hedging off (nginx does not hedge).
 TLS rows: nginx with TLS and tfserving-lb with `listen.tls` (a certificate
-made by the run, tests/certs.py; wrk keeps its connections, so each makes one
+made by the run, harness/certs.py; wrk keeps its connections, so each makes one
 handshake), nodes in plaintext; and tfserving-lb with an API key on every
 request and a local rate limit that refuses none (`auth`). For the proxy's own
 rows the CPU it used per request is measured too (/proc: user + system), and
@@ -56,16 +56,14 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness import wrk
+from harness.procs import ensure_tool, free_port, wait_http
+from harness.usage import tree_cpu_seconds
 from lb import native
-from scripts import wrkload
 from scripts.benchenv import (
     OUT,
     Bench,
-    _wait_http,
-    ensure_tool,
-    free_port,
     http_get,
-    tree_cpu_seconds,
 )
 from scripts.charts import NOISE_NOTE, bar_chart
 
@@ -139,7 +137,7 @@ FRONT_TLS = """
         }}
     }}
 """
-# Made by `run` (tests.certs): the certificate both TLS fronts serve.
+# Made by `run` (harness.certs): the certificate both TLS fronts serve.
 TLS_FILES: dict[str, str] = {}
 BENCH_KEY = "bench-" + "k" * 26
 # Per contender URL: the proxy's pid (CPU per request) and headers wrk sends.
@@ -148,7 +146,7 @@ HEADERS: dict[str, dict[str, str]] = {}
 
 
 def make_certs() -> None:
-    from tests.certs import CA
+    from harness.certs import CA
 
     pair = CA(OUT / "tls", "bench-ca").issue("front", "localhost")
     TLS_FILES.update(cert=str(pair.cert), key=str(pair.key))
@@ -189,7 +187,7 @@ def start_script(bench: Bench, ports: list[int], script: str) -> str:
                             stdout=log, stderr=subprocess.STDOUT)
     log.close()
     bench.others.append(proc)
-    _wait_http(f"http://127.0.0.1:{port}/v1/models/{MODEL}", 15.0)
+    wait_http(f"http://127.0.0.1:{port}/v1/models/{MODEL}", 15.0)
     return f"http://127.0.0.1:{port}"
 
 
@@ -258,9 +256,9 @@ def measure(exe: str, url: str, args: argparse.Namespace, lua: Path,
     headers = HEADERS.get(url)
     pid = PIDS.get(url)
     for verb, target, script in runs:
-        wrkload.run(exe, target, args.warmup, args.connections, script, headers)
+        wrk.run(exe, target, args.warmup, args.connections, script, headers)
         cpu0 = tree_cpu_seconds(pid) if pid else 0.0
-        row[verb] = wrkload.run(exe, target, args.seconds, args.connections, script, headers)
+        row[verb] = wrk.run(exe, target, args.seconds, args.connections, script, headers)
         served = row[verb].get("requests") or row[verb]["rps"] * max(1, round(args.seconds))
         if pid and served > 0:          # all the proxy's processes: user + system CPU
             row[verb]["cpu_us"] = round((tree_cpu_seconds(pid) - cpu0) / served * 1e6, 2)
@@ -334,7 +332,7 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
     baseline's row after ours, the --distinct rows last, and only the rows asked for."""
     rows = list(CONTENDERS[:4]) + other_installs(args.lb) + list(CONTENDERS[4:])
     if args.distinct:
-        rows += distinct_rows(wrkload.distinct_script(OUT / "raw_distinct.lua"))
+        rows += distinct_rows(wrk.distinct_script(OUT / "raw_distinct.lua"))
     if args.baseline is not None:
         base: Path = args.baseline.resolve()
         at = next(i for i, c in enumerate(rows) if c[0] == WORKERS_ROW) + 1
@@ -352,7 +350,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     body_path = OUT / "raw_predict.json"
     OUT.mkdir(exist_ok=True)
     body_path.write_bytes(body)
-    lua = wrkload.post_script(OUT / "raw_post.lua", body_path)
+    lua = wrk.post_script(OUT / "raw_post.lua", body_path)
     make_certs()
     results: dict[str, Any] = {"body_bytes": len(body), "seconds": args.seconds,
                                "connections": args.connections, "rounds": args.rounds,

@@ -11,7 +11,7 @@ seed 1, bench-out/models/mnist-seed1); each sleeps `--delay-ms` per call, as a
 model with a real service time would. Two proxies with the same nodes and
 config but for the shadow (cache none) are loaded at the same time, each with
 its own open-loop Poisson schedule at `--rate` over the 1,797 distinct digits
-(scripts/loadgen.py), in `--rounds` phases after a short warm-up: whatever else
+(harness/loadgen.py), in `--rounds` phases after a short warm-up: whatever else
 the shared box does falls on both at once. What the shadow costs the box (the
 candidate's inference, the shadowing proxy's CPU) falls on both proxies' clients
 too; the difference measured is what it costs the primary of the proxy that
@@ -44,8 +44,8 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.digits import load_digits_28x28
+from harness.loadgen import Result, open_loop
 from scripts.benchenv import OUT, Bench, http_get
-from scripts.loadgen import Result, open_loop
 
 MODEL = "mnist"
 P50_TARGET_MS = 0.5

@@ -4,11 +4,9 @@ Used by scripts/bench_*.py. Every process is started on a free 127.0.0.1
 port, waited for with a deadline and stopped by `Bench.close()` (also on
 errors); a proxy started with `--workers N` runs in its own process group,
 so stopping it never leaves a child behind. Nothing here imports TensorFlow:
-workers are child processes. `ensure_tool` installs a missing nginx or wrk
-with apt-get (a setup step, before anything is measured). `worker_counts` and
+workers are child processes (nginx: harness/nginx.py). `worker_counts` and
 `settle_workers` read the MNIST workers' own counters (batch rows per call, and
-when a backlog has drained). `cpu_seconds` reads a process's CPU time (CPU per
-request is steadier than throughput on a shared box). The charts live in
+when a backlog has drained). The charts live in
 scripts/charts.py.
 """
 
@@ -17,119 +15,32 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import shutil
 import signal
-import socket
-import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 
 from backends.pool import start_pool, stop_pool, wait_available
+from harness import nginx, procs
+from harness.procs import free_port, loopback_context, wait_http
+from harness.proxy import ProxyProc
+from harness.redis import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench-out"
 
 
-_ISSUED: set[int] = set()
-
-NGINX_MAIN = """
-worker_processes {processes};
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fcgi; uwsgi_temp_path {prefix}/uwsgi; scgi_temp_path {prefix}/scgi;
-    keepalive_requests 1000000;
-{http}
-}}
-"""
-
-
-def free_port() -> int:
-    """A free 127.0.0.1 port not handed out before in this run (the kernel may offer
-    one twice; the proxy binds with SO_REUSEPORT, so a duplicate would be shared)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _ISSUED:
-            _ISSUED.add(port)
-            return port
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far (all its threads): on a
-    shared box, CPU per request is steadier than wall-clock throughput."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()      # the name may hold spaces
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """`cpu_seconds` of a process and all its descendants (a supervisor's workers):
-    processes that exited in between are not counted."""
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += cpu_seconds(p)
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-    return total
-
-
-def ensure_tool(exe: str, apt_pkg: str) -> str:
-    """The path of `exe`; when missing, installs `apt_pkg` with apt-get first."""
-    found = shutil.which(exe) or next((p for p in (f"/usr/sbin/{exe}", f"/usr/bin/{exe}")
-                                      if Path(p).exists()), None)
-    if found:
-        return found
-    print(f"bench: {exe} is missing, installing {apt_pkg} (apt-get)", file=sys.stderr)
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [*sudo, "apt-get", "install", "-y", "-qq", "-o", "DPkg::Lock::Timeout=120",
-               apt_pkg]
-    if subprocess.run(install, env=env, timeout=900).returncode != 0:
-        subprocess.run([*sudo, "apt-get", "update", "-qq"], env=env, timeout=900, check=True)
-        subprocess.run(install, env=env, timeout=900, check=True)
-    found = shutil.which(exe) or (f"/usr/sbin/{exe}" if Path(f"/usr/sbin/{exe}").exists()
-                                  else None)
-    if not found:
-        raise RuntimeError(f"{apt_pkg} installed but {exe} is not on PATH")
-    return found
-
-
-def _context(url: str) -> ssl.SSLContext | None:
-    """https on loopback in the benchmarks: certificates made by the run, not verified."""
-    return ssl._create_unverified_context() if url.startswith("https:") else None
 
 
 def http_get(url: str, timeout: float = 2.0, method: str = "GET", body: bytes | None = None,
              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    """One request on a fresh connection: (status, headers, body); any status is returned."""
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout, context=_context(url)) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+    """`harness.procs.http` as the benchmarks call it: GET by default, a short
+    timeout, https on loopback unverified (certificates made by the run)."""
+    return procs.http(method, url, body, headers, timeout, loopback_context(url))
 
 
 def proxy_stats(admin: str, processes: int = 1, timeout: float = 10.0) -> dict[int, Any]:
@@ -242,19 +153,6 @@ def settle_workers(workers: list[str], timeout: float = 20.0,
     return last
 
 
-def _wait_http(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1.0, context=_context(url)) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
-
-
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
@@ -290,27 +188,17 @@ class Bench:
         return urls
 
     def start_redis(self) -> str:
-        exe = shutil.which("redis-server")
-        if not exe:
-            raise RuntimeError("redis-server is not installed (bash scripts/setup.sh)")
-        port = free_port()
-        self.others.append(subprocess.Popen(
-            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--maxmemory", "512mb", "--maxmemory-policy", "allkeys-lru"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.5).close()
-                return f"redis://127.0.0.1:{port}/0"
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError("redis-server did not start")
+        """A private redis-server (harness/redis.py, 512 MB, LRU); its URL."""
+        server = RedisServer(self.logs, maxmemory_mb=512)
+        server.start()
+        assert server.proc is not None
+        self.others.append(server.proc.popen)
+        return server.url
 
     def start_simnode(self, name: str, mean_ms: float, *, slots: int = 2,
                       model: str = "mnist") -> str:
-        """A simulated node (scripts/simnode.py, sigma 0.5) on a free port; its URL."""
-        from scripts import simnode
+        """A simulated node (harness/simnode.py, sigma 0.5) on a free port; its URL."""
+        from harness import simnode
 
         port = free_port()
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child owns it
@@ -318,7 +206,7 @@ class Bench:
                                                             model=model),
                                             stdout=log, stderr=subprocess.STDOUT))
         log.close()
-        _wait_http(f"http://127.0.0.1:{port}/v1/models/{model}", 15.0)
+        wait_http(f"http://127.0.0.1:{port}/v1/models/{model}", 15.0)
         return f"http://127.0.0.1:{port}"
 
     def start_proxy(self, name: str, nodes: list[dict[str, Any]], *, workers: int = 1,
@@ -333,49 +221,19 @@ class Bench:
         `source`: run the proxy of another checkout (its `lb/` imported first: a
         before/after comparison in one run); `listen`: more listen settings (e.g.
         {"metrics": "127.0.0.1:port"}); `tls`: listen.tls (the URL is https)."""
-        rest, admin = free_port(), free_port()
-        doc = {"listen": {"rest": f"127.0.0.1:{rest}", "grpc": None,
-                          "admin": f"127.0.0.1:{admin}", "tls": tls, **(listen or {})},
-               "nodes": nodes, **sections}
-        path = self.logs / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child owns it
-        cmd = [exe] if exe else [sys.executable, "-m", "lb"]
-        cmd += ["serve", "--config", str(path)]
-        if workers > 1:
-            cmd += ["--workers", str(workers)]
-        # Its own session: the supervisor's children can be stopped as one group.
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=source,
-                                start_new_session=True, env={**os.environ, **(env or {})})
-        log.close()
-        self.others.append(proc)
-        self._groups.add(proc.pid)
-        admin_url = f"http://127.0.0.1:{admin}"
-        _wait_http(f"{admin_url}/stats", 30.0)
+        proxy = ProxyProc(self.logs, nodes, name=name, workers=workers, tls=tls, listen=listen,
+                          exe=exe, source=source, env=env, **sections)
+        self.others.append(proxy.proc.popen)
+        self._groups.add(proxy.proc.pid)    # its own session: stopped as one group
         if ready:
-            wait_proxy_ready(admin_url, workers, 30.0)
-        return f"{'https' if tls else 'http'}://127.0.0.1:{rest}", admin_url, proc
+            wait_proxy_ready(proxy.admin, workers, 30.0)
+        return proxy.url, proxy.admin, proxy.proc.popen
 
     def start_nginx(self, name: str, http_conf: str, wait_url: str, *,
                     processes: int = 1) -> subprocess.Popen[bytes]:
-        """A non-daemon nginx with its own prefix, conf, pid and logs under
-        bench-out/nginx/NAME; `http_conf` is the inside of its `http {}` block."""
-        exe = ensure_tool("nginx", "nginx-light")
-        prefix = OUT / "nginx" / name
-        shutil.rmtree(prefix, ignore_errors=True)
-        prefix.mkdir(parents=True)
-        prefix.chmod(0o777)
-        conf = prefix / "nginx.conf"
-        conf.write_text(NGINX_MAIN.format(prefix=prefix, processes=processes, http=http_conf))
-        log = open(prefix / "stderr.log", "wb")  # noqa: SIM115 - the child owns it
-        proc = subprocess.Popen([exe, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
-                                stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        """`harness.nginx.start` under bench-out/nginx/NAME, stopped by `close()`."""
+        proc = nginx.start(OUT / "nginx" / name, http_conf, wait_url, processes=processes)
         self.others.append(proc)
-        try:
-            _wait_http(wait_url, 15.0)
-        except TimeoutError:
-            raise RuntimeError(f"nginx {name} did not start: see {prefix}/error.log") from None
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:

@@ -3,7 +3,7 @@
 Called by `scripts/tail_bound.py` (the late-binding rows of its tables) and by
 its tests. It runs the real `Scheduler`, `NodePool` and learned `Limit` of the
 proxy — the code that runs in production, with a simulated clock — against
-the node model of `scripts/simnode.py` (each node serves at most `slots`
+the node model of `harness/simnode.py` (each node serves at most `slots`
 requests at once and queues the rest FIFO, lognormal work with the node's mean
 and sigma 0.5, no progress and no reply during its stall windows). No
 sockets, no processes, no proxy overhead: what it measures is the policy.

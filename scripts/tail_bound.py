@@ -5,7 +5,7 @@
 Called by hand (no processes, no sockets, one core for about a minute); the
 figures it prints are quoted in the closing notes of the tail-latency work.
 
-It replays the nodes of `scripts/simnode.py` in a discrete-event model, exactly:
+It replays the nodes of `harness/simnode.py` in a discrete-event model, exactly:
 each node serves at most `slots` requests at once, queues the rest FIFO, draws
 each request's work from a lognormal with the node's mean and sigma 0.5, and
 makes no progress (and sends no reply) during its stall windows. Open-loop

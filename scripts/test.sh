@@ -4,8 +4,18 @@
 # Without arguments, the tests of the compiled modules (lb/native.py MODULES, found by
 # tests/native_tests.py) then run again as Python (TFSERVING_LB_PURE=1), so both
 # forms of the data path stay correct.
+# `--fast` (first argument; the rest still go to pytest): only the tests not marked
+# slow (tests/slowness.py marks every test that starts a process or a server), with
+# TFSLB_TEST_FAST=1 so that any process start fails the test (tests/conftest.py), in
+# two pytest-xdist workers (most of these tests wait on deadlines, not on a CPU); no
+# Python re-run. For the edit-test loop: about 35 s on two cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+fast=0
+if [ "${1:-}" = "--fast" ]; then
+    fast=1
+    shift
+fi
 bash scripts/setup.sh dev
 
 run_pytest() {
@@ -20,6 +30,10 @@ run_pytest() {
     return "$rc"
 }
 
+if [ "$fast" -eq 1 ]; then
+    TFSLB_TEST_FAST=1 run_pytest .venv/bin/python -m pytest -m "not slow" -n 2 "$@"
+    exit 0
+fi
 run_pytest .venv/bin/python -m pytest "$@"
 if [ "$#" -eq 0 ]; then
     mapfile -t pure_tests < <(.venv/bin/python -m tests.native_tests)

@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.procs import free_port
+from harness.procs import die_with_us, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -45,7 +45,8 @@ class Chromium:
         self.proc = subprocess.Popen(
             [CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'chromium-profile'}",
              f"--remote-debugging-port={self.port}", "about:blank"],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_us())
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]

@@ -139,6 +139,8 @@ class _Dropped(Exception):
 class DnsServer:
     """A DNS server on `host` (127.0.0.1 or ::1), one free port for UDP and TCP."""
 
+    SLOW_BECAUSE = "starts a DNS server (tests/slowness.py)"
+
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.host = host
         self._zone = _Zone()

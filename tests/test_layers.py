@@ -5,7 +5,7 @@ The rules (docs/ARCHITECTURE.md, "Layout"):
 * the request core (`lb.request`) and the pool (`lb.pool`) import no front
   (`lb.rest`, `lb.grpc`) and not the composition root (`lb.server`);
 * the pool imports nothing of the request core: requests use nodes, not back;
-* the admin side (`lb.admin`) imports neither the composition root nor the reloader:
+* the admin side (`lb.admin.app`) imports neither the composition root nor the reloader:
   it reads `lb.admin.source`'s views, which `lb.server` wires;
 * nothing in lb/ imports TensorFlow, backends/, tests/, scripts/ or harness/.
 Imports under `if TYPE_CHECKING:` count for the folder rules (a reader follows them
@@ -79,7 +79,7 @@ RULES = [   # (importing package, imported package it must not reach)
     ("lb.request", "lb.rest"), ("lb.request", "lb.grpc"), ("lb.request", "lb.server"),
     ("lb.pool", "lb.rest"), ("lb.pool", "lb.grpc"), ("lb.pool", "lb.server"),
     ("lb.pool", "lb.request"),
-    ("lb.admin", "lb.server"), ("lb.admin", "lb.reload"), ("lb.admin", "lb.supervisor"),
+    ("lb.admin.app", "lb.server"), ("lb.admin.app", "lb.reload"), ("lb.admin.app", "lb.supervisor"),
     ("lb", "tensorflow"), ("lb", "backends"), ("lb", "tests"), ("lb", "scripts"),
     ("lb", "harness"),
 ]

@@ -1,30 +1,17 @@
-"""gRPC helpers shared by the proxy's tests: a hand-written PredictRequest and a
-one-channel load that counts which node answered (`x-node`)."""
+"""gRPC helpers shared by the proxy's tests: a one-channel load that counts which
+node answered (`x-node`), and the shared pool's nodes with their gRPC addresses.
+The hand-written PredictRequest is harness/grpcwire.py's."""
 
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections import Counter
 
 import grpc
 import grpc.aio
 
+from harness.grpcwire import PREDICT, predict_bytes
 from tests.lb.conftest import Pool
-
-PREDICT = "/tensorflow.serving.PredictionService/Predict"
-
-
-def predict_bytes(model: str, x: float) -> bytes:
-    """A PredictRequest for x=[x] (float32, shape [1]), written by hand: the wire format
-    is tested in test_pbwire.py; this keeps the load loop free of TensorFlow."""
-    name = model.encode()
-    spec = b"\x0a" + bytes([len(name)]) + name
-    shape = b"\x12\x02\x08\x01"                                  # dim {size: 1}
-    tensor = (b"\x08\x01" + b"\x12" + bytes([len(shape)]) + shape     # DT_FLOAT, shape
-              + b"\x2a\x04" + struct.pack("<f", x))                   # float_val, packed
-    entry = b"\x0a\x01x" + b"\x12" + bytes([len(tensor)]) + tensor
-    return b"\x0a" + bytes([len(spec)]) + spec + b"\x12" + bytes([len(entry)]) + entry
 
 
 async def spread(target: str, n: int, concurrency: int) -> Counter[str]:

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from harness.certs import CA
 from lb.config import Config, load_config, parse_config
 from lb.errors import ConfigError
-from tests.certs import CA
 
 GOOD = """
 listen: {rest: "127.0.0.1:8501", grpc: "127.0.0.1:8500", admin: "127.0.0.1:9901"}

@@ -14,10 +14,10 @@ import aiohttp
 import grpc
 import pytest
 
+from harness.loadgen import OpenLoad
 from lb.admin.dashboard import PAGE
 from tests.browser import Chromium, Page
 from tests.lb.conftest import Pool
-from tests.load import OpenLoad
 from tests.procs import ProxyProc, get_json, http, node, read_config, rewrite_config
 
 RATE = 60.0                  # requests/s of background load: bounded, for a 2-core box

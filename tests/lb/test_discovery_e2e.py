@@ -10,8 +10,8 @@ from typing import Any
 
 import orjson
 
+from harness.loadgen import OpenLoad
 from tests.dnsserver import dns_server
-from tests.load import OpenLoad
 from tests.procs import Proc, ProxyProc, free_port, lb_cmd, wait_until
 
 HP2 = "half_plus_two"

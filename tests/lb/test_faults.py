@@ -19,8 +19,8 @@ import aiohttp
 import orjson
 import pytest
 
+from harness.loadgen import OpenLoad
 from tests.lb.conftest import Pool
-from tests.load import OpenLoad
 from tests.procs import (
     Proc,
     ProxyProc,

@@ -15,8 +15,9 @@ import grpc
 import grpc.aio
 import pytest
 
+from harness.grpcwire import PREDICT, predict_bytes
 from tests.lb.conftest import SPREAD_DELAY_MS, Pool, assert_weight_shares, worker_delay
-from tests.lb.grpcload import PREDICT, grpc_node, predict_bytes, spread
+from tests.lb.grpcload import grpc_node, spread
 from tests.procs import ProxyProc, free_port, wait_until
 
 

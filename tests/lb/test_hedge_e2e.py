@@ -28,8 +28,8 @@ from typing import Any
 import orjson
 import pytest
 
-from scripts import simnode
-from tests.load import OpenLoad, Sample
+from harness import simnode
+from harness.loadgen import OpenLoad, Sample
 from tests.procs import Proc, ProxyProc, free_port, node, running, wait_until
 
 MODEL = "mnist"

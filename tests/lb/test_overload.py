@@ -1,4 +1,4 @@
-"""Overload end to end: three simulated nodes (scripts/simnode.py: 2 slots each,
+"""Overload end to end: three simulated nodes (harness/simnode.py: 2 slots each,
 20/20/60 ms) behind the real proxy, open-loop load at 1.8x their capacity.
 
 What the proxy must do (lb/request/scheduler.py): answer what it can, refuse the rest early
@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 import pytest
 
-from scripts import simnode
+from harness import simnode
 from tests.procs import Proc, ProxyProc, free_port, node, running
 
 MODEL = "mnist"

@@ -21,10 +21,10 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from harness.grpcwire import predict_bytes
 from lb.errors import BadRequest
 from lb.grpc import pbwire
 from lb.grpc.messages import health_reply, health_service, predict_key, read_request
-from tests.lb.grpcload import predict_bytes
 
 
 def _predict(x: list[float], *, version: int | None = None, label: str = "", sig: str = "",

@@ -29,7 +29,7 @@ import grpc.aio
 import pytest
 
 from backends import probes
-from tests.lb.grpcload import PREDICT, predict_bytes
+from harness.grpcwire import PREDICT, predict_bytes
 from tests.procs import (
     Proc,
     ProxyProc,

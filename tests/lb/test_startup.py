@@ -18,9 +18,9 @@ import grpc
 import orjson
 import pytest
 
+from harness.grpcwire import PREDICT, predict_bytes
+from harness.loadgen import OpenLoad
 from tests.dnsserver import dns_server
-from tests.lb.grpcload import PREDICT, predict_bytes
-from tests.load import OpenLoad
 from tests.procs import Proc, ProxyProc, free_port, get_json, http, lb_cmd, wait_until
 
 HP2 = "half_plus_two"

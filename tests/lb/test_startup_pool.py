@@ -64,7 +64,7 @@ def _checked(states: dict[str, str]) -> tuple[NodePool, HealthChecker, ScriptedS
     cfg = _cfg()
     pool = NodePool(cfg.nodes, cfg.policy, seed=1)
     upstream = ScriptedStatus(states)
-    return pool, HealthChecker(cfg.health, pool, upstream, [M]), upstream  # type: ignore[arg-type]
+    return pool, HealthChecker(cfg.health, pool, upstream, [M]), upstream
 
 
 async def test_a_probe_that_times_out_does_not_send_requests_to_loading_nodes() -> None:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from harness.loadgen import OpenLoad
 from tests.lb.conftest import Pool
-from tests.load import OpenLoad
 from tests.procs import (
     ProxyProc,
     RedisServer,

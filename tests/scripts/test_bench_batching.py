@@ -12,10 +12,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from harness.loadgen import burst
 from scripts.batching_check import first_row
 from scripts.benchenv import settle_workers, worker_counts
 from scripts.charts import latency_chart
-from scripts.loadgen import burst
 from tests.procs import TEST_MODELS, free_port, start_worker
 
 

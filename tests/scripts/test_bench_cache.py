@@ -14,10 +14,10 @@ import numpy as np
 import orjson
 import pytest
 
+from harness.usage import cpu_seconds
 from scripts.bench_cache import paired, parse, run
 from scripts.bench_cache_curve import stream
 from scripts.bench_cache_traces import SCAN_BASE, ZERO, Rows, span, trace_plan, zipf_ids
-from scripts.benchenv import cpu_seconds
 
 
 def test_bodies_are_distinct_tensors_per_id_and_stable_bytes() -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scripts import simnode
+from harness import simnode
+from harness.loadgen import open_loop, schedule
 from scripts.benchenv import merge_hedge
-from scripts.loadgen import open_loop, schedule
 from tests.procs import Proc, free_port, http
 
 

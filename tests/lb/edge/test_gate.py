@@ -16,11 +16,11 @@ import pytest
 import uvloop
 import yaml
 
+from harness.certs import CA
 from lb.config import Config, parse_config
 from lb.edge.gate import Edge
 from lb.errors import ConfigError, LbError
 from lb.http.server import Exchange, HttpServer, ServerLimits
-from tests.certs import CA
 
 NODE = [{"name": "a", "rest": "http://127.0.0.1:1"}]
 

@@ -23,10 +23,10 @@ import grpc
 import grpc.aio
 import pytest
 
-from tests.certs import CA, Pair
+from harness.certs import CA, Pair
+from harness.grpcwire import PREDICT, predict_bytes
+from harness.loadgen import OpenLoad
 from tests.lb.conftest import Pool
-from tests.lb.grpcload import PREDICT, predict_bytes
-from tests.load import OpenLoad
 from tests.procs import (
     Proc,
     ProxyProc,

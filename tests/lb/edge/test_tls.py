@@ -1,5 +1,5 @@
 """TLS on the fronts, in-process with real handshakes on uvloop: certificates made here
-(`tests.certs`), the REST front's HttpServer with `ServerTls.context`, a gRPC server
+(`harness.certs`), the REST front's HttpServer with `ServerTls.context`, a gRPC server
 with `ServerTls.grpc_credentials()`, the gate over real connections.
 
 Covers: ALPN, versions, the cipher policy; a wrong CA and an expired certificate;
@@ -26,11 +26,11 @@ import grpc.aio
 import pytest
 import uvloop
 
+from harness.certs import CA, Pair
 from lb.edge.config import ListenTls
 from lb.edge.tls import ServerTls, subject_of
 from lb.errors import ConfigError
 from lb.http.server import Exchange, HttpServer, ServerLimits
-from tests.certs import CA, Pair
 
 GET = b"GET /v1/models/m HTTP/1.1\r\nHost: t\r\n\r\n"
 

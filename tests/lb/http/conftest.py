@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from tests.certs import CA
+from harness.certs import CA
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]

@@ -19,9 +19,9 @@ from typing import Any, cast
 import pytest
 from aiohttp import web
 
+from harness.certs import CA
 from lb.errors import BadRequest, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from lb.http.client import ClientLimits, NodeClient, Response
-from tests.certs import CA
 from tests.lb.http.conftest import TLS, Runner, runner
 from tests.procs import free_port
 

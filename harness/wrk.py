@@ -1,19 +1,24 @@
 """wrk, the closed-loop load generator in C, for the benchmarks under scripts/.
 
-Called by `bench_raw.py` (the data path) and `bench_batching.py` (closed-loop
-saturation). wrk is not the bottleneck a Python generator is on a 2-core box;
-it is installed with apt-get when missing (`benchenv.ensure_tool`).
+Called by scripts/bench_raw.py (the data path), bench_batching.py (closed-loop
+saturation), bench_http_server.py and bench_http_client.py (wrk as the yardstick).
+wrk is not the bottleneck a Python generator is on a 2-core box; it is installed
+with apt-get when missing (`scripts/benchenv.ensure_tool`).
 
 Guarantees: `run` never raises for a wrk that failed or printed nothing it could
-read: the figures are NaN and `raw` holds wrk's output.
+read: the figures are NaN, `raw` holds wrk's output and `stderr` what it said
+there (e.g. a Lua error, after which wrk sends plain GETs).
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from harness.procs import die_with_us
 
 LUA_POST = """
 local f = assert(io.open("{body}", "rb"))
@@ -58,18 +63,20 @@ def _ms(out: str, pct: str) -> float:
 
 
 def run(exe: str, url: str, seconds: float, connections: int,
-        lua: Path | None, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        lua: Path | None, headers: dict[str, str] | None = None, *,
+        prefix: Sequence[str] = ()) -> dict[str, Any]:
     """One `wrk -t1 -cN -dSs --latency` run: requests/s, p50/p99 (ms), errors.
     `headers` are sent with every request (-H); an https URL is TLS (keep-alive
-    connections: one handshake each for the whole run)."""
-    cmd = [exe, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+    connections: one handshake each for the whole run). `prefix` goes before the
+    command (e.g. `taskset -c 0` to pin wrk to a core)."""
+    cmd = [*prefix, exe, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
     if lua is not None:
         cmd += ["-s", str(lua)]
     for name, value in (headers or {}).items():
         cmd += ["-H", f"{name}: {value}"]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True,
-                         timeout=seconds + 30).stdout
-    return parse(out)
+    done = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 30,
+                          preexec_fn=die_with_us())
+    return {**parse(done.stdout), "stderr": done.stderr.strip()}
 
 
 def parse(out: str) -> dict[str, Any]:

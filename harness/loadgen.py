@@ -1,6 +1,8 @@
 """Open-loop HTTP load: requests start on a fixed schedule, whatever the replies do.
 
-Used by the benchmarks in scripts/. Latency is measured from each request's
+Used by the benchmarks in scripts/ and, through `OpenLoad` (the same open loop in
+a background thread, readable while it runs), by the fault-injection tests.
+Latency is measured from each request's
 *scheduled* start, so a stalled server shows up in the percentiles instead of
 silently slowing the sender (the coordinated-omission trap of closed-loop
 tools). Arrivals are evenly spaced or Poisson (`arrivals="poisson"`, seeded).
@@ -17,10 +19,14 @@ targets 127.0.0.1 only.
 from __future__ import annotations
 
 import asyncio
+import functools
+import math
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +34,16 @@ import aiohttp
 import numpy as np
 
 Body = Callable[[int], bytes]          # request i -> body bytes
+
+
+@dataclass(slots=True, frozen=True)
+class Sample:
+    """One request, as the fault-injection tests read it."""
+
+    at: float           # time.monotonic() of the scheduled start
+    latency_ms: float
+    status: int         # 0: no HTTP answer
+    node: str           # its X-Node header, "-" without
 
 
 @dataclass
@@ -48,6 +64,9 @@ class Result:
     schedule_span_s: float = 0.0        # first to last request start, as scheduled
     # (scheduled start, end, status) of each request, time.perf_counter() seconds
     spans: list[tuple[float, float, int]] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)     # in the order they ended
+    # time.monotonic() - time.perf_counter() at the start: `Sample.at` on the former
+    mono_offset: float = 0.0
 
     def pct(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
@@ -110,14 +129,15 @@ def _check_target(url: str) -> None:
 async def _post(session: aiohttp.ClientSession, url: str, data: bytes,
                 headers: dict[str, str], since: float, res: Result) -> None:
     """One POST, recorded in `res`; latency counted from `since`."""
-    status = 0
+    status, node = 0, "-"
     try:
         async with session.post(url, data=data, headers=headers) as resp:
             await resp.read()
             status = resp.status
             res.statuses[resp.status] += 1
             res.x_cache[resp.headers.get("X-Cache", "-")] += 1
-            res.nodes[resp.headers.get("X-Node", "-")] += 1
+            node = resp.headers.get("X-Node", "-")
+            res.nodes[node] += 1
             if resp.status == 200:
                 res.ok += 1
                 res.latencies_ms.append((time.perf_counter() - since) * 1000)
@@ -129,7 +149,9 @@ async def _post(session: aiohttp.ClientSession, url: str, data: bytes,
     except (aiohttp.ClientError, TimeoutError):
         res.failed += 1
         res.statuses[0] += 1
-    res.spans.append((since, time.perf_counter(), status))
+    end = time.perf_counter()
+    res.spans.append((since, end, status))
+    res.samples.append(Sample(since + res.mono_offset, (end - since) * 1000, status, node))
 
 
 def schedule(rate: float, count: int, arrivals: str = "uniform", seed: int = 0) -> np.ndarray:
@@ -145,17 +167,21 @@ def schedule(rate: float, count: int, arrivals: str = "uniform", seed: int = 0) 
 async def open_loop(url: str, body: Body, rate: float, count: int, *,
                     timeout_s: float = 10.0, max_duration_s: float = 120.0,
                     headers: dict[str, str] | None = None, arrivals: str = "uniform",
-                    seed: int = 0, connections: int = 1, fresh: bool = False) -> Result:
+                    seed: int = 0, connections: int = 1, fresh: bool = False,
+                    ssl: SSLContext | None = None, stop: threading.Event | None = None,
+                    into: Result | None = None) -> Result:
     """Send `count` POSTs at `rate` per second and wait for all; request i goes
     over client session i % `connections`; `fresh`: a new connection per request
-    (so a request can fail only with the server process that took it)."""
+    (so a request can fail only with the server process that took it). `ssl`: the
+    client context of an https URL; `stop`: no request starts once it is set;
+    `into`: the Result to fill as requests end (read by another thread)."""
     _check_target(url)
-    res = Result(offered_rps=rate, sent=0, ok=0, failed=0, elapsed_s=0.0)
+    res = into or Result(offered_rps=rate, sent=0, ok=0, failed=0, elapsed_s=0.0)
     hdrs = {"Content-Type": "application/json", **(headers or {})}
     tmo = aiohttp.ClientTimeout(total=timeout_s)
-    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=fresh),
-                                      timeout=tmo)
-                for _ in range(max(1, connections))]
+    sessions = [aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, force_close=fresh, ssl=ssl or True),
+        timeout=tmo) for _ in range(max(1, connections))]
     offsets = schedule(rate, count, arrivals, seed)
     try:
         async def one(i: int, scheduled: float) -> None:
@@ -163,6 +189,7 @@ async def open_loop(url: str, body: Body, rate: float, count: int, *,
             await _post(sessions[i % len(sessions)], url, body(i), hdrs, scheduled, res)
 
         start = time.perf_counter()
+        res.mono_offset = time.monotonic() - start
         first = last = start
         tasks: list[asyncio.Task[None]] = []
         for i in range(count):
@@ -171,7 +198,7 @@ async def open_loop(url: str, body: Body, rate: float, count: int, *,
             if delay > 0:
                 await asyncio.sleep(delay)
             last = time.perf_counter()
-            if last - start > max_duration_s:
+            if last - start > max_duration_s or (stop is not None and stop.is_set()):
                 break
             tasks.append(asyncio.create_task(one(i, scheduled), name=f"load-{i}"))
             res.sent += 1
@@ -222,3 +249,53 @@ async def closed_loop(url: str, body: Body, concurrency: int, count: int, *,
                                timeout_s * count)
         res.elapsed_s = time.perf_counter() - start
     return res
+
+
+class OpenLoad:
+    """`open_loop` in a background thread while a test does something else (kills a
+    node, reloads, rotates certificates): uniform arrivals at `rate`, bounded by
+    `stop()`, `max_s` and `rate * max_s` requests. `samples` grows as requests end
+    and may be read meanwhile. `headers` go with every request; `ssl` is the client
+    context of an https:// URL; `fresh` opens a new connection (a new TLS handshake)
+    for every request, so that a request can only fail with the process that
+    accepted it while it is in flight."""
+
+    def __init__(self, url: str, body: Body, rate: float,
+                 max_s: float = 60.0, timeout_s: float = 10.0,
+                 headers: dict[str, str] | None = None, ssl: SSLContext | None = None,
+                 fresh: bool = False):
+        _check_target(url)
+        self.result = Result(offered_rps=rate, sent=0, ok=0, failed=0, elapsed_s=0.0)
+        self.samples = self.result.samples
+        self.timeout_s = timeout_s
+        self._stop = threading.Event()
+        count = max(1, math.ceil(rate * max_s))
+        run = functools.partial(open_loop, url, body, rate, count, timeout_s=timeout_s,
+                                max_duration_s=max_s, headers=headers, fresh=fresh, ssl=ssl,
+                                stop=self._stop, into=self.result)
+        self._thread = threading.Thread(target=lambda: asyncio.run(run()), daemon=True,
+                                        name="open-load")
+
+    def __enter__(self) -> OpenLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Start no more requests, and wait (bounded) for those in flight."""
+        self._stop.set()
+        self._thread.join(self.timeout_s + 10)
+        assert not self._thread.is_alive(), "load thread did not stop"
+
+    def between(self, t0: float, t1: float) -> list[Sample]:
+        """The samples scheduled in [t0, t1) (time.monotonic())."""
+        return [s for s in self.samples if t0 <= s.at < t1]
+
+    @staticmethod
+    def p99(samples: list[Sample]) -> float:
+        return float(np.percentile([s.latency_ms for s in samples], 99)) if samples else 0.0
+
+    def failed(self) -> list[Sample]:
+        return [s for s in self.samples if s.status != 200]

@@ -1,8 +1,8 @@
 """Certificates made by the tests (and the benchmarks): a CA, server and client pairs.
 
-Called by the TLS tests (tests/lb/test_tls*.py, tests/lb/http) and by
-scripts/bench_raw.py. Everything is made with `cryptography` at run time, in a
-directory the caller owns; nothing is downloaded or shipped. Keys are EC P-256
+Called by the TLS tests (tests/lb/edge, tests/lb/http, test_config) and by
+scripts/bench_raw.py and bench_grpc.py. Everything is made with `cryptography` at
+run time, in a directory the caller owns; nothing is downloaded or shipped. Keys are EC P-256
 (fast handshakes); `expired=True` makes a certificate whose validity ended.
 """
 

@@ -1,9 +1,10 @@
 """A simulated TF Serving node for policy benchmarks: slots, lognormal service, stalls.
 
-    python scripts/simnode.py --port P --mean-ms 20 [--slots 2] [--sigma 0.5]
+    python harness/simnode.py --port P --mean-ms 20 [--slots 2] [--sigma 0.5]
                               [--stall-ms 200 --stall-every-s 2] [--seed S] [--model mnist]
 
-Started by scripts/bench_policy.py, one process per node, on 127.0.0.1 only.
+Started by scripts/bench_policy.py and bench_batching.py (Bench.start_simnode) and
+by the overload and hedging tests, one process per node, on 127.0.0.1 only.
 It speaks enough of TF Serving's REST API for the proxy: model status (version
 1 AVAILABLE), metadata (404: the policy benchmarks run without a cache) and
 `:predict`/`:classify`/`:regress` answering a small fixed JSON.

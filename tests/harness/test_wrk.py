@@ -1,10 +1,10 @@
-"""scripts/wrkload.py: reading wrk's --latency report."""
+"""harness/wrk.py: reading wrk's --latency report."""
 
 from __future__ import annotations
 
 import math
 
-from scripts.wrkload import parse
+from harness.wrk import parse
 
 REPORT = """Running 6s test @ http://127.0.0.1:40000/v1/models/mnist:predict
   1 threads and 64 connections
