@@ -157,13 +157,17 @@ SCENARIOS = {
 
 
 def simulate(sc: Scenario, policy: Policy, seconds: float, seed: int,
-             hedge_after_ms: float | None = None) -> list[float]:
+             hedge_after_ms: float | None = None, hop_s: float = 0.0) -> list[float]:
     """Latencies (ms) of every request of a `seconds`-long Poisson run.
 
     With `hedge_after_ms`, a request not answered by then also goes to the other
     node where it would finish first (a fresh draw of its work there), and the
     first answer counts. Optimistic on purpose: the copy takes no capacity from
-    anyone, and it sees the queues as they were when the request arrived."""
+    anyone, and it sees the queues as they were when the request arrived.
+
+    With `hop_s`, a request reaches its node `hop_s` after it is sent and its reply
+    the dispatcher `hop_s` after the node sends it (late_sim's hop): the policy counts
+    as in flight what it has not heard back from."""
     arrivals, works = random.Random(seed), random.Random(seed + 1)
     rng, hedges = random.Random(seed + 2), random.Random(seed + 3)
     nodes = sc.nodes()
@@ -171,8 +175,8 @@ def simulate(sc: Scenario, policy: Policy, seconds: float, seed: int,
     while now < seconds:
         now += arrivals.expovariate(sc.rate)
         work = [draw(works, n.mean_s) for n in nodes]
-        i = policy(nodes, now, work, rng)
-        ms = 1000.0 * nodes[i].send(now, work[i])
+        i = policy(nodes, now - hop_s, work, rng)
+        ms = 1000.0 * (nodes[i].send(now + hop_s, work[i]) + 2 * hop_s)
         if hedge_after_ms is not None and ms > hedge_after_ms:
             at = now + hedge_after_ms / 1000.0
             copy = min(n.finish_if_sent(at, draw(hedges, n.mean_s))
@@ -196,7 +200,8 @@ POLICIES: list[tuple[str, Policy]] = [
 ]
 
 
-def late(sc: Scenario, seconds: float, seed: int, learn: bool) -> late_sim.Outcome:
+def late(sc: Scenario, seconds: float, seed: int, learn: bool,
+         hop_s: float = 0.0) -> late_sim.Outcome:
     """The proxy's scheduler on this scenario's nodes (scripts/late_sim.py)."""
     def nodes() -> list[late_sim.SimNode]:
         out = [late_sim.SimNode(m / 1000.0) for m in sc.means_ms]
@@ -204,7 +209,8 @@ def late(sc: Scenario, seconds: float, seed: int, learn: bool) -> late_sim.Outco
             i, ms, every = sc.stall
             out[i].stall_s, out[i].every_s = ms / 1000.0, every
         return out
-    return late_sim.simulate(nodes, sc.weights, sc.rate, seconds, seed, learn=learn)
+    return late_sim.simulate(nodes, sc.weights, sc.rate, seconds, seed, learn=learn,
+                             hop_s=hop_s)
 
 
 def overload(seconds: float, seed: int) -> None:
