@@ -10,6 +10,13 @@ sockets, no processes, no proxy overhead: what it measures is the policy.
 
 A request's latency runs from its arrival to its reply, or to its refusal
 (a 503 of the proxy's queue, counted apart).
+
+`hop_s` (0 by default) is the time from the proxy to a node and back again, each
+way: a request reaches its node `hop_s` after the proxy sends it, and the proxy
+hears of a reply `hop_s` after the node sends it (the wire, the event loops, the
+proxy's own turn). Under late binding a slot then stands idle for 2 × hop_s
+between two requests; a dispatcher that sends at once to the node's own queue
+(nginx) pays the hops in latency only.
 """
 
 from __future__ import annotations
@@ -81,8 +88,9 @@ class Sim:
 
     def __init__(self, nodes: list[SimNode], weights: list[float], *, learn: bool,
                  seed: int, settings: Settings | None = None,
-                 concurrency: dict[str, Any] | None = None) -> None:
+                 concurrency: dict[str, Any] | None = None, hop_s: float = 0.0) -> None:
         self.now = 0.0
+        self.hop_s = hop_s
         self.sim = nodes
         cfg = parse_config({
             "listen": {"grpc": None},
@@ -112,6 +120,13 @@ class Sim:
     # -- what the dispatcher would do ------------------------------------------------
 
     def on_start(self, run: Run) -> None:
+        if self.hop_s > 0:
+            self.push(self.now + self.hop_s, 4, run)    # on its way to the node
+        else:
+            self.reach(run)
+
+    def reach(self, run: Run) -> None:
+        """`run`'s request reaches its node: a free slot serves it, else it queues."""
         sim = self.sim[self.names[run.node.name]]
         work = draw(self.works, sim.mean_s) * run.units
         if sim.busy < sim.slots:
@@ -125,13 +140,21 @@ class Sim:
         if born >= self.warmup:
             self.out.refused_ms.append(1000.0 * (self.now - born))
 
-    def complete(self, run: Run) -> None:
+    def served(self, run: Run) -> None:
+        """The node sent `run`'s reply: its slot serves the next one it holds."""
         sim = self.sim[self.names[run.node.name]]
         if sim.queue:
             nxt, work = sim.queue.pop(0)
             self.push(sim.advance(self.now, work), 1, nxt)
         else:
             sim.busy -= 1
+        if self.hop_s > 0:
+            self.push(self.now + self.hop_s, 5, run)    # the reply on its way back
+        else:
+            self.complete(run)
+
+    def complete(self, run: Run) -> None:
+        """The proxy has `run`'s reply."""
         self.sched.finished(run, self.now, self.now - run.started, ok=True, sample=True)
         for ticket in run.tickets:
             born = self.born.pop(id(ticket))
@@ -152,6 +175,10 @@ class Sim:
                     self.arrive()
                     self.push(at + arrivals.expovariate(rate), 0, None)
             elif kind == 1:
+                self.served(payload)
+            elif kind == 4:
+                self.reach(payload)
+            elif kind == 5:
                 self.complete(payload)
             elif kind == 2:
                 self.timer_at = math.inf
@@ -174,6 +201,6 @@ class Sim:
 
 def simulate(nodes: Callable[[], list[SimNode]], weights: list[float], rate: float,
              seconds: float, seed: int, *, learn: bool,
-             settings: Settings | None = None) -> Outcome:
-    return Sim(nodes(), weights, learn=learn, seed=seed, settings=settings).run(
-        rate, seconds, seed)
+             settings: Settings | None = None, hop_s: float = 0.0) -> Outcome:
+    return Sim(nodes(), weights, learn=learn, seed=seed, settings=settings,
+               hop_s=hop_s).run(rate, seconds, seed)

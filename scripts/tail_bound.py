@@ -1,6 +1,6 @@
 """What the best dispatcher could reach in bench_policy's simulated scenarios: a bound.
 
-    python scripts/tail_bound.py [--seconds 600] [--seed 7]
+    python scripts/tail_bound.py [--seconds 600] [--seed 7] [--hop-ms 1]
 
 Called by hand (no processes, no sockets, one core for about a minute); the
 figures it prints are quoted in the closing notes of the tail-latency work.
@@ -28,6 +28,13 @@ overhead at all. The dispatchers:
   only into a free slot, with each node's limit pinned to its true slots, or
   learned from its replies (`lb.pool.concurrency`, from the default start), as the
   proxy runs it. So the bound and the design are checked together.
+
+`--hop-ms` adds the time from the proxy to a node and back, each way, to least_conn
+and to late binding (the oracles stay without it): a request reaches its node that
+much after it is sent, and its reply the dispatcher that much after it leaves the
+node. Late binding then leaves each slot idle for the round trip between two
+requests unless a node holds one more (`lb.request.scheduler.PREFETCH`); about 1 ms
+reproduces bench_policy's ratios on a shared 2-core box.
 
 Every ratio is to `least_conn` in the same run (weighted least_conn for the
 3:3:1 weights), as bench_policy reports them. Two more scenarios run the
@@ -157,13 +164,17 @@ SCENARIOS = {
 
 
 def simulate(sc: Scenario, policy: Policy, seconds: float, seed: int,
-             hedge_after_ms: float | None = None) -> list[float]:
+             hedge_after_ms: float | None = None, hop_s: float = 0.0) -> list[float]:
     """Latencies (ms) of every request of a `seconds`-long Poisson run.
 
     With `hedge_after_ms`, a request not answered by then also goes to the other
     node where it would finish first (a fresh draw of its work there), and the
     first answer counts. Optimistic on purpose: the copy takes no capacity from
-    anyone, and it sees the queues as they were when the request arrived."""
+    anyone, and it sees the queues as they were when the request arrived.
+
+    With `hop_s`, a request reaches its node `hop_s` after it is sent and its reply
+    the dispatcher `hop_s` after the node sends it (late_sim's hop): the policy counts
+    as in flight what it has not heard back from."""
     arrivals, works = random.Random(seed), random.Random(seed + 1)
     rng, hedges = random.Random(seed + 2), random.Random(seed + 3)
     nodes = sc.nodes()
@@ -171,8 +182,8 @@ def simulate(sc: Scenario, policy: Policy, seconds: float, seed: int,
     while now < seconds:
         now += arrivals.expovariate(sc.rate)
         work = [draw(works, n.mean_s) for n in nodes]
-        i = policy(nodes, now, work, rng)
-        ms = 1000.0 * nodes[i].send(now, work[i])
+        i = policy(nodes, now - hop_s, work, rng)
+        ms = 1000.0 * (nodes[i].send(now + hop_s, work[i]) + 2 * hop_s)
         if hedge_after_ms is not None and ms > hedge_after_ms:
             at = now + hedge_after_ms / 1000.0
             copy = min(n.finish_if_sent(at, draw(hedges, n.mean_s))
@@ -196,7 +207,8 @@ POLICIES: list[tuple[str, Policy]] = [
 ]
 
 
-def late(sc: Scenario, seconds: float, seed: int, learn: bool) -> late_sim.Outcome:
+def late(sc: Scenario, seconds: float, seed: int, learn: bool,
+         hop_s: float = 0.0) -> late_sim.Outcome:
     """The proxy's scheduler on this scenario's nodes (scripts/late_sim.py)."""
     def nodes() -> list[late_sim.SimNode]:
         out = [late_sim.SimNode(m / 1000.0) for m in sc.means_ms]
@@ -204,7 +216,8 @@ def late(sc: Scenario, seconds: float, seed: int, learn: bool) -> late_sim.Outco
             i, ms, every = sc.stall
             out[i].stall_s, out[i].every_s = ms / 1000.0, every
         return out
-    return late_sim.simulate(nodes, sc.weights, sc.rate, seconds, seed, learn=learn)
+    return late_sim.simulate(nodes, sc.weights, sc.rate, seconds, seed, learn=learn,
+                             hop_s=hop_s)
 
 
 def overload(seconds: float, seed: int) -> None:
@@ -255,19 +268,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=600.0, help="simulated, per policy")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--hop-ms", type=float, default=0.0,
+                        help="proxy-to-node time each way, for nginx and late binding "
+                             "(bench_policy's figures reproduce at about 1)")
     args = parser.parse_args()
+    hop = args.hop_ms / 1000.0
     for key, sc in SCENARIOS.items():
-        print(f"\n{key}: {sc.title}, Poisson {sc.rate:.0f} req/s, {args.seconds:g} s simulated")
+        print(f"\n{key}: {sc.title}, Poisson {sc.rate:.0f} req/s, {args.seconds:g} s simulated"
+              f", hop {args.hop_ms:g} ms (least_conn and late binding)")
         print(f"{'dispatcher':26} {'p50':>7} {'p99':>7} {'p99.9':>7} {'p99/base':>8} "
               f"{'p99.9/base':>10}")
-        rows = [(name, simulate(sc, policy, args.seconds, args.seed))
+        rows = [(name, simulate(sc, policy, args.seconds, args.seed,
+                                hop_s=hop if name.endswith("least_conn") else 0.0))
                 for name, policy in POLICIES]
         p95 = pct(rows[3][1], 0.95)           # of oracle (queues): 5 % of requests hedge
         rows.append((f"{rows[3][0]} + hedges", simulate(sc, oracle_queues, args.seconds,
                                                       args.seed, hedge_after_ms=p95)))
         limits = []
         for learn in (False, True):
-            out = late(sc, args.seconds, args.seed, learn)
+            out = late(sc, args.seconds, args.seed, learn, hop_s=hop)
             rows.append((f"late binding ({'learned' if learn else 'true'} L)",
                          out.latencies_ms))
             if learn:

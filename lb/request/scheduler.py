@@ -75,6 +75,9 @@ ADMIT: Final = 0.25         # ... and admits a ticket expected to wait this much
 # replies before a node's τ is trusted: to judge it slower than the best node, and to
 # teach its concurrency limit (fewer: a cold model's first replies, noise)
 TRUST_SAMPLES: Final = TAU_SAMPLES // 4
+# requests a settled node may hold beyond its limit while tickets wait: queued at the
+# node, the next one starts as a slot frees instead of a round trip later
+PREFETCH: Final = 1
 
 
 class Ticket:
@@ -119,8 +122,8 @@ class Run:
     """One attempt holding one slot: the tickets it carries (several for a batch), the
     node, its flight entry, and what the learner needs (`k`, `probe`)."""
 
-    __slots__ = ("flight", "fut", "hedge", "hedged", "k", "key", "node", "probe", "rows",
-                 "started", "tickets", "units")
+    __slots__ = ("flight", "fut", "hedge", "hedged", "k", "key", "node", "prefetch", "probe",
+                 "rows", "started", "tickets", "units")
 
     def __init__(self, tickets: list[Ticket], node: Node, flight: Flight, k: int,
                  probe: bool, started: float, hedge: bool = False) -> None:
@@ -129,6 +132,7 @@ class Run:
         self.flight = flight
         self.k = k
         self.probe = probe
+        self.prefetch = False       # sent beyond the limit, to wait at the node (`_room`)
         self.started = started
         self.hedge = hedge
         rows = 0
@@ -317,6 +321,7 @@ class Scheduler:
         frees, the node's τ and limit learn from a good sample, and waiting tickets
         may take the slot."""
         node = run.node
+        sample = sample and not run.prefetch    # its time includes a wait at the node
         node.end(run.flight, elapsed, ok=ok, now=now, sample=sample)
         if run.probe:
             node.limit.probes -= 1
@@ -602,11 +607,27 @@ class Scheduler:
         """`node` may have free slots: give them to waiting tickets it should take."""
         if not self.waiting:
             return
-        while node.occupied(now) < node.limit.allowed():
+        while node.occupied(now) < self._room(node):
             taken = self._take_for(node, now)
             if taken is None:
                 return
             self._start(taken, node, now, False)
+
+    def _room(self, node: Node) -> int:
+        """How many attempts `node` may hold now: its limit, plus `PREFETCH` while
+        tickets wait and the limit is learned and settled (not pinned, not in its slow
+        start or measuring, no probe due or out: those already send past it). The extra
+        one waits in the node's own queue and starts the moment a slot frees: without
+        it each slot stands idle for a round trip (the reply reaching the proxy, the
+        next request the node) between two requests, which cost late binding its tails
+        at 1 ms a hop (scripts/tail_bound.py --hop-ms). It is no sample: its time
+        includes that wait."""
+        limit = node.limit
+        room = limit.allowed()
+        if self.waiting and not (limit.starting or limit.measuring or limit.pinned
+                                 or limit.probes or limit.wants_probe()):
+            room += PREFETCH
+        return room
 
     def _spill(self, now: float) -> None:
         """Tickets wait: offer every node's free slots again (a slower node's, left free
@@ -616,7 +637,7 @@ class Scheduler:
             if not self.waiting:
                 return
             occupied = node.occupied(now)
-            if occupied < node.limit.allowed():
+            if occupied < self._room(node):
                 self._drain(node, now)
             while self.waiting and node.limit.wants_probe():
                 taken = self._take_for(node, now)
@@ -771,6 +792,7 @@ class Scheduler:
             units += ticket.units
         flight = node.begin(units, now)
         run = Run(tickets, node, flight, k, probe, now, hedge)
+        run.prefetch = not probe and not hedge and k >= node.limit.allowed()
         flight.owner = run
         if probe:
             node.limit.probe_sent()

@@ -279,6 +279,31 @@ def test_a_stalled_attempt_cancelled_by_a_rescue_keeps_its_slot_until_the_node_a
     assert lost.node.occupied(rig.t) == 0
 
 
+def test_a_settled_node_holds_one_more_while_calls_wait_and_learns_nothing_from_it(
+        ) -> None:
+    """PREFETCH: a node whose learned limit is settled takes one call past it while
+    calls wait (it waits at the node for the next slot, not a round trip away); that
+    call's time is no sample; a pinned limit (max_inflight) is never passed."""
+    rig = Rig("a", slots=2)
+    node = rig.pool.nodes["a"]
+    rig.teach("a", 0.02)
+    node.limit = Limit(2)
+    node.limit.starting = False                 # learned, no probe due
+    for name in "1234":
+        rig.submit(name)
+    assert [t for t, _ in rig.started()] == ["1", "2", "3"] and rig.sched.waiting == 1
+    extra = rig.runs[2]
+    assert extra.prefetch and not extra.probe and node.inflight == 3
+    samples = node.taus[extra.key].samples
+    rig.finish(extra, 0.05)
+    assert node.taus[extra.key].samples == samples and not node.limit.levels
+    assert [t for t, _ in rig.started()] == ["1", "2", "3", "4"]
+    pinned = Rig("a", slots=2)                  # Rig pins its limits
+    for name in "123":
+        pinned.submit(name)
+    assert len(pinned.runs) == 2 and pinned.sched.waiting == 1
+
+
 def test_a_held_call_whose_deadline_comes_first_gets_504_not_503() -> None:
     """Held for a model no node serves yet: past its own deadline the client's time ran
     out (DeadlineExceeded, 504); only past `queue_timeout_s` is it "not ready" (503)."""
