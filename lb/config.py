@@ -165,6 +165,10 @@ class ConcurrencyConfig(_Strict):
     min: Annotated[int, Field(ge=1, le=4096)] = 1
     max: Annotated[int, Field(ge=1, le=255)] = 64
     learn: bool = True              # false: every node keeps its starting limit
+    # requests a node with a settled learned limit may hold beyond it while calls wait,
+    # queued at the node so that a slot does not idle for the round trip to the proxy
+    # (0: off, the default until bench_policy shows it over two runs)
+    prefetch: Annotated[int, Field(ge=0, le=4)] = 0
 
     @model_validator(mode="after")
     def _ordered(self) -> ConcurrencyConfig:

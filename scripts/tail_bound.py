@@ -33,7 +33,7 @@ overhead at all. The dispatchers:
 and to late binding (the oracles stay without it): a request reaches its node that
 much after it is sent, and its reply the dispatcher that much after it leaves the
 node. Late binding then leaves each slot idle for the round trip between two
-requests unless a node holds one more (`lb.request.scheduler.PREFETCH`); about 1 ms
+requests unless a node holds one more (`policy.concurrency.prefetch`); about 1 ms
 reproduces bench_policy's ratios on a shared 2-core box.
 
 Every ratio is to `least_conn` in the same run (weighted least_conn for the

@@ -77,7 +77,7 @@ def settings(cfg: Config) -> Settings:
                     interval_s=pcfg.queue.interval_ms / 1000.0, lifo=pcfg.queue.lifo,
                     queue_timeout_s=cfg.limits.queue_timeout_s, tie_band=pcfg.tie_band,
                     relax_s=pcfg.tau_relax_s, stall_factor=pcfg.stall_factor,
-                    early=pcfg.name != "least_load")
+                    early=pcfg.name != "least_load", prefetch=pcfg.concurrency.prefetch)
 
 
 class Job:

@@ -75,9 +75,6 @@ ADMIT: Final = 0.25         # ... and admits a ticket expected to wait this much
 # replies before a node's τ is trusted: to judge it slower than the best node, and to
 # teach its concurrency limit (fewer: a cold model's first replies, noise)
 TRUST_SAMPLES: Final = TAU_SAMPLES // 4
-# requests a settled node may hold beyond its limit while tickets wait: queued at the
-# node, the next one starts as a slot frees instead of a round trip later
-PREFETCH: Final = 1
 
 
 class Ticket:
@@ -207,12 +204,13 @@ class QueueStats:
 class Settings:
     """What the scheduler reads of the config (`from_config` in `lb.request.dispatch`)."""
 
-    __slots__ = ("early", "interval_s", "lifo", "queue_timeout_s", "relax_s", "stall_factor",
-                 "target_s", "tie_band")
+    __slots__ = ("early", "interval_s", "lifo", "prefetch", "queue_timeout_s", "relax_s",
+                 "stall_factor", "target_s", "tie_band")
 
     def __init__(self, target_s: float = 0.1, interval_s: float = 0.1, lifo: bool = False,
                  queue_timeout_s: float = 10.0, tie_band: float = 0.2,
-                 relax_s: float = 10.0, stall_factor: float = 3.0, early: bool = False) -> None:
+                 relax_s: float = 10.0, stall_factor: float = 3.0, early: bool = False,
+                 prefetch: int = 0) -> None:
         self.target_s = target_s
         self.interval_s = interval_s
         self.lifo = lifo
@@ -223,6 +221,7 @@ class Settings:
         # policy round_robin / least_conn (comparisons, and a configured split): each
         # call goes at once to the node `NodePool.pick` chooses, no limits, no queue
         self.early = early
+        self.prefetch = prefetch            # policy.concurrency.prefetch (`_room`)
 
 
 def _refusal(ticket: Ticket, now: float) -> LbError:
@@ -614,7 +613,7 @@ class Scheduler:
             self._start(taken, node, now, False)
 
     def _room(self, node: Node) -> int:
-        """How many attempts `node` may hold now: its limit, plus `PREFETCH` while
+        """How many attempts `node` may hold now: its limit, plus `prefetch` while
         tickets wait and the limit is learned and settled (not pinned, not in its slow
         start or measuring, no probe due or out: those already send past it). The extra
         one waits in the node's own queue and starts the moment a slot frees: without
@@ -624,9 +623,10 @@ class Scheduler:
         includes that wait."""
         limit = node.limit
         room = limit.allowed()
-        if self.waiting and not (limit.starting or limit.measuring or limit.pinned
-                                 or limit.probes or limit.wants_probe()):
-            room += PREFETCH
+        if self.settings.prefetch and self.waiting and not (
+                limit.starting or limit.measuring or limit.pinned or limit.probes
+                or limit.wants_probe()):
+            room += self.settings.prefetch
         return room
 
     def _spill(self, now: float) -> None:

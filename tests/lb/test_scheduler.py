@@ -281,10 +281,11 @@ def test_a_stalled_attempt_cancelled_by_a_rescue_keeps_its_slot_until_the_node_a
 
 def test_a_settled_node_holds_one_more_while_calls_wait_and_learns_nothing_from_it(
         ) -> None:
-    """PREFETCH: a node whose learned limit is settled takes one call past it while
-    calls wait (it waits at the node for the next slot, not a round trip away); that
-    call's time is no sample; a pinned limit (max_inflight) is never passed."""
-    rig = Rig("a", slots=2)
+    """policy.concurrency.prefetch 1: a node whose learned limit is settled takes one
+    call past it while calls wait (it waits at the node for the next slot, not a round
+    trip away); that call's time is no sample; a pinned limit (max_inflight) is never
+    passed; and prefetch 0, the default, takes none."""
+    rig = Rig("a", slots=2, prefetch=1)
     node = rig.pool.nodes["a"]
     rig.teach("a", 0.02)
     node.limit = Limit(2)
@@ -298,10 +299,17 @@ def test_a_settled_node_holds_one_more_while_calls_wait_and_learns_nothing_from_
     rig.finish(extra, 0.05)
     assert node.taus[extra.key].samples == samples and not node.limit.levels
     assert [t for t, _ in rig.started()] == ["1", "2", "3", "4"]
-    pinned = Rig("a", slots=2)                  # Rig pins its limits
+    pinned = Rig("a", slots=2, prefetch=1)      # Rig pins its limits
     for name in "123":
         pinned.submit(name)
     assert len(pinned.runs) == 2 and pinned.sched.waiting == 1
+    off = Rig("a", slots=2)
+    off.teach("a", 0.02)
+    off.pool.nodes["a"].limit = Limit(2)
+    off.pool.nodes["a"].limit.starting = False
+    for name in "123":
+        off.submit(name)
+    assert len(off.runs) == 2 and off.sched.waiting == 1
 
 
 def test_a_held_call_whose_deadline_comes_first_gets_504_not_503() -> None:
