@@ -1,7 +1,7 @@
 """Hedged requests end to end, through the real proxy: a hedge goes out, wins, and
 costs no more than its budget; the losing attempt is cancelled without a leak.
 
-Three simulated nodes (scripts/simnode.py); the fastest stops serving for STALL_MS
+Three simulated nodes (harness/simnode.py); the fastest stops serving for STALL_MS
 every PERIOD_S. Two proxies on them in turn, one hedging (p95 hedges and rescues) and one
 without either (the control), each
 warmed up and then given the same open-loop load. Proves, with figures that can fail:
