@@ -43,6 +43,25 @@ def draw(rng: random.Random, mean_s: float) -> float:
     return rng.lognormvariate(mu, SIGMA)
 
 
+def finish_time(start: float, work: float, every_s: float, stall_s: float) -> float:
+    """When `work` seconds of service starting at `start` end on a node that makes no
+    progress during its stall windows [k·every_s, k·every_s + stall_s) (every_s 0:
+    none). Shared with tail_bound's nodes."""
+    if every_s <= 0:
+        return start + work
+    t = start
+    while True:
+        k = math.floor(t / every_s)
+        stall_end = k * every_s + stall_s
+        if t < stall_end:                   # inside a stall: wait it out
+            t = stall_end
+        next_stall = (k + 1) * every_s
+        if t + work <= next_stall:
+            return t + work
+        work -= next_stall - t
+        t = next_stall
+
+
 @dataclass
 class SimNode:
     """One node: `slots` in service, a FIFO queue, stall windows."""
@@ -56,19 +75,7 @@ class SimNode:
 
     def advance(self, start: float, work: float) -> float:
         """When `work` seconds of service starting at `start` end, stalls skipped."""
-        if self.every_s <= 0:
-            return start + work
-        t = start
-        while True:
-            k = math.floor(t / self.every_s)
-            stall_end = k * self.every_s + self.stall_s
-            if t < stall_end:
-                t = stall_end
-            next_stall = (k + 1) * self.every_s
-            if t + work <= next_stall:
-                return t + work
-            work -= next_stall - t
-            t = next_stall
+        return finish_time(start, work, self.every_s, self.stall_s)
 
 
 @dataclass

@@ -74,19 +74,7 @@ class Node:
 
     def advance(self, start: float, work: float) -> float:
         """When `work` seconds of service starting at `start` end, stalls skipped."""
-        if self.every_s <= 0:
-            return start + work
-        t = start
-        while True:
-            k = math.floor(t / self.every_s)
-            stall_end = k * self.every_s + self.stall_s
-            if t < stall_end:                      # inside a stall: wait it out
-                t = stall_end
-            next_stall = (k + 1) * self.every_s
-            if t + work <= next_stall:
-                return t + work
-            work -= next_stall - t
-            t = next_stall
+        return late_sim.finish_time(start, work, self.every_s, self.stall_s)
 
     def finish_if_sent(self, now: float, work: float) -> float:
         return self.advance(max(now, min(self.free)), work)

@@ -37,7 +37,7 @@ import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
-from lb.errors import LbError, UpstreamError, UpstreamRefused
+from lb.errors import LbError
 from lb.request.call import Call
 from lb.request.scheduler import Run
 
@@ -173,26 +173,16 @@ class Batch:
             dispatcher.scheduler.cancelled(run, now, elapsed)
             dispatcher.kick(now)
             return
-        exc = fut.exception()
-        if exc is not None:
-            dispatcher.scheduler.finished(run, now, elapsed, ok=False, sample=False)
-            dispatcher.passive(node, False, now)
-            refused = isinstance(exc, UpstreamRefused)
-            if refused:
-                dispatcher.pool.refused(node, self.call.model)
+        raised = fut.exception()
+        if raised is not None:
+            exc, refused = dispatcher.raised(run, raised, self.call.model, now, elapsed)
             dispatcher.kick(now)
-            self._retry(exc if isinstance(exc, LbError) else UpstreamError(node.name, repr(exc)),
-                        refused)
+            self._retry(exc, refused)
             return
         transport = self.jobs[0].transport
         answer = fut.result()
         verdict = transport.verdict(answer, False)
-        dispatcher.scheduler.finished(run, now, elapsed, ok=verdict.node_ok,
-                                      sample=verdict.good)
-        if not verdict.node_ok or node.outlier.failures:
-            dispatcher.passive(node, verdict.node_ok, now)
-        if verdict.refused:
-            dispatcher.pool.refused(node, self.call.model)
+        dispatcher.answered(run, verdict, self.call.model, now, elapsed)
         dispatcher.kick(now)
         live = [job for job in self.jobs if not job.done]
         parts = (transport.codec.split(answer, [job.call for job in live])

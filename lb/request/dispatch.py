@@ -60,6 +60,7 @@ from lb.request.directives import PRIORITIES
 from lb.request.hedge import HedgePolicy
 from lb.request.retry import RetryBudget
 from lb.request.scheduler import Run, Scheduler, Settings, Ticket
+from lb.status import Verdict
 
 log = logging.getLogger("lb.request.dispatch")
 # Node clients time attempts on the loop's clock, which uvloop keeps in whole
@@ -185,28 +186,16 @@ class Job:
             dispatcher.scheduler.cancelled(run, now, elapsed)
             dispatcher.kick(now)
             return
-        exc = fut.exception()
-        if exc is not None:
-            dispatcher.scheduler.finished(run, now, elapsed, ok=False, sample=False)
-            dispatcher.passive(node, False, now)
-            refused = isinstance(exc, UpstreamRefused)
-            if refused:
-                dispatcher.pool.refused(node, self.call.model)
-            if not isinstance(exc, LbError):
-                log.error("attempt on %s raised %r", node.name, exc)
-                exc = UpstreamError(node.name, repr(exc))
+        raised = fut.exception()
+        if raised is not None:
+            exc, refused = dispatcher.raised(run, raised, self.call.model, now, elapsed)
             dispatcher.kick(now)
             if not self.done:
                 self._failed(exc, refused)
             return
         answer = fut.result()
         verdict = self.transport.verdict(answer, self.cut)
-        dispatcher.scheduler.finished(run, now, elapsed, ok=verdict.node_ok,
-                                      sample=verdict.good)
-        if not verdict.node_ok or node.outlier.failures:
-            dispatcher.passive(node, verdict.node_ok, now)
-        if verdict.refused:
-            dispatcher.pool.refused(node, self.call.model)
+        dispatcher.answered(run, verdict, self.call.model, now, elapsed)
         if verdict.good and dispatcher.hedge_on:
             dispatcher.hedging.observe(node.name, self.call.model, elapsed)
         dispatcher.kick(now)
@@ -495,6 +484,35 @@ class Dispatcher:
         tau = run.node.taus.get(run.key)
         expect = (tau.value if tau is not None and tau.value is not None else 0.0) * run.units
         return max(expect - (now - run.started), 0.0)
+
+    def raised(self, run: Run, exc: BaseException, model: str, now: float,
+               elapsed: float) -> tuple[LbError, bool]:
+        """`run`'s attempt raised (no answer; called by `Job.landed` and a batch's
+        `landed`): its slot frees, it counts against the node, and a refusal takes the
+        node out of `model`'s set. Returns the error as an `LbError` and whether it was
+        a refusal (which costs no try). The caller kicks the timer."""
+        node = run.node
+        self.scheduler.finished(run, now, elapsed, ok=False, sample=False)
+        self.passive(node, False, now)
+        refused = isinstance(exc, UpstreamRefused)
+        if refused:
+            self.pool.refused(node, model)
+        if isinstance(exc, LbError):
+            return exc, refused
+        log.error("attempt on %s raised %r", node.name, exc)
+        return UpstreamError(node.name, repr(exc)), refused
+
+    def answered(self, run: Run, verdict: Verdict, model: str, now: float,
+                 elapsed: float) -> None:
+        """`run`'s attempt got an answer the transport judged `verdict` (same callers):
+        its slot frees with the verdict's sample, passive outlier detection sees it, and
+        a refusal takes the node out of `model`'s set. The caller kicks the timer."""
+        node = run.node
+        self.scheduler.finished(run, now, elapsed, ok=verdict.node_ok, sample=verdict.good)
+        if not verdict.node_ok or node.outlier.failures:
+            self.passive(node, verdict.node_ok, now)
+        if verdict.refused:
+            self.pool.refused(node, model)
 
     def passive(self, node: Node, ok: bool, now: float) -> None:
         """Passive outlier detection after each attempt."""
